@@ -1,0 +1,3 @@
+from mlflowctl.cli.main import main
+
+main()

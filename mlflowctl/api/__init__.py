@@ -1,0 +1,1 @@
+"""HTTP clients: the Airflow REST API v2 and Prometheus."""

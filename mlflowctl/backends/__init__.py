@@ -1,0 +1,1 @@
+"""Stack backends behind one small interface: local processes and docker compose."""

@@ -1,0 +1,54 @@
+"""The backend interface the lifecycle commands talk to, and the plain data it returns.
+
+Commands never know which backend runs the stack: they call these four methods and
+render the dataclasses (as a table, or as JSON through `asdict`). An operation a
+backend cannot do raises `NotAvailableError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Protocol
+
+
+@dataclass
+class ServiceStatus:
+    """One service of the stack as `status` shows it."""
+
+    name: str
+    state: str  # "healthy" | "unhealthy" | "starting" | "stopped"
+    pid: int | None = None
+    port: int | None = None
+    url: str | None = None
+    uptime_seconds: float | None = None
+    detail: str = ""
+
+
+@dataclass
+class StackStatus:
+    backend: str
+    services: list[ServiceStatus] = field(default_factory=list)
+
+    @property
+    def running(self) -> bool:
+        return any(s.state != "stopped" for s in self.services)
+
+    @property
+    def healthy(self) -> bool:
+        return bool(self.services) and all(s.state == "healthy" for s in self.services)
+
+
+class Backend(Protocol):
+    name: str
+
+    def up(self, *, exclude: frozenset[str] = frozenset(), progress=None) -> StackStatus:
+        """Start what is not running, wait until healthy; idempotent."""
+
+    def down(self, *, volumes: bool = False) -> StackStatus:
+        """Stop every service; with volumes, also delete state and data."""
+
+    def status(self) -> StackStatus:
+        """What runs now, checked against reality (pid files are never trusted alone)."""
+
+    def logs(self, service: str | None = None, *, tail: int = 100, follow: bool = False) -> Iterator[str]:
+        """Lines of one service's log, or all services' interleaved with a prefix."""

@@ -1,0 +1,1 @@
+"""Metrics plumbing: the embedded StatsD-to-Prometheus exporter."""

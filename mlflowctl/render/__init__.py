@@ -1,0 +1,1 @@
+"""Pure builders of rich renderables and JSON payloads from plain data."""

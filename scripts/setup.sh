@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Set up a fresh Debian/Ubuntu machine for mlwf: system binaries the stack and the tests
+# use, then a virtual environment in .venv with mlwf, the pipeline runtime and test tools.
+# Safe to run again: installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v prometheus >/dev/null || need_apt+=(prometheus)
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || need_apt+=(postgresql)
+command -v docker-compose >/dev/null || need_apt+=(docker-compose)
+command -v chromium >/dev/null || need_apt+=(chromium chromium-driver)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing ${need_apt[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  else
+    echo "setup: missing system packages (install them with your package manager): ${need_apt[*]}" >&2
+  fi
+fi
+
+command -v uv >/dev/null || python3 -m pip install -q uv
+[ -x .venv/bin/python ] || uv venv -q .venv --python 3.11
+uv pip install -q --python .venv/bin/python -e ".[pipeline,test]"
+echo "setup: ready (.venv/bin/mlwf)"
