@@ -1,0 +1,15 @@
+"""Options shared by several commands, spelled the same everywhere."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+Json = Annotated[bool, typer.Option("--json", help="Print JSON (the same data as the table) for scripts.")]
+Url = Annotated[
+    Optional[str],
+    typer.Option("--url", help="Airflow API server, e.g. http://127.0.0.1:8080 (env MLWF_AIRFLOW_URL)."),
+]
+User = Annotated[Optional[str], typer.Option("--user", help="Airflow user (env MLWF_AIRFLOW_USER).")]
+Home = Annotated[Optional[str], typer.Option("--home", help="State directory (env MLWF_HOME).")]
