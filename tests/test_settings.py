@@ -1,0 +1,61 @@
+"""Pipeline settings from the environment."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlpipeline.settings import DEFAULT_THRESHOLDS, PipelineSettings, SettingsError, parse_thresholds, safe_run_id
+
+
+def test_defaults_under_cwd(tmp_path):
+    s = PipelineSettings.from_env({}, cwd=tmp_path)
+    assert s.data_root == tmp_path / ".mlwf" / "data"
+    assert s.registry_dir == s.data_root / "registry"
+    assert s.notifications_log == s.data_root / "notifications.jsonl"
+    assert s.webhook_url is None and s.thresholds == DEFAULT_THRESHOLDS and s.tolerance == 0.02
+
+
+def test_env_overrides(tmp_path):
+    env = {
+        "MLWF_DATA_ROOT": str(tmp_path / "d"),
+        "MLWF_REGISTRY_DIR": str(tmp_path / "reg"),
+        "MLWF_WEBHOOK_URL": " http://h/x ",
+        "MLWF_THRESHOLDS": '{"accuracy": 0.9}',
+        "MLWF_PROMOTION_TOLERANCE": "0.05",
+        "MLWF_DEADLINE_MINUTES": "5",
+    }
+    s = PipelineSettings.from_env(env)
+    assert s.registry_dir == tmp_path / "reg" and s.webhook_url == "http://h/x"
+    assert s.thresholds == {"accuracy": 0.9} and s.tolerance == 0.05 and s.deadline_minutes == 5
+    assert s.run_dir("scheduled__2026-01-01T02:00:00+00:00", "train").parent.parent == tmp_path / "d" / "runs"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"MLWF_THRESHOLDS": "{nope"}, "not valid JSON"),
+        ({"MLWF_THRESHOLDS": "[1]"}, "JSON object"),
+        ({"MLWF_THRESHOLDS": '{"f1": 2}'}, "between 0 and 1"),
+        ({"MLWF_THRESHOLDS": '{"f1": "high"}'}, "must be a number"),
+        ({"MLWF_PROMOTION_TOLERANCE": "-1"}, ">= 0"),
+        ({"MLWF_DEADLINE_MINUTES": "soon"}, "must be a number"),
+    ],
+)
+def test_bad_env_is_a_clear_error(env, message):
+    with pytest.raises(SettingsError, match=message):
+        PipelineSettings.from_env(env)
+
+
+def test_safe_run_id_is_a_distinct_plain_directory_name():
+    a = safe_run_id("manual__2026-01-01T00:00:00+00:00")
+    b = safe_run_id("manual__2026-01-01T00_00_00_00_00")
+    assert "/" not in a and ":" not in a and "+" not in a and a != b
+    assert safe_run_id("plain_id-1.2") == "plain_id-1.2"
+    assert not safe_run_id("../etc").startswith(".")
+    with pytest.raises(SettingsError):
+        safe_run_id("  ")
+
+
+def test_parse_thresholds_mapping():
+    assert parse_thresholds({"roc_auc": 1}) == {"roc_auc": 1.0}
+    assert parse_thresholds(None) == DEFAULT_THRESHOLDS
