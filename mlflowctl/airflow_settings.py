@@ -1,0 +1,118 @@
+"""The one source of the Airflow settings every backend and executor mode runs with.
+
+`airflow_env` is a pure function: from the effective `Config`, the generated `Secrets`
+and the few values that differ per backend (where the database is, which host name the
+components reach the api-server by, which ports they listen on inside their host or
+container) it builds the `AIRFLOW__*` environment. The local backend passes it to its
+processes; the docker backend writes it into the 0600 env file its containers read; the
+Celery mode of both adds only a broker URL. Nothing here touches the disk or the network.
+
+Why each value (see /work/shared/airflow3-field-notes.md):
+- parallelism 4 instead of 32: 32 idle task slots cost ~250 MiB more on a laptop;
+- DAG refresh 10 s instead of 300 s: a new DAG file shows up in seconds;
+- scheduler idle sleep 0.2 s: task-to-task gap ~0.2 s instead of ~1 s;
+- StatsD with InfluxDB-style tags and the prefix `airflow`: dag_id, task_id and state
+  become Prometheus labels in both statsd_exporter and mlwf's embedded exporter;
+- SimpleAuthManager with one fixed admin whose password lives in a 0600 file; the JWT
+  secret and the api secret key shared by every component, so tokens and log fetches
+  signed by one component are accepted by the others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Mapping
+
+from mlflowctl.config import Config
+from mlflowctl.secrets import Secrets
+
+EXECUTOR_CLASSES = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
+DAG_REFRESH_SECONDS = 10
+SCHEDULER_IDLE_SLEEP_SECONDS = 0.2
+STATSD_PREFIX = "airflow"
+SCHEDULER_HEALTH_PORT = 8974
+SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
+
+
+def _flag(value: bool) -> str:
+    return "True" if value else "False"
+
+
+def api_secret_key(secrets: Secrets) -> str:
+    """`[api] secret_key`: derived from the JWT secret, so it is random, stable and shared."""
+    return hashlib.sha256(b"mlwf-api-secret-key\0" + secrets.jwt_secret.encode()).hexdigest()
+
+
+def celery_result_backend(database_url: str) -> str:
+    """Celery's database result backend for an SQLAlchemy URL (`db+` prefix)."""
+    return database_url if database_url.startswith("db+") else f"db+{database_url}"
+
+
+def airflow_env(
+    config: Config,
+    secrets: Secrets,
+    *,
+    database_url: str,
+    passwords_file: str,
+    dags_folder: str,
+    api_host: str = "127.0.0.1",
+    api_port: int | None = None,
+    api_reach_host: str = "127.0.0.1",
+    statsd_host: str = "127.0.0.1",
+    statsd_port: int | None = None,
+    log_server_port: int | None = None,
+    trigger_log_server_port: int | None = None,
+    broker_url: str | None = None,
+    result_backend: str | None = None,
+    scheduler_health_check: bool = False,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The `AIRFLOW__*` variables for one stack; every value a string, ready for an env.
+
+    Ports left as None come from the config (the local backend's case); the docker backend
+    passes the fixed ports inside its containers. `api_host` is where the api-server binds,
+    `api_reach_host` the name the other components reach it by (the Execution API URL).
+    With `config.executor == "celery"`, `broker_url` is required and the result backend
+    defaults to the metadata database.
+    """
+    api_port = config.airflow_port if api_port is None else api_port
+    env = {
+        "AIRFLOW__CORE__EXECUTOR": EXECUTOR_CLASSES[config.executor],
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__PARALLELISM": str(config.parallelism),
+        "AIRFLOW__CORE__DAGS_FOLDER": dags_folder,
+        "AIRFLOW__CORE__FERNET_KEY": secrets.fernet_key,
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{api_reach_host}:{api_port}/execution/",
+        "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{secrets.admin_user}:admin",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": passwords_file,
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database_url,
+        "AIRFLOW__API__HOST": api_host,
+        "AIRFLOW__API__PORT": str(api_port),
+        "AIRFLOW__API__SECRET_KEY": api_secret_key(secrets),
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.jwt_secret,
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": str(DAG_REFRESH_SECONDS),
+        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": str(SCHEDULER_IDLE_SLEEP_SECONDS),
+        "AIRFLOW__METRICS__STATSD_ON": "True",
+        "AIRFLOW__METRICS__STATSD_HOST": statsd_host,
+        "AIRFLOW__METRICS__STATSD_PORT": str(config.statsd_port if statsd_port is None else statsd_port),
+        "AIRFLOW__METRICS__STATSD_PREFIX": STATSD_PREFIX,
+        "AIRFLOW__METRICS__STATSD_INFLUXDB_ENABLED": "True",
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(
+            config.log_server_port if log_server_port is None else log_server_port
+        ),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(
+            config.trigger_log_server_port if trigger_log_server_port is None else trigger_log_server_port
+        ),
+    }
+    if scheduler_health_check:
+        env["AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK"] = _flag(True)
+        env["AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT"] = str(SCHEDULER_HEALTH_PORT)
+    if config.executor == "celery":
+        if not broker_url:
+            raise ValueError("the celery executor needs a broker_url")
+        env["AIRFLOW__CELERY__BROKER_URL"] = broker_url
+        env["AIRFLOW__CELERY__RESULT_BACKEND"] = result_backend or celery_result_backend(database_url)
+    env.update(extra or {})
+    return env

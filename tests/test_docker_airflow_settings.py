@@ -1,0 +1,97 @@
+"""airflow_settings: the one set of AIRFLOW__* variables, checked against Airflow's own option registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mlflowctl.airflow_settings import airflow_env, api_secret_key
+from mlflowctl.config import Config
+from mlflowctl.secrets import load_or_create
+
+
+def _airflow_options() -> set[tuple[str, str]]:
+    """Every (section, key) Airflow 3.3 and its Celery provider declare."""
+    import airflow
+    from airflow.providers.celery.get_provider_info import get_provider_info
+
+    core = yaml.safe_load((Path(airflow.__file__).parent / "config_templates" / "config.yml").read_text())
+    found: set[tuple[str, str]] = set()
+    for sections in (core, get_provider_info()["config"]):
+        for section, body in sections.items():
+            found.update((section, key) for key in body["options"])
+    return found
+
+
+@pytest.fixture
+def secrets(tmp_path):
+    return load_or_create(tmp_path)
+
+
+def _local(config, secrets, **extra):
+    return airflow_env(
+        config, secrets, database_url="sqlite:////tmp/x.db", passwords_file="/tmp/p.json",
+        dags_folder="/tmp/dags", **extra,
+    )
+
+
+def test_every_variable_names_a_real_airflow_option(secrets):
+    config = Config(executor="celery")
+    env = _local(config, secrets, broker_url="redis://127.0.0.1:1/0", scheduler_health_check=True)
+    options = _airflow_options()
+    unknown = []
+    for name in env:
+        _, section, key = name.split("__", 2)
+        if (section.lower(), key.lower()) not in options:
+            unknown.append(name)
+    assert unknown == []
+
+
+def test_local_defaults_come_from_the_config(secrets):
+    config = Config(airflow_port=18080, statsd_port=18125, log_server_port=18793, trigger_log_server_port=18794,
+                    parallelism=3)
+    env = _local(config, secrets)
+    assert env["AIRFLOW__API__PORT"] == "18080"
+    assert env["AIRFLOW__API__HOST"] == "127.0.0.1"
+    assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://127.0.0.1:18080/execution/"
+    assert env["AIRFLOW__METRICS__STATSD_PORT"] == "18125"
+    assert env["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"] == "18793"
+    assert env["AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT"] == "18794"
+    assert env["AIRFLOW__CORE__PARALLELISM"] == "3"
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+    assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
+    assert env["AIRFLOW__METRICS__STATSD_INFLUXDB_ENABLED"] == "True"
+    assert env["AIRFLOW__METRICS__STATSD_PREFIX"] == "airflow"
+    assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] == "False"
+    assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == secrets.jwt_secret
+    assert env["AIRFLOW__CORE__FERNET_KEY"] == secrets.fernet_key
+    assert "AIRFLOW__CELERY__BROKER_URL" not in env
+    assert all(isinstance(value, str) for value in env.values())
+
+
+def test_container_values_override_the_config(secrets):
+    env = _local(Config(airflow_port=18080), secrets, api_host="0.0.0.0", api_port=8080,
+                 api_reach_host="airflow-apiserver", statsd_host="statsd-exporter", statsd_port=9125)
+    assert env["AIRFLOW__API__PORT"] == "8080"
+    assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
+    assert env["AIRFLOW__METRICS__STATSD_HOST"] == "statsd-exporter"
+
+
+def test_celery_needs_a_broker_and_defaults_the_result_backend(secrets):
+    config = Config(executor="celery")
+    with pytest.raises(ValueError, match="broker_url"):
+        _local(config, secrets)
+    env = airflow_env(config, secrets, database_url="postgresql+psycopg2://a:b@h/airflow",
+                      passwords_file="/p", dags_folder="/d", broker_url="redis://r:6379/0")
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert env["AIRFLOW__CELERY__BROKER_URL"] == "redis://r:6379/0"
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"] == "db+postgresql+psycopg2://a:b@h/airflow"
+
+
+def test_api_secret_key_is_stable_and_not_the_jwt_secret(secrets, tmp_path):
+    other = load_or_create(tmp_path / "other")
+    assert api_secret_key(secrets) == api_secret_key(secrets)
+    assert api_secret_key(secrets) != api_secret_key(other)
+    assert api_secret_key(secrets) != secrets.jwt_secret
