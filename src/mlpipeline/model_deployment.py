@@ -1,0 +1,444 @@
+"""A file-based model registry with gated, atomic promotion and rollback.
+
+Layout under the registry root::
+
+    versions/v0001/model.skops      the model (skops: loading runs no code)
+    versions/v0001/metadata.json    metrics, data fingerprint, run id, git commit, versions,
+                                    created time, the model file's sha256, the promotion decision
+    production.json                 pointer: {"version", "previous": [...], "updated_at", "reason"}
+    events.jsonl                    audit trail: registered / promoted / not_promoted / rolled_back
+    .lock                           flock serialising writers
+
+A version directory is assembled under ``.tmp-*`` and renamed into ``versions/`` in one
+step; the production pointer is written to a temporary file and ``os.replace``-d. A reader
+therefore sees either the old state or the new one, never half of either. The model's
+sha256 is checked on every load: a file that does not match its metadata is refused
+before skops ever reads it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+MODEL_FILE = "model.skops"
+METADATA_FILE = "metadata.json"
+POINTER_FILE = "production.json"
+EVENTS_FILE = "events.jsonl"
+_VERSION_RE = re.compile(r"^v(\d{4,})$")
+_LIBRARIES = ("apache-airflow", "scikit-learn", "skops", "pandas", "numpy", "pandera")
+
+
+class RegistryError(RuntimeError):
+    """The registry cannot do what was asked (missing version, unreadable metadata...)."""
+
+
+class RegistryNotWritableError(RegistryError):
+    """The registry directory cannot be created or written."""
+
+
+class ModelIntegrityError(RegistryError):
+    """A model file does not match the sha256 recorded for it: it is never loaded."""
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2, sort_keys=True, default=str)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def git_commit(path: str | os.PathLike[str] | None) -> str | None:
+    """The commit checked out where ``path`` lives; None if it is not a git checkout (best effort)."""
+    if path is None:
+        return None
+    where = Path(path)
+    where = where if where.is_dir() else where.parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(where), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40,64}", commit) else None
+
+
+def library_versions() -> dict[str, str | None]:
+    """Installed versions of the libraries a model depends on (no import of any of them)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _LIBRARIES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def _default_loader(path: Path) -> Any:
+    from mlpipeline.model_training import load_model
+
+    return load_model(path)
+
+
+# ---------------------------------------------------------------- promotion gate
+
+
+def check_promotion(
+    metrics: Mapping[str, Any],
+    thresholds: Mapping[str, float],
+    tolerance: float,
+    production_metrics: Mapping[str, Any] | None,
+) -> tuple[bool, str]:
+    """(promote?, reason). Every thresholded metric must be present, finite, >= its threshold
+    and, if there is a production model, >= production's value minus ``tolerance``."""
+    if not thresholds:
+        raise ValueError("no promotion thresholds configured")
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) or not 0 <= tolerance < 1:
+        raise ValueError(f"tolerance must be a number in [0, 1), got {tolerance!r}")
+    failures: list[str] = []
+    for name, minimum in sorted(thresholds.items()):
+        value = metrics.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            failures.append(f"{name} missing or not a number ({value!r})")
+            continue
+        if value < minimum:
+            failures.append(f"{name} {value:.4f} < threshold {minimum:.4f}")
+        if production_metrics is not None:
+            current = production_metrics.get(name)
+            if isinstance(current, (int, float)) and math.isfinite(current) and value < current - tolerance:
+                failures.append(f"{name} {value:.4f} worse than production {current:.4f} beyond tolerance {tolerance}")
+    if failures:
+        return False, "not promoted: " + "; ".join(failures)
+    if production_metrics is None:
+        return True, "promoted: passes thresholds; no production model yet"
+    return True, f"promoted: passes thresholds and is within {tolerance} of production"
+
+
+# ---------------------------------------------------------------- the registry
+
+
+class ModelRegistry:
+    def __init__(self, root: str | os.PathLike[str], *, loader: Callable[[Path], Any] | None = None) -> None:
+        self.root = Path(root).expanduser().absolute()
+        self.versions_dir = self.root / "versions"
+        self.pointer_path = self.root / POINTER_FILE
+        self.events_path = self.root / EVENTS_FILE
+        self._loader = loader or _default_loader
+
+    # -- writing
+
+    def ensure_writable(self) -> None:
+        """Create the registry directories and prove we can write there, or raise a clear error."""
+        try:
+            self.versions_dir.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=self.root, prefix=".probe-")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise RegistryNotWritableError(
+                f"model registry {self.root} is not writable: {exc.strerror or exc}"
+                " (set MLWF_REGISTRY_DIR to a writable directory)"
+            ) from None
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.ensure_writable()
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def _event(self, event: str, **fields: Any) -> None:
+        from mlpipeline.notifications import append_jsonl
+
+        append_jsonl(self.events_path, {"time": _now(), "event": event, **fields})
+
+    def _next_version(self) -> str:
+        numbers = [int(m.group(1)) for p in self.versions_dir.iterdir() if (m := _VERSION_RE.match(p.name))]
+        return f"v{max(numbers, default=0) + 1:04d}"
+
+    def register(self, model_path: str | os.PathLike[str], metadata: Mapping[str, Any]) -> dict[str, Any]:
+        """Copy a model in as a new version (assembled aside, then renamed). Caller holds the lock."""
+        src = Path(model_path)
+        if not src.is_file():
+            raise RegistryError(f"model file {src} does not exist")
+        if src.suffix != ".skops":
+            raise RegistryError(f"model file {src} is not a .skops file; the registry stores skops models only")
+        staging = Path(tempfile.mkdtemp(dir=self.root, prefix=".tmp-"))
+        try:
+            shutil.copyfile(src, staging / MODEL_FILE)
+            digest = sha256_file(staging / MODEL_FILE)
+            try:  # refuse anything skops cannot load with our allow-list, before it is registered
+                self._loader(staging / MODEL_FILE)
+            except Exception as exc:  # noqa: BLE001 - any failure means: not a model we accept
+                raise RegistryError(f"model file {src} cannot be loaded safely: {exc}") from exc
+            version = self._next_version()
+            meta = {**metadata, "version": version, "model_file": MODEL_FILE, "model_sha256": digest}
+            with open(staging / METADATA_FILE, "w") as fh:
+                json.dump(meta, fh, indent=2, sort_keys=True, default=str)
+                fh.write("\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(staging, 0o755)
+            os.rename(staging, self.versions_dir / version)
+            _fsync_dir(self.versions_dir)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return meta
+
+    def _set_production(self, version: str, previous: list[str], reason: str) -> dict[str, Any]:
+        pointer = {"version": version, "previous": previous, "updated_at": _now(), "reason": reason}
+        _write_json_atomic(self.pointer_path, pointer)
+        return pointer
+
+    # -- reading
+
+    def pointer(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.pointer_path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise RegistryError(f"production pointer {self.pointer_path} is unreadable: {exc}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("version"), str):
+            raise RegistryError(f"production pointer {self.pointer_path} has no version")
+        return data
+
+    def production_version(self) -> str | None:
+        p = self.pointer()
+        return p["version"] if p else None
+
+    def list_versions(self) -> list[str]:
+        if not self.versions_dir.is_dir():
+            return []
+        found = [p.name for p in self.versions_dir.iterdir() if _VERSION_RE.match(p.name) and p.is_dir()]
+        return sorted(found, key=lambda v: int(v[1:]))
+
+    def metadata(self, version: str) -> dict[str, Any]:
+        if not _VERSION_RE.match(version or ""):
+            raise RegistryError(f"{version!r} is not a version name (expected v0001, v0002, ...)")
+        path = self.versions_dir / version / METADATA_FILE
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise RegistryError(f"model version {version} not found in {self.root}") from None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise RegistryError(f"metadata of {version} is unreadable: {exc}") from None
+
+    def verify(self, version: str) -> dict[str, Any]:
+        """Metadata of ``version`` after checking its model file against the recorded sha256."""
+        meta = self.metadata(version)
+        model = self.versions_dir / version / meta.get("model_file", MODEL_FILE)
+        expected = meta.get("model_sha256")
+        if not model.is_file():
+            raise ModelIntegrityError(f"model file of {version} is missing ({model})")
+        actual = sha256_file(model)
+        if not expected or actual != expected:
+            raise ModelIntegrityError(
+                f"model file of {version} does not match its recorded sha256 "
+                f"(expected {expected}, found {actual}): refusing to load it"
+            )
+        return meta
+
+    def load(self, version: str | None = None) -> tuple[Any, dict[str, Any]]:
+        """(model, metadata) of ``version`` (production by default); the sha256 is checked first."""
+        version = version or self.production_version()
+        if version is None:
+            raise RegistryError(f"no production model in {self.root}")
+        meta = self.verify(version)
+        return self._loader(self.versions_dir / version / meta.get("model_file", MODEL_FILE)), meta
+
+    def find_run(self, run_id: str | None, model_sha256: str) -> dict[str, Any] | None:
+        """The version registered by ``run_id`` for this exact model file, if any (re-run safety)."""
+        if not run_id:
+            return None
+        for version in reversed(self.list_versions()):
+            with contextlib.suppress(RegistryError):
+                meta = self.metadata(version)
+                if meta.get("run_id") == run_id and meta.get("model_sha256") == model_sha256:
+                    return meta
+        return None
+
+    # -- operations
+
+    def deploy(
+        self,
+        model_path: str | os.PathLike[str],
+        metrics: Mapping[str, Any],
+        *,
+        thresholds: Mapping[str, float],
+        tolerance: float,
+        metadata: Mapping[str, Any] | None = None,
+        code_path: str | os.PathLike[str] | None = None,
+    ) -> dict[str, Any]:
+        metadata = dict(metadata or {})
+        with self._locked():
+            digest = sha256_file(model_path) if Path(model_path).is_file() else None
+            existing = self.find_run(metadata.get("run_id"), digest) if digest else None
+            if existing is not None:  # same run, same model: report what was decided then
+                self._finish_interrupted_promotion(existing)
+                return self._result(existing, reused=True)
+            current = self.production_version()
+            current_metrics = self.metadata(current).get("metrics", {}) if current else None
+            promoted, reason = check_promotion(metrics, thresholds, tolerance, current_metrics)
+            meta = self.register(
+                model_path,
+                {
+                    **metadata,
+                    "metrics": dict(metrics),
+                    "created_at": _now(),
+                    "dag_git_commit": metadata.get("dag_git_commit") or git_commit(code_path),
+                    "library_versions": library_versions(),
+                    "promotion": {
+                        "promoted": promoted,
+                        "reason": reason,
+                        "thresholds": dict(thresholds),
+                        "tolerance": tolerance,
+                        "compared_with": current,
+                    },
+                },
+            )
+            self._event("registered", version=meta["version"], run_id=metadata.get("run_id"))
+            if promoted:
+                previous = (self.pointer() or {}).get("previous", [])
+                self._set_production(meta["version"], [*previous, current] if current else previous, reason)
+                self._event("promoted", version=meta["version"], replaced=current, reason=reason)
+            else:
+                self._event("not_promoted", version=meta["version"], production=current, reason=reason)
+            return self._result(meta, reused=False)
+
+    def _finish_interrupted_promotion(self, meta: Mapping[str, Any]) -> None:
+        """A version decided 'promoted' whose pointer switch never happened (crash in between)."""
+        pointer = self.pointer() or {"version": None, "previous": []}
+        version = meta["version"]
+        if not meta.get("promotion", {}).get("promoted"):
+            return
+        if version == pointer["version"] or version in pointer.get("previous", []):
+            return
+        current = pointer["version"]
+        previous = [*pointer.get("previous", []), current] if current else list(pointer.get("previous", []))
+        self._set_production(version, previous, meta["promotion"]["reason"])
+        self._event("promoted", version=version, replaced=current, reason="completed an interrupted promotion")
+
+    def _result(self, meta: Mapping[str, Any], *, reused: bool) -> dict[str, Any]:
+        decision = meta.get("promotion", {})
+        return {
+            "version": meta["version"],
+            "promoted": bool(decision.get("promoted")),
+            "reason": decision.get("reason"),
+            "production_version": self.production_version(),
+            "model_sha256": meta.get("model_sha256"),
+            "metadata_path": str(self.versions_dir / meta["version"] / METADATA_FILE),
+            "registry_root": str(self.root),
+            "reused": reused,
+        }
+
+    def rollback(self, to_version: str | None = None) -> dict[str, Any]:
+        """Point production at ``to_version``, or at the version production replaced last."""
+        with self._locked():
+            pointer = self.pointer()
+            if pointer is None:
+                raise RegistryError(f"nothing to roll back: no production model in {self.root}")
+            current, previous = pointer["version"], list(pointer.get("previous", []))
+            if to_version is None:
+                if not previous:
+                    raise RegistryError(f"nothing to roll back to: {current} is the only version ever promoted")
+                target, remaining = previous[-1], previous[:-1]
+            else:
+                if to_version == current:
+                    raise RegistryError(f"{to_version} is already in production")
+                target, remaining = to_version, [*previous, current]
+            self.verify(target)  # never roll back onto a missing or tampered model
+            self._set_production(target, remaining, f"rollback from {current}")
+            self._event("rolled_back", version=target, replaced=current)
+            return {"version": target, "replaced": current, "previous": remaining}
+
+
+# ---------------------------------------------------------------- task-level functions
+
+
+def deploy_model(
+    model_path: str | os.PathLike[str],
+    metrics: Mapping[str, Any],
+    *,
+    registry_root: str | os.PathLike[str],
+    thresholds: Mapping[str, float],
+    tolerance: float,
+    metadata: Mapping[str, Any] | None = None,
+    code_path: str | os.PathLike[str] | None = None,
+    loader: Callable[[Path], Any] | None = None,
+) -> dict[str, Any]:
+    """Register the model as a new version and promote it if the gate allows.
+
+    Returns ``{"version", "promoted", "reason", "production_version", "model_sha256",
+    "metadata_path", "registry_root", "reused"}``. Re-running with the same run id and the
+    same model file returns the earlier decision instead of registering a duplicate.
+    """
+    registry = ModelRegistry(registry_root, loader=loader)
+    return registry.deploy(
+        model_path, metrics, thresholds=thresholds, tolerance=tolerance, metadata=metadata, code_path=code_path
+    )
+
+
+def rollback(registry_root: str | os.PathLike[str], to_version: str | None = None) -> dict[str, Any]:
+    return ModelRegistry(registry_root).rollback(to_version)
+
+
+def load_production_model(
+    registry_root: str | os.PathLike[str], *, loader: Callable[[Path], Any] | None = None
+) -> tuple[Any, dict[str, Any]]:
+    return ModelRegistry(registry_root, loader=loader).load()
+
