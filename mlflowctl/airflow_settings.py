@@ -9,7 +9,7 @@ Celery mode of both adds only a broker URL. Nothing here touches the disk or the
 
 Why each value (see /work/shared/airflow3-field-notes.md):
 - parallelism 4 instead of 32: 32 idle task slots cost ~250 MiB more on a laptop;
-- DAG refresh 10 s instead of 300 s: a new DAG file shows up in seconds;
+- DAG refresh 5 s instead of 300 s: a new DAG file shows up in seconds;
 - scheduler idle sleep 0.2 s: task-to-task gap ~0.2 s instead of ~1 s;
 - StatsD with InfluxDB-style tags and the prefix `airflow`: dag_id, task_id and state
   become Prometheus labels in both statsd_exporter and mlwf's embedded exporter;
@@ -21,13 +21,15 @@ Why each value (see /work/shared/airflow3-field-notes.md):
 from __future__ import annotations
 
 import hashlib
+import hmac
+import json
 from typing import Mapping
 
 from mlflowctl.config import Config
 from mlflowctl.secrets import Secrets
 
 EXECUTOR_CLASSES = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
-DAG_REFRESH_SECONDS = 10
+DAG_REFRESH_SECONDS = 5
 SCHEDULER_IDLE_SLEEP_SECONDS = 0.2
 STATSD_PREFIX = "airflow"
 SCHEDULER_HEALTH_PORT = 8974
@@ -38,9 +40,14 @@ def _flag(value: bool) -> str:
     return "True" if value else "False"
 
 
+def derived_secret(secrets: Secrets, purpose: str) -> str:
+    """A secret for `purpose` derived from the stack's JWT secret (random, stable, never stored)."""
+    return hmac.new(secrets.jwt_secret.encode(), purpose.encode(), hashlib.sha256).hexdigest()
+
+
 def api_secret_key(secrets: Secrets) -> str:
-    """`[api] secret_key`: derived from the JWT secret, so it is random, stable and shared."""
-    return hashlib.sha256(b"mlwf-api-secret-key\0" + secrets.jwt_secret.encode()).hexdigest()
+    """`[api] secret_key`, shared by every component (it also signs log-fetch requests)."""
+    return derived_secret(secrets, "api-secret-key")
 
 
 def celery_result_backend(database_url: str) -> str:
@@ -62,6 +69,8 @@ def airflow_env(
     statsd_port: int | None = None,
     log_server_port: int | None = None,
     trigger_log_server_port: int | None = None,
+    base_log_folder: str | None = None,
+    base_url: str | None = None,
     broker_url: str | None = None,
     result_backend: str | None = None,
     scheduler_health_check: bool = False,
@@ -76,13 +85,15 @@ def airflow_env(
     defaults to the metadata database.
     """
     api_port = config.airflow_port if api_port is None else api_port
+    own_url = f"http://{api_reach_host}:{api_port}"
     env = {
         "AIRFLOW__CORE__EXECUTOR": EXECUTOR_CLASSES[config.executor],
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__PARALLELISM": str(config.parallelism),
         "AIRFLOW__CORE__DAGS_FOLDER": dags_folder,
         "AIRFLOW__CORE__FERNET_KEY": secrets.fernet_key,
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{api_reach_host}:{api_port}/execution/",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{own_url}/execution/",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
         "AIRFLOW__CORE__AUTH_MANAGER": SIMPLE_AUTH_MANAGER,
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{secrets.admin_user}:admin",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": passwords_file,
@@ -90,9 +101,12 @@ def airflow_env(
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database_url,
         "AIRFLOW__API__HOST": api_host,
         "AIRFLOW__API__PORT": str(api_port),
+        "AIRFLOW__API__BASE_URL": base_url or own_url,
+        "AIRFLOW__API__WORKERS": "1",
         "AIRFLOW__API__SECRET_KEY": api_secret_key(secrets),
         "AIRFLOW__API_AUTH__JWT_SECRET": secrets.jwt_secret,
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": str(DAG_REFRESH_SECONDS),
+        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": str(DAG_REFRESH_SECONDS),
         "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": str(SCHEDULER_IDLE_SLEEP_SECONDS),
         "AIRFLOW__METRICS__STATSD_ON": "True",
         "AIRFLOW__METRICS__STATSD_HOST": statsd_host,
@@ -106,13 +120,58 @@ def airflow_env(
             config.trigger_log_server_port if trigger_log_server_port is None else trigger_log_server_port
         ),
     }
+    env["AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK"] = _flag(scheduler_health_check)
     if scheduler_health_check:
-        env["AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK"] = _flag(True)
         env["AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT"] = str(SCHEDULER_HEALTH_PORT)
+    if base_log_folder:
+        env["AIRFLOW__LOGGING__BASE_LOG_FOLDER"] = base_log_folder
     if config.executor == "celery":
         if not broker_url:
             raise ValueError("the celery executor needs a broker_url")
         env["AIRFLOW__CELERY__BROKER_URL"] = broker_url
         env["AIRFLOW__CELERY__RESULT_BACKEND"] = result_backend or celery_result_backend(database_url)
     env.update(extra or {})
+    return env
+
+
+def api_connection(secrets: Secrets, *, host: str, port: int) -> str:
+    """AIRFLOW_CONN_MLWF_API in Airflow's JSON form: the API monitoring_dag reads."""
+    return json.dumps(
+        {
+            "conn_type": "http",
+            "host": host,
+            "port": port,
+            "schema": "http",
+            "login": secrets.admin_user,
+            "password": secrets.admin_password,
+        }
+    )
+
+
+def task_env(
+    config: Config,
+    secrets: Secrets,
+    *,
+    data_root: str,
+    api_host: str = "127.0.0.1",
+    api_port: int | None = None,
+    statsd_host: str = "127.0.0.1",
+    statsd_port: int | None = None,
+    home: str | None = None,
+) -> dict[str, str]:
+    """What the pipeline's tasks read (MLWF_*), and the API connection for monitoring_dag."""
+    api_port = config.airflow_port if api_port is None else api_port
+    env = {
+        "MLWF_DATA_ROOT": data_root,
+        "MLWF_STATSD_HOST": statsd_host,
+        "MLWF_STATSD_PORT": str(config.statsd_port if statsd_port is None else statsd_port),
+        "AIRFLOW_CONN_MLWF_API": api_connection(secrets, host=api_host, port=api_port),
+        "MLWF_AIRFLOW_URL": f"http://{api_host}:{api_port}",
+        "MLWF_AIRFLOW_USER": secrets.admin_user,
+        "MLWF_AIRFLOW_PASSWORD": secrets.admin_password,
+    }
+    if home:
+        env["MLWF_HOME"] = home
+    if config.webhook_url:
+        env["MLWF_WEBHOOK_URL"] = config.webhook_url
     return env

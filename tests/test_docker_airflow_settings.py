@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mlflowctl.airflow_settings import airflow_env, api_secret_key
+from mlflowctl.airflow_settings import airflow_env, api_secret_key, task_env
 from mlflowctl.config import Config
 from mlflowctl.secrets import load_or_create
 
@@ -95,3 +95,17 @@ def test_api_secret_key_is_stable_and_not_the_jwt_secret(secrets, tmp_path):
     assert api_secret_key(secrets) == api_secret_key(secrets)
     assert api_secret_key(secrets) != api_secret_key(other)
     assert api_secret_key(secrets) != secrets.jwt_secret
+
+
+def test_task_env_points_tasks_at_the_stack(secrets):
+    import json
+
+    env = task_env(Config(airflow_port=18080, webhook_url="http://hook"), secrets, data_root="/data",
+                   api_host="airflow-apiserver", api_port=8080, statsd_host="statsd-exporter", statsd_port=9125)
+    connection = json.loads(env["AIRFLOW_CONN_MLWF_API"])
+    assert (connection["host"], connection["port"], connection["password"]) == (
+        "airflow-apiserver", 8080, secrets.admin_password)
+    assert env["MLWF_AIRFLOW_URL"] == "http://airflow-apiserver:8080"
+    assert (env["MLWF_STATSD_HOST"], env["MLWF_STATSD_PORT"]) == ("statsd-exporter", "9125")
+    assert env["MLWF_WEBHOOK_URL"] == "http://hook"
+    assert "MLWF_WEBHOOK_URL" not in task_env(Config(), secrets, data_root="/d")
