@@ -1,0 +1,251 @@
+"""Training tasks of the ML pipeline: train, evaluate, and save/load models safely.
+
+Plain Python, no Airflow import. Models are stored with skops, a format whose loading
+runs no code: `load_model` refuses any file that holds a type outside an explicit
+allow-list. Training is seeded (`random_state`), so the same data, parameters and seed
+give the same predictions and metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import skops.io as sio
+from sklearn.base import BaseEstimator
+from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
+from sklearn.utils._param_validation import InvalidParameterError
+
+from mlpipeline.data_processing import (
+    LABEL,
+    DataError,
+    atomic_write_bytes,
+    atomic_write_json,
+    ensure_out_dir,
+    read_parquet,
+)
+
+MODEL_TYPES = ("logistic_regression", "random_forest", "gradient_boosting")
+MODEL_FILE = "model.skops"
+
+_ESTIMATORS: dict[str, type[BaseEstimator]] = {
+    "logistic_regression": LogisticRegression,
+    "random_forest": RandomForestClassifier,
+    "gradient_boosting": GradientBoostingClassifier,
+}
+# Defaults we choose on top of scikit-learn's; `random_state` always comes from the seed
+# unless the caller sets it.
+DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
+    "logistic_regression": {"max_iter": 1000},
+    "random_forest": {"n_estimators": 100},
+    "gradient_boosting": {},
+}
+
+# Types a model file may contain beyond skops' own audited defaults (scikit-learn estimators,
+# numpy arrays and dtypes, builtins). The tree estimators need their Cython Tree class.
+# Never extend this with skops.io.get_untrusted_types(): that would trust whatever a file holds.
+TRUSTED_TYPES: tuple[str, ...] = ("sklearn.tree._tree.Tree",)
+
+
+class ModelError(ValueError):
+    """A model file is missing, unreadable, or not a model."""
+
+
+class UntrustedModelError(ModelError):
+    """A model file holds types outside the allow-list; it was not loaded."""
+
+
+# --------------------------------------------------------------------------- save / load
+
+
+def save_model(model: BaseEstimator, path: str | os.PathLike[str]) -> str:
+    """Serialise `model` with skops to `path` atomically; return the file's sha256."""
+    target = Path(path)
+    ensure_out_dir(target.parent)
+    return atomic_write_bytes(target, sio.dumps(model))
+
+
+def load_model(path: str | os.PathLike[str]) -> BaseEstimator:
+    """Load a skops model file, trusting only skops' defaults plus TRUSTED_TYPES.
+
+    Raises UntrustedModelError (naming the offending types) before anything is constructed
+    when the file holds any other type, and ModelError when it is not a readable model.
+    """
+    source = Path(path)
+    try:
+        data = source.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"cannot read model file {source}: {exc.strerror or exc}") from exc
+    try:
+        untrusted = sio.get_untrusted_types(data=data)
+    except Exception as exc:  # zipfile.BadZipFile, KeyError/JSON errors from a damaged schema
+        raise ModelError(f"{source} is not a skops model file: {type(exc).__name__}: {exc}") from exc
+    refused = sorted(set(untrusted) - set(TRUSTED_TYPES))
+    if refused:
+        raise UntrustedModelError(f"refusing to load {source}: it contains untrusted types {', '.join(refused)}")
+    try:
+        model = sio.loads(data, trusted=list(TRUSTED_TYPES))
+    except sio.exceptions.UntrustedTypesFoundException as exc:  # pragma: no cover - caught above
+        raise UntrustedModelError(f"refusing to load {source}: {exc}") from exc
+    except Exception as exc:
+        raise ModelError(f"cannot load model {source}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(model, BaseEstimator) or not hasattr(model, "predict"):
+        raise ModelError(f"{source} holds a {type(model).__name__}, not a scikit-learn model")
+    return model
+
+
+# --------------------------------------------------------------------------- train
+
+
+def build_estimator(model_type: str, params: dict[str, Any] | None = None, *, seed: int = 42) -> tuple[BaseEstimator, dict[str, Any]]:
+    """The unfitted estimator for `model_type` and the effective parameters set on it.
+
+    Unknown model types or parameter names raise ValueError; bad values raise ValueError
+    when the estimator is fitted.
+    """
+    if model_type not in _ESTIMATORS:
+        raise ValueError(f"unknown model_type {model_type!r}; choose one of {', '.join(MODEL_TYPES)}")
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise ValueError(f"params for {model_type} must be a mapping, got {type(params).__name__}")
+    estimator = _ESTIMATORS[model_type]()
+    valid = estimator.get_params(deep=False)
+    unknown = sorted(set(params) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"unknown parameter(s) for {model_type}: {', '.join(map(str, unknown))}; "
+            f"valid: {', '.join(sorted(valid))}"
+        )
+    effective = {**DEFAULT_PARAMS[model_type], "random_state": seed, **params}
+    try:
+        json.dumps(effective)
+    except TypeError as exc:
+        raise ValueError(f"params for {model_type} must be JSON values: {exc}") from exc
+    estimator.set_params(**effective)
+    return estimator, effective
+
+
+def _features_and_label(frame: Any, label: str, what: str) -> tuple[Any, np.ndarray]:
+    if label not in frame.columns:
+        raise DataError(f"{what} has no label column {label!r}")
+    return frame.drop(columns=[label]), frame[label].to_numpy()
+
+
+def train_model(
+    train_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    model_type: str = "logistic_regression",
+    params: dict[str, Any] | None = None,
+    label: str = LABEL,
+    seed: int = 42,
+) -> dict[str, Any]:
+    """Fit the chosen estimator on the training split and save it to `out_dir/model.skops`."""
+    estimator, effective = build_estimator(model_type, params, seed=seed)
+    out = ensure_out_dir(out_dir)
+    x, y = _features_and_label(read_parquet(train_path, "training split"), label, str(train_path))
+    started = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            estimator.fit(x, y)
+        except InvalidParameterError as exc:
+            raise ValueError(f"invalid parameters for {model_type} {effective}: {exc}") from exc
+        except ValueError as exc:
+            raise DataError(f"cannot train {model_type} on {train_path}: {exc}") from exc
+    seconds = time.perf_counter() - started
+    model_path = out / MODEL_FILE
+    sha256 = save_model(estimator, model_path)
+    return {
+        "model_path": str(model_path),
+        "model_type": model_type,
+        "params": effective,
+        "train_rows": len(y),
+        "training_seconds": round(seconds, 3),
+        "model_sha256": sha256,
+        "n_features": int(x.shape[1]),
+        "classes": [c.item() if isinstance(c, np.generic) else c for c in estimator.classes_],
+        "warnings": sorted({str(w.message).strip().splitlines()[0] for w in caught}),
+    }
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def evaluate_model(
+    model_path: str | os.PathLike[str],
+    holdout_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    label: str = LABEL,
+) -> dict[str, Any]:
+    """Accuracy, precision, recall, F1 and ROC AUC of the model on the holdout split.
+
+    Binary problems use the positive (greater) class; multiclass ones macro averages and
+    one-vs-rest ROC AUC. `roc_auc` is None when it is undefined (one class in the holdout).
+    Writes `out_dir/metrics.json` and returns the metrics plus "metrics_path".
+    """
+    out = ensure_out_dir(out_dir)
+    model = load_model(model_path)
+    holdout = read_parquet(holdout_path, "holdout split")
+    x, y = _features_and_label(holdout, label, str(holdout_path))
+    names = getattr(model, "feature_names_in_", None)
+    if names is not None:
+        missing = [n for n in names if n not in x.columns]
+        if missing:
+            raise DataError(f"holdout split {holdout_path} lacks features the model was trained on: {', '.join(missing)}")
+        x = x[list(names)]
+    classes = model.classes_
+    binary = len(classes) == 2
+    averaging: dict[str, Any] = {"average": "binary", "pos_label": classes[1]} if binary else {"average": "macro"}
+    predicted = model.predict(x)
+    metrics: dict[str, Any] = {
+        "accuracy": float(accuracy_score(y, predicted)),
+        "precision": float(precision_score(y, predicted, zero_division=0, **averaging)),
+        "recall": float(recall_score(y, predicted, zero_division=0, **averaging)),
+        "f1": float(f1_score(y, predicted, zero_division=0, **averaging)),
+        "roc_auc": _roc_auc(model, x, y, classes),
+        "rows": len(y),
+        "average": averaging["average"],
+    }
+    metrics_path = out / "metrics.json"
+    atomic_write_json(metrics_path, metrics)
+    return {**metrics, "metrics_path": str(metrics_path)}
+
+
+def _roc_auc(model: BaseEstimator, x: Any, y: np.ndarray, classes: np.ndarray) -> float | None:
+    if not hasattr(model, "predict_proba"):
+        return None
+    proba = model.predict_proba(x)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if len(classes) == 2:
+                value = roc_auc_score(y == classes[1], proba[:, 1])
+            else:
+                value = roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=classes)
+    except ValueError:  # only one class present in y, or labels the model never saw
+        return None
+    return None if np.isnan(value) else float(value)
+
+
+__all__ = [
+    "DEFAULT_PARAMS",
+    "MODEL_TYPES",
+    "TRUSTED_TYPES",
+    "ModelError",
+    "UntrustedModelError",
+    "build_estimator",
+    "evaluate_model",
+    "load_model",
+    "save_model",
+    "train_model",
+]
