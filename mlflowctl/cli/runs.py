@@ -1,16 +1,331 @@
-"""Commands that drive Airflow through its REST API (issue: API client)."""
+"""Commands that drive Airflow through its REST API v2: trigger, backfill, dags, pause, unpause.
+
+`show_dag_status` and `show_task_logs` are the DAG forms of `mlwf status DAG` and
+`mlwf logs DAG TASK`; the `status` and `logs` commands (cli/stack.py) call them.
+Nothing heavy is imported at module level: httpx and the client load inside commands.
+"""
 
 from __future__ import annotations
 
-from mlflowctl.errors import NotAvailableError
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from mlflowctl.cli.options import Home, Json, Url, User
+from mlflowctl.errors import AuthError, RunFailedError, UsageError
+
+if TYPE_CHECKING:
+    from mlflowctl.api.airflow import AirflowClient
+    from mlflowctl.config import Config
+
+PASSWORD_ENV = "MLWF_AIRFLOW_PASSWORD"
+
+DagId = Annotated[str, typer.Argument(help="DAG id.", show_default=False)]
 
 
-def _not_yet(name: str):
-    def command() -> None:
-        raise NotAvailableError(f"`mlwf {name}` is not implemented yet")
-
-    command.__doc__ = f"{name} (not implemented yet)."
-    return command
+# -- connection ---------------------------------------------------------------------------
 
 
-COMMANDS = {name: _not_yet(name) for name in ("trigger", "backfill", "dags", "pause", "unpause")}
+def _password(config: Config) -> str:
+    """MLWF_AIRFLOW_PASSWORD, else the admin password of a stack mlwf started, else a hidden prompt."""
+    from mlflowctl.secrets import ADMIN_USER, read_admin_password
+
+    if os.environ.get(PASSWORD_ENV):
+        return os.environ[PASSWORD_ENV]
+    if config.airflow_user == ADMIN_USER:
+        stored = read_admin_password(Path(config.home))
+        if stored:
+            return stored
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass(f"Airflow password for {config.airflow_user} at {config.api_url}: ")
+    raise AuthError(
+        f"no password for Airflow user '{config.airflow_user}' at {config.api_url}",
+        hint=f"set {PASSWORD_ENV}, or run from the project whose stack `mlwf up` started (or pass --home)",
+    )
+
+
+def connect(url: str | None = None, user: str | None = None, home: str | None = None) -> AirflowClient:
+    """A client for the configured server; the password is only looked up when a login is needed."""
+    from mlflowctl.api.airflow import AirflowClient
+    from mlflowctl.config import load_config
+
+    config = load_config({"airflow_url": url, "airflow_user": user, "home": home})
+    return AirflowClient(config.api_url, config.airflow_user, lambda: _password(config), home=config.home)
+
+
+# -- output helpers -----------------------------------------------------------------------
+
+
+def _out():
+    from mlflowctl.render.console import stdout
+
+    return stdout()
+
+
+def _print_json(data) -> None:
+    import json
+
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+def _print_lines(lines, *, indent: str = "") -> None:
+    for line in lines:
+        typer.echo(f"{indent}{line}")
+
+
+def _interrupted(what: str) -> typer.Exit:
+    from mlflowctl.render.console import stderr
+
+    stderr().print(f"stopped watching; {what} goes on in Airflow", markup=False, highlight=False)
+    return typer.Exit(130)
+
+
+# -- dags, pause, unpause -----------------------------------------------------------------
+
+
+def dags(as_json: Json = False, url: Url = None, user: User = None, home: Home = None) -> None:
+    """List the DAGs: paused state, schedule, last run and its state, import errors."""
+    from mlflowctl import runs as service
+    from mlflowctl.render import runs as render
+
+    with connect(url, user, home) as client:
+        overview = service.dags_overview(client)
+    if as_json:
+        _print_json(render.dags_json(overview))
+        return
+    _out().print(render.dags_table(overview))
+    if overview.import_errors:
+        _out().print(render.import_errors_table(overview))
+
+
+def _set_paused(dag_id: str, paused: bool, as_json: bool, url, user, home) -> None:
+    from mlflowctl.render.runs import jsonable
+
+    with connect(url, user, home) as client:
+        dag = client.set_paused(dag_id, paused)
+    if as_json:
+        _print_json(jsonable(dag))
+    else:
+        typer.echo(f"DAG {dag.dag_id} is {'paused' if dag.is_paused else 'unpaused'}")
+
+
+def pause(dag_id: DagId, as_json: Json = False, url: Url = None, user: User = None, home: Home = None) -> None:
+    """Pause a DAG: the scheduler creates no new runs of it."""
+    _set_paused(dag_id, True, as_json, url, user, home)
+
+
+def unpause(dag_id: DagId, as_json: Json = False, url: Url = None, user: User = None, home: Home = None) -> None:
+    """Unpause a DAG (a scheduled DAG may start its latest due run at once)."""
+    _set_paused(dag_id, False, as_json, url, user, home)
+
+
+# -- trigger ------------------------------------------------------------------------------
+
+
+def trigger(
+    dag_id: DagId,
+    conf: Annotated[
+        Optional[str], typer.Option("--conf", help="Run conf as a JSON object, or @file.json.", show_default=False)
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Watch the run's tasks until it ends; exit by its outcome.")] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0.1, help="With --wait: stop waiting after S seconds (exit 6).")
+    ] = 3600.0,
+    unpause: Annotated[bool, typer.Option("--unpause", help="Unpause the DAG first if it is paused.")] = False,
+    junit: Annotated[
+        Optional[Path],
+        typer.Option("--junit", help="Write the run's tasks as a JUnit XML report (implies --wait).", show_default=False),
+    ] = None,
+    as_json: Json = False,
+    url: Url = None,
+    user: User = None,
+    home: Home = None,
+) -> None:
+    """Trigger a DAG run and print its run id; with --wait, follow it to the end."""
+    from mlflowctl import runs as service
+    from mlflowctl.render import runs as render
+
+    payload = service.parse_conf(conf)  # bad JSON is refused before anything is sent
+    with connect(url, user, home) as client:
+        run = service.trigger(client, dag_id, payload, unpause=unpause)
+        if not (wait or junit):
+            if as_json:
+                _print_json(render.jsonable(run))
+            else:
+                typer.echo(run.run_id)
+            return
+        if not as_json:
+            typer.echo(f"triggered {dag_id} run {run.run_id}")
+        try:
+            snapshot = _watch(client, service.watch_run(client, dag_id, run.run_id, timeout=timeout), live=not as_json)
+        except KeyboardInterrupt:
+            raise _interrupted(f"run {run.run_id}") from None
+        failed = service.failures(client, snapshot) if snapshot.run.state != "success" else []
+    if junit:
+        from mlflowctl.junit import write_junit
+
+        write_junit(junit, snapshot, failed)
+    if as_json:
+        _print_json(render.run_json(snapshot, failed))
+    else:
+        for failure in failed:
+            typer.echo(f"\ntask {failure.task.task_id} failed (try {failure.task.try_number}); end of its log:")
+            _print_lines(failure.log_tail, indent="  ")
+    if snapshot.run.state != "success":
+        names = ", ".join(f.task.task_id for f in failed) or "no task failed"
+        raise RunFailedError(
+            f"run {run.run_id} of DAG {dag_id} ended {snapshot.run.state} (failed: {names})",
+            hint=f"full log: mlwf logs {dag_id} TASK --run '{run.run_id}'",
+        )
+
+
+def _watch(client, snapshots, *, live: bool):
+    """Drain a watch_run generator, redrawing the tasks table when `live`; the last snapshot."""
+    from rich.live import Live
+
+    from mlflowctl.render.runs import run_table
+
+    last = None
+    if not (live and _out().is_terminal):
+        for last in snapshots:
+            pass
+        if live:
+            _out().print(run_table(last))
+        return last
+    with Live(console=_out(), auto_refresh=False) as screen:
+        for last in snapshots:
+            screen.update(run_table(last), refresh=True)
+    return last
+
+
+# -- backfill -----------------------------------------------------------------------------
+
+
+def backfill(
+    dag_id: DagId,
+    start_date: Annotated[str, typer.Option("--start-date", help="First logical date, YYYY-MM-DD or ISO 8601 (UTC if no zone).", show_default=False)],
+    end_date: Annotated[str, typer.Option("--end-date", help="Last logical date (inclusive).", show_default=False)],
+    max_active_runs: Annotated[int, typer.Option("--max-active-runs", help="Runs at the same time.")] = 2,
+    reprocess: Annotated[
+        str, typer.Option("--reprocess", help="Dates that already have a run: none, failed or completed.")
+    ] = "none",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the logical dates and the estimated wall time only.")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="Show progress until every run ended; exit by the outcome.")] = False,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="With --wait: stop waiting after S seconds (exit 6).")] = 6 * 3600.0,
+    as_json: Json = False,
+    url: Url = None,
+    user: User = None,
+    home: Home = None,
+) -> None:
+    """Run a DAG for every logical date between two dates (Airflow 3 backfill)."""
+    from mlflowctl import runs as service
+    from mlflowctl.render import runs as render
+
+    if reprocess not in service.REPROCESS:
+        raise UsageError(f"--reprocess {reprocess!r}: use one of {', '.join(service.REPROCESS)}")
+    if max_active_runs < 1:
+        raise UsageError(f"--max-active-runs must be at least 1, not {max_active_runs}")
+    start, end = service.backfill_range(start_date, end_date)
+    with connect(url, user, home) as client:
+        plan = service.plan_backfill(client, dag_id, start, end, reprocess=reprocess, max_active_runs=max_active_runs)
+        service.require_dates(plan)
+        if dry_run:
+            if as_json:
+                _print_json(render.backfill_plan_json(plan))
+            else:
+                _out().print(render.backfill_plan_table(plan))
+            return
+        created = service.start_backfill(client, plan)
+        if not as_json:
+            typer.echo(f"backfill {created.id} of {dag_id} created: {len(plan.dates)} runs")
+        if not wait:
+            if as_json:
+                _print_json({"backfill": render.jsonable(created), **render.backfill_plan_json(plan)})
+            return
+        try:
+            progress = _watch_backfill(service.watch_backfill(client, plan, timeout=timeout), len(plan.dates), live=not as_json)
+        except KeyboardInterrupt:
+            raise _interrupted(f"backfill {created.id}") from None
+    if as_json:
+        _print_json({"backfill": render.jsonable(created), "runs": render.jsonable(progress.runs), "total": progress.total})
+    else:
+        _out().print(render.backfill_summary_table(progress))
+    if progress.failed:
+        raise RunFailedError(
+            f"backfill {created.id} of DAG {dag_id}: {len(progress.failed)} of {progress.total} runs failed",
+            hint=f"see `mlwf status {dag_id}` and `mlwf logs {dag_id} TASK --run RUN_ID`",
+        )
+
+
+def _watch_backfill(snapshots, total: int, *, live: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    last = None
+    if not live:
+        for last in snapshots:
+            pass
+        return last
+    columns = (TextColumn("runs ended"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=_out()) as bar:
+        task = bar.add_task("backfill", total=total)
+        for last in snapshots:
+            bar.update(task, completed=last.finished)
+    return last
+
+
+# -- the DAG forms of `status` and `logs` (called from cli/stack.py) ------------------------
+
+
+def show_dag_status(
+    dag_id: str, *, url: str | None = None, user: str | None = None, as_json: bool = False, home: str | None = None
+) -> None:
+    """`mlwf status DAG`: recent runs (state, start, duration) and the latest run's task durations."""
+    from mlflowctl import runs as service
+    from mlflowctl.render import runs as render
+
+    with connect(url, user, home) as client:
+        status = service.dag_status(client, dag_id)
+    if as_json:
+        _print_json(render.dag_status_json(status))
+        return
+    for table in render.dag_status_tables(status):
+        _out().print(table)
+
+
+def show_task_logs(
+    dag_id: str,
+    task_id: str,
+    *,
+    run: str = "latest",
+    try_number: int | None = None,
+    follow: bool = False,
+    url: str | None = None,
+    user: str | None = None,
+    home: str | None = None,
+) -> None:
+    """`mlwf logs DAG TASK`: a task's log as text; `follow` keeps printing until the task ends."""
+    from mlflowctl import runs as service
+    from mlflowctl.render.console import stderr
+    from mlflowctl.render.runs import log_text
+
+    with connect(url, user, home) as client:
+        target = service.log_target(client, dag_id, task_id, run=run, try_number=try_number)
+        stderr().print(
+            f"# {dag_id} / {target.run.run_id} / {task_id} try {target.try_number} ({target.task.state})",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        try:
+            for records in service.follow_log(client, target, follow=follow):
+                _print_lines(log_text(records))
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+
+
+COMMANDS = {"dags": dags, "trigger": trigger, "backfill": backfill, "pause": pause, "unpause": unpause}

@@ -1,0 +1,468 @@
+"""A small typed client for the Airflow 3 REST API v2, on httpx (as Airflow's own airflow-ctl).
+
+One method per endpoint, results parsed into dataclasses. Every failure leaves through
+`_call`, the one place where HTTP statuses and connection errors become mlwf exceptions
+(and so exit codes). Connection errors are retried with bounded exponential backoff;
+requests that may have reached the server are retried only when they are idempotent.
+
+This module imports httpx at the top: the CLI imports it inside command functions only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import quote
+
+import httpx
+
+from mlflowctl.api.auth import TOKEN_FILE, TokenAuth, TokenCache
+from mlflowctl.errors import (
+    ApiError,
+    AuthError,
+    MlwfError,
+    NotFoundError,
+    TimeoutExpired,
+    UnreachableError,
+    UsageError,
+)
+
+RETRY_FOR_S = 8.0
+PAGE = 100
+RUN_DONE = frozenset({"success", "failed"})
+TASK_DONE = frozenset({"success", "failed", "skipped", "upstream_failed", "removed"})
+
+
+def parse_time(value: Any) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def _q(part: str) -> str:
+    """Run ids hold ':' and '+': quote every path segment with nothing kept safe."""
+    return quote(part, safe="")
+
+
+@dataclass(frozen=True)
+class Dag:
+    dag_id: str
+    is_paused: bool
+    schedule: str | None
+    description: str | None = None
+    tags: tuple[str, ...] = ()
+    has_import_errors: bool = False
+    next_run: datetime | None = None
+    fileloc: str | None = None
+
+    @classmethod
+    def from_api(cls, data: dict) -> Dag:
+        return cls(
+            dag_id=data["dag_id"],
+            is_paused=bool(data.get("is_paused")),
+            schedule=data.get("timetable_summary"),
+            description=data.get("description"),
+            tags=tuple(sorted(t["name"] for t in data.get("tags") or [])),
+            has_import_errors=bool(data.get("has_import_errors")),
+            next_run=parse_time(data.get("next_dagrun_run_after")),
+            fileloc=data.get("fileloc"),
+        )
+
+
+@dataclass(frozen=True)
+class DagRun:
+    dag_id: str
+    run_id: str
+    state: str
+    run_type: str | None = None
+    logical_date: datetime | None = None
+    run_after: datetime | None = None
+    start_date: datetime | None = None
+    end_date: datetime | None = None
+    duration: float | None = None
+    conf: dict = field(default_factory=dict)
+
+    @property
+    def done(self) -> bool:
+        return self.state in RUN_DONE
+
+    @classmethod
+    def from_api(cls, data: dict) -> DagRun:
+        return cls(
+            dag_id=data["dag_id"],
+            run_id=data["dag_run_id"],
+            state=data.get("state") or "none",
+            run_type=data.get("run_type"),
+            logical_date=parse_time(data.get("logical_date")),
+            run_after=parse_time(data.get("run_after")),
+            start_date=parse_time(data.get("start_date")),
+            end_date=parse_time(data.get("end_date")),
+            duration=data.get("duration"),
+            conf=data.get("conf") or {},
+        )
+
+
+@dataclass(frozen=True)
+class TaskInstance:
+    task_id: str
+    state: str
+    try_number: int
+    max_tries: int = 0
+    map_index: int = -1
+    start_date: datetime | None = None
+    end_date: datetime | None = None
+    duration: float | None = None
+    operator: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.state in TASK_DONE
+
+    @classmethod
+    def from_api(cls, data: dict) -> TaskInstance:
+        return cls(
+            task_id=data["task_id"],
+            state=data.get("state") or "none",
+            try_number=int(data.get("try_number") or 0),
+            max_tries=int(data.get("max_tries") or 0),
+            map_index=int(data.get("map_index", -1)),
+            start_date=parse_time(data.get("start_date")),
+            end_date=parse_time(data.get("end_date")),
+            duration=data.get("duration"),
+            operator=data.get("operator"),
+        )
+
+
+@dataclass(frozen=True)
+class Backfill:
+    id: int
+    dag_id: str
+    from_date: datetime | None
+    to_date: datetime | None
+    reprocess_behavior: str
+    max_active_runs: int
+    is_paused: bool = False
+    completed_at: datetime | None = None
+
+    @classmethod
+    def from_api(cls, data: dict) -> Backfill:
+        return cls(
+            id=int(data["id"]),
+            dag_id=data["dag_id"],
+            from_date=parse_time(data.get("from_date")),
+            to_date=parse_time(data.get("to_date")),
+            reprocess_behavior=data.get("reprocess_behavior") or "none",
+            max_active_runs=int(data.get("max_active_runs") or 0),
+            is_paused=bool(data.get("is_paused")),
+            completed_at=parse_time(data.get("completed_at")),
+        )
+
+
+@dataclass(frozen=True)
+class DagImportError:
+    filename: str
+    stack_trace: str
+    timestamp: datetime | None = None
+
+    @classmethod
+    def from_api(cls, data: dict) -> DagImportError:
+        return cls(
+            filename=data.get("filename") or "?",
+            stack_trace=data.get("stack_trace") or "",
+            timestamp=parse_time(data.get("timestamp")),
+        )
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    """One structured line of a task log (Airflow 3 sends JSON records, not text)."""
+
+    event: str
+    timestamp: str | None = None
+    level: str | None = None
+    logger: str | None = None
+    exception: tuple[str, ...] = ()
+
+    @classmethod
+    def from_api(cls, item: Any) -> LogRecord:
+        if not isinstance(item, dict):
+            return cls(event=str(item))
+        return cls(
+            event=str(item.get("event", "")),
+            timestamp=item.get("timestamp"),
+            level=item.get("level"),
+            logger=item.get("logger"),
+            exception=tuple(_exception_lines(item.get("error_detail"))),
+        )
+
+
+AIRFLOW_FRAME = ("/site-packages/airflow/", "/dist-packages/airflow/")
+
+
+def _exception_lines(details: Any) -> list[str]:
+    """A traceback as Python prints it, with runs of Airflow's own frames folded into one line."""
+    lines: list[str] = []
+    for exc in details or []:
+        if not isinstance(exc, dict):
+            continue
+        lines.append("Traceback (most recent call last):")
+        folded = 0
+        for frame in exc.get("frames") or []:
+            filename = str(frame.get("filename"))
+            if any(part in filename for part in AIRFLOW_FRAME):
+                folded += 1
+                continue
+            if folded:
+                lines.append(f"  ... {folded} frame(s) inside Airflow")
+                folded = 0
+            lines.append(f'  File "{filename}", line {frame.get("lineno")}, in {frame.get("name")}')
+        if folded:
+            lines.append(f"  ... {folded} frame(s) inside Airflow")
+        lines.append(f"{exc.get('exc_type')}: {exc.get('exc_value')}")
+    return lines
+
+
+def _detail(response: httpx.Response) -> str:
+    """The server's own words: FastAPI's `detail`, a string or a list of validation errors."""
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        return response.text.strip()[:300]
+    if isinstance(detail, list):
+        parts = []
+        for item in detail:
+            if isinstance(item, dict):
+                where = ".".join(str(p) for p in item.get("loc", []) if p != "body")
+                parts.append(f"{where}: {item.get('msg')}" if where else str(item.get("msg")))
+            else:
+                parts.append(str(item))
+        return "; ".join(parts)
+    return str(detail) if detail is not None else response.text.strip()[:300]
+
+
+class AirflowClient:
+    """The Airflow REST API v2 at `url` as `user`; `password` is called only when a login is needed."""
+
+    def __init__(
+        self,
+        url: str,
+        user: str,
+        password: Callable[[], str],
+        *,
+        home: Path | str | None = None,
+        transport: httpx.BaseTransport | None = None,
+        timeout: float = 30.0,
+        retry_for: float = RETRY_FOR_S,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.user = user
+        self.timeout = timeout
+        self.retry_for = retry_for
+        cache = TokenCache(Path(home) / TOKEN_FILE if home else None)
+        self.http = httpx.Client(
+            base_url=f"{self.url}/api/v2",
+            auth=TokenAuth(self.url, user, password, cache),
+            transport=transport,
+            timeout=httpx.Timeout(timeout, connect=5.0),
+            headers={"Accept": "application/json"},
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> AirflowClient:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # -- the one place errors are mapped -------------------------------------------------
+
+    def _call(self, method: str, path: str, *, what: str | None = None, **kwargs) -> Any:
+        """Send, retry connection failures for a bounded time, map failures, return the JSON."""
+        import tenacity
+
+        retryable: tuple[type[Exception], ...] = (httpx.ConnectError, httpx.ConnectTimeout)
+        if method in ("GET", "PUT", "PATCH", "DELETE"):
+            retryable += (httpx.ReadError, httpx.RemoteProtocolError)
+        # 503 means the server did not do it (e.g. SQLite "database is locked"): safe to resend.
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(retryable)
+            | tenacity.retry_if_result(lambda response: response.status_code == 503),
+            stop=tenacity.stop_after_delay(self.retry_for),
+            wait=tenacity.wait_exponential(multiplier=0.25, max=2.0),
+            retry_error_callback=lambda state: state.outcome.result(),
+            reraise=True,
+        )
+        try:
+            response = retrying(self.http.request, method, path, **kwargs)
+        except MlwfError:
+            raise
+        except httpx.TimeoutException as exc:
+            if isinstance(exc, httpx.ConnectTimeout):
+                raise self._unreachable("connection timed out") from None
+            raise TimeoutExpired(
+                f"Airflow at {self.url} did not answer {method} {path} within {self.timeout:g} s"
+            ) from None
+        except httpx.ConnectError as exc:
+            raise self._unreachable(_reason(exc)) from None
+        except httpx.TransportError as exc:
+            raise self._unreachable(_reason(exc)) from None
+        return self._check(response, method, path, what)
+
+    def _unreachable(self, reason: str) -> UnreachableError:
+        return UnreachableError(
+            f"cannot reach Airflow at {self.url} ({reason}; retried for {self.retry_for:g} s)",
+            hint="is the stack up? `mlwf status`, `mlwf up`, or point --url / MLWF_AIRFLOW_URL at a running server",
+        )
+
+    def _check(self, response: httpx.Response, method: str, path: str, what: str | None) -> Any:
+        status = response.status_code
+        if status < 400:
+            if status == 204 or not response.content:
+                return None
+            try:
+                return response.json()
+            except ValueError:
+                raise ApiError(f"{method} {path}: Airflow answered HTTP {status} with a body that is not JSON") from None
+        detail = _detail(response)
+        if status == 401:
+            raise AuthError(
+                f"Airflow at {self.url} rejected the credentials of user '{self.user}'",
+                hint="set MLWF_AIRFLOW_PASSWORD, or for a stack mlwf started check `mlwf config`",
+            )
+        if status == 403:
+            raise AuthError(f"user '{self.user}' is not allowed to {method} {path}: {detail}")
+        if status == 404:
+            raise NotFoundError(f"{what} not found" if what else f"{method} {path}: not found ({detail})")
+        if status in (400, 422):
+            raise UsageError(f"Airflow refused the request: {detail}")
+        if status == 409:
+            raise ApiError(f"conflict: {detail}")
+        raise ApiError(f"Airflow answered HTTP {status} to {method} {path}: {detail}")
+
+    def _pages(self, path: str, key: str, *, what: str | None = None, params: dict | None = None) -> list[dict]:
+        items: list[dict] = []
+        offset = 0
+        while True:
+            data = self._call("GET", path, what=what, params={**(params or {}), "limit": PAGE, "offset": offset})
+            batch = data.get(key) or []
+            items.extend(batch)
+            offset += len(batch)
+            if not batch or offset >= int(data.get("total_entries") or 0):
+                return items
+
+    # -- DAGs ----------------------------------------------------------------------------
+
+    def list_dags(self) -> list[Dag]:
+        return [Dag.from_api(d) for d in self._pages("/dags", "dags", params={"order_by": "dag_id"})]
+
+    def get_dag(self, dag_id: str) -> Dag:
+        return Dag.from_api(self._call("GET", f"/dags/{_q(dag_id)}", what=f"DAG '{dag_id}'"))
+
+    def set_paused(self, dag_id: str, paused: bool) -> Dag:
+        data = self._call("PATCH", f"/dags/{_q(dag_id)}", what=f"DAG '{dag_id}'", json={"is_paused": paused})
+        return Dag.from_api(data)
+
+    def import_errors(self) -> list[DagImportError]:
+        return [DagImportError.from_api(e) for e in self._pages("/importErrors", "import_errors")]
+
+    # -- runs ----------------------------------------------------------------------------
+
+    def trigger_run(self, dag_id: str, conf: dict | None = None, *, run_id: str | None = None) -> DagRun:
+        body: dict[str, Any] = {"logical_date": None, "conf": conf or {}}
+        if run_id:
+            body["dag_run_id"] = run_id
+        data = self._call("POST", f"/dags/{_q(dag_id)}/dagRuns", what=f"DAG '{dag_id}'", json=body)
+        return DagRun.from_api(data)
+
+    def get_run(self, dag_id: str, run_id: str) -> DagRun:
+        data = self._call(
+            "GET", f"/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}", what=f"run '{run_id}' of DAG '{dag_id}'"
+        )
+        return DagRun.from_api(data)
+
+    def list_runs(
+        self,
+        dag_id: str,
+        *,
+        limit: int = 10,
+        order_by: str = "-id",
+        run_type: str | None = None,
+        logical_date_gte: datetime | None = None,
+        logical_date_lte: datetime | None = None,
+    ) -> list[DagRun]:
+        params: dict[str, Any] = {"limit": limit, "order_by": order_by}
+        if run_type:
+            params["run_type"] = run_type
+        if logical_date_gte:
+            params["logical_date_gte"] = logical_date_gte.isoformat()
+        if logical_date_lte:
+            params["logical_date_lte"] = logical_date_lte.isoformat()
+        data = self._call("GET", f"/dags/{_q(dag_id)}/dagRuns", what=f"DAG '{dag_id}'", params=params)
+        return [DagRun.from_api(r) for r in data.get("dag_runs") or []]
+
+    def task_instances(self, dag_id: str, run_id: str) -> list[TaskInstance]:
+        items = self._pages(
+            f"/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}/taskInstances",
+            "task_instances",
+            what=f"run '{run_id}' of DAG '{dag_id}'",
+        )
+        return [TaskInstance.from_api(t) for t in items]
+
+    def task_log(
+        self, dag_id: str, run_id: str, task_id: str, try_number: int, *, map_index: int = -1
+    ) -> list[LogRecord]:
+        data = self._call(
+            "GET",
+            f"/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}/taskInstances/{_q(task_id)}/logs/{try_number}",
+            what=f"log of task '{task_id}' (try {try_number}) in run '{run_id}' of DAG '{dag_id}'",
+            params={"full_content": "true", "map_index": map_index},
+        )
+        return [LogRecord.from_api(item) for item in (data or {}).get("content") or []]
+
+    # -- backfills -----------------------------------------------------------------------
+
+    @staticmethod
+    def _backfill_body(dag_id, from_date, to_date, reprocess, max_active_runs) -> dict:
+        return {
+            "dag_id": dag_id,
+            "from_date": from_date.isoformat(),
+            "to_date": to_date.isoformat(),
+            "reprocess_behavior": reprocess,
+            "max_active_runs": max_active_runs,
+        }
+
+    def backfill_dry_run(
+        self, dag_id: str, from_date: datetime, to_date: datetime, *, reprocess: str = "none", max_active_runs: int = 2
+    ) -> list[datetime]:
+        data = self._call(
+            "POST",
+            "/backfills/dry_run",
+            what=f"DAG '{dag_id}'",
+            json=self._backfill_body(dag_id, from_date, to_date, reprocess, max_active_runs),
+        )
+        return [parse_time(b["logical_date"]) for b in data.get("backfills") or [] if b.get("logical_date")]
+
+    def create_backfill(
+        self, dag_id: str, from_date: datetime, to_date: datetime, *, reprocess: str = "none", max_active_runs: int = 2
+    ) -> Backfill:
+        data = self._call(
+            "POST",
+            "/backfills",
+            what=f"DAG '{dag_id}'",
+            json=self._backfill_body(dag_id, from_date, to_date, reprocess, max_active_runs),
+        )
+        return Backfill.from_api(data)
+
+    def get_backfill(self, backfill_id: int) -> Backfill:
+        return Backfill.from_api(self._call("GET", f"/backfills/{backfill_id}", what=f"backfill {backfill_id}"))
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    if "refused" in text.lower():
+        return "connection refused"
+    return text.splitlines()[0][:200]

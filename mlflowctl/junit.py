@@ -1,0 +1,52 @@
+"""A DAG run as a JUnit XML report: one test case per task, failures carry their log tail.
+
+CI systems (GitLab, Jenkins, GitHub test reporters) display this format natively. A task
+that failed is a <failure>; one that never ran because an upstream task failed, or was
+skipped, is <skipped> with the reason; every other state that is not success is an <error>.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mlflowctl.runs import RunSnapshot, TaskFailure
+
+
+def junit_xml(snapshot: RunSnapshot, failures: list[TaskFailure]) -> str:
+    run = snapshot.run
+    tails = {f.task.task_id: f.log_tail for f in failures}
+    counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    suite = ET.Element("testsuite", name=run.dag_id, id=run.run_id)
+    if run.start_date:
+        suite.set("timestamp", run.start_date.isoformat())
+    for task in snapshot.tasks:
+        counts["tests"] += 1
+        name = task.task_id if task.map_index < 0 else f"{task.task_id}[{task.map_index}]"
+        case = ET.SubElement(suite, "testcase", classname=run.dag_id, name=name, time=f"{task.duration or 0:.3f}")
+        if task.state == "success":
+            continue
+        if task.state == "failed":
+            counts["failures"] += 1
+            failure = ET.SubElement(case, "failure", message=f"task {name} failed (try {task.try_number})", type="failed")
+            failure.text = "\n".join(tails.get(task.task_id, []))
+        elif task.state in ("upstream_failed", "skipped", "removed"):
+            counts["skipped"] += 1
+            ET.SubElement(case, "skipped", message=task.state)
+        else:
+            counts["errors"] += 1
+            ET.SubElement(case, "error", message=f"task {name} ended the run in state {task.state}", type=task.state)
+    for key, value in counts.items():
+        suite.set(key, str(value))
+    suite.set("time", f"{run.duration or snapshot.elapsed:.3f}")
+    root = ET.Element("testsuites", name=f"mlwf {run.dag_id}", **{k: str(v) for k, v in counts.items()})
+    root.append(suite)
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def write_junit(path: Path, snapshot: RunSnapshot, failures: list[TaskFailure]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(junit_xml(snapshot, failures))

@@ -1,0 +1,229 @@
+"""Pure builders for the run commands: rich tables, readable log text, JSON-ready dicts."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Iterable
+
+from rich.table import Table
+from rich.text import Text
+
+if TYPE_CHECKING:
+    from mlflowctl.api.airflow import DagRun, LogRecord, TaskInstance
+    from mlflowctl.runs import BackfillPlan, BackfillProgress, DagsOverview, DagStatus, RunSnapshot, TaskFailure
+
+STATE_STYLE = {
+    "success": "green",
+    "failed": "red",
+    "upstream_failed": "red",
+    "running": "cyan",
+    "queued": "yellow",
+    "scheduled": "yellow",
+    "up_for_retry": "yellow",
+    "skipped": "dim",
+    "none": "dim",
+}
+SOURCE_GROUP = "::group::Log message source details"
+
+
+def jsonable(value: Any) -> Any:
+    """Dataclasses, datetimes and tuples -> plain JSON values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, rest = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes}m{rest:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def when(value: datetime | None) -> str:
+    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def state(value: str | None) -> Text:
+    text = value or "none"
+    return Text(text, style=STATE_STYLE.get(text, ""))
+
+
+def task_seconds(task: TaskInstance, now: datetime | None = None) -> float | None:
+    """A task's duration; for a running task the time since it started."""
+    if task.duration is not None:
+        return task.duration
+    if task.start_date is not None and task.state == "running":
+        return ((now or datetime.now(timezone.utc)) - task.start_date).total_seconds()
+    return None
+
+
+def run_seconds(run: DagRun, now: datetime | None = None) -> float | None:
+    if run.duration is not None:
+        return run.duration
+    if run.start_date is not None:
+        return ((run.end_date or now or datetime.now(timezone.utc)) - run.start_date).total_seconds()
+    return None
+
+
+def tasks_table(tasks: Iterable[TaskInstance], *, title: str | None = None, now: datetime | None = None) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("task")
+    table.add_column("state")
+    table.add_column("try", justify="right")
+    table.add_column("duration", justify="right")
+    for task in sorted(tasks, key=lambda t: (t.start_date is None, t.start_date or datetime.max.replace(tzinfo=timezone.utc), t.task_id)):
+        name = task.task_id if task.map_index < 0 else f"{task.task_id}[{task.map_index}]"
+        table.add_row(name, state(task.state), str(task.try_number), duration(task_seconds(task, now)))
+    return table
+
+
+def run_table(snapshot: RunSnapshot, *, now: datetime | None = None) -> Table:
+    run = snapshot.run
+    title = f"{run.run_id}  {run.state}  ({duration(snapshot.elapsed)})"
+    return tasks_table(snapshot.tasks, title=title, now=now)
+
+
+def run_json(snapshot: RunSnapshot, failures: list[TaskFailure] | None = None) -> dict:
+    data = jsonable(snapshot.run)
+    data["tasks"] = jsonable(snapshot.tasks)
+    if failures is not None:
+        data["failed_tasks"] = [
+            {"task_id": f.task.task_id, "try_number": f.task.try_number, "log_tail": f.log_tail} for f in failures
+        ]
+    return data
+
+
+def log_text(records: Iterable[LogRecord]) -> list[str]:
+    """Readable lines: `[time] LEVEL - message`, tracebacks under their line; group markers dropped."""
+    lines: list[str] = []
+    skipping = False
+    for record in records:
+        event = record.event
+        if event == SOURCE_GROUP:
+            skipping = True
+            continue
+        if event.startswith("::endgroup::"):
+            skipping = False
+            continue
+        if skipping or event.startswith("::group::"):
+            continue
+        if record.timestamp:
+            stamp = record.timestamp.replace("T", " ")[:19]
+            level = (record.level or "info").upper()
+            lines.append(f"[{stamp}] {level} - {event}")
+        else:
+            lines.append(event)
+        lines.extend(record.exception)
+    return lines
+
+
+def dags_table(overview: DagsOverview) -> Table:
+    table = Table()
+    for column in ("dag", "paused", "schedule", "last run", "state", "next run", "tags"):
+        table.add_column(column)
+    for row in overview.dags:
+        dag, last = row.dag, row.last_run
+        table.add_row(
+            dag.dag_id + (" (import errors)" if dag.has_import_errors else ""),
+            "yes" if dag.is_paused else "no",
+            dag.schedule or "-",
+            when(last.run_after) if last else "-",
+            state(last.state) if last else Text("-"),
+            when(dag.next_run),
+            ", ".join(dag.tags) or "-",
+        )
+    return table
+
+
+def import_errors_table(overview: DagsOverview) -> Table:
+    table = Table(title="import errors", title_justify="left", title_style="red")
+    table.add_column("file")
+    table.add_column("error")
+    for error in overview.import_errors:
+        last = [line for line in error.stack_trace.strip().splitlines() if line.strip()]
+        table.add_row(error.filename, last[-1] if last else "?")
+    return table
+
+
+def dags_json(overview: DagsOverview) -> dict:
+    return {
+        "dags": [{**jsonable(row.dag), "last_run": jsonable(row.last_run)} for row in overview.dags],
+        "import_errors": jsonable(overview.import_errors),
+    }
+
+
+def runs_table(runs: Iterable[DagRun], *, title: str | None = None) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("run", "type", "state", "started", "duration"):
+        table.add_column(column, justify="right" if column == "duration" else "left")
+    for run in runs:
+        table.add_row(run.run_id, run.run_type or "-", state(run.state), when(run.start_date), duration(run_seconds(run)))
+    return table
+
+
+def dag_status_tables(status: DagStatus) -> list[Table]:
+    dag = status.dag
+    head = f"{dag.dag_id}  paused={'yes' if dag.is_paused else 'no'}  schedule={dag.schedule or '-'}"
+    tables = [runs_table(status.runs, title=f"{head}\nrecent runs")]
+    if status.runs:
+        tables.append(tasks_table(status.latest_tasks, title=f"tasks of {status.runs[0].run_id}"))
+    return tables
+
+
+def dag_status_json(status: DagStatus) -> dict:
+    return {
+        "dag": jsonable(status.dag),
+        "runs": jsonable(status.runs),
+        "latest_run_tasks": jsonable(status.latest_tasks),
+    }
+
+
+def backfill_plan_table(plan: BackfillPlan) -> Table:
+    estimate = duration(plan.estimate_s) if plan.estimate_s is not None else "unknown (no past successful runs)"
+    table = Table(
+        title=f"backfill {plan.dag_id}: {len(plan.dates)} runs, max {plan.max_active_runs} at once, "
+        f"reprocess {plan.reprocess}; estimated wall time {estimate}",
+        title_justify="left",
+    )
+    table.add_column("#", justify="right")
+    table.add_column("logical date")
+    for number, date in enumerate(plan.dates, 1):
+        table.add_row(str(number), date.isoformat())
+    return table
+
+
+def backfill_plan_json(plan: BackfillPlan) -> dict:
+    return {
+        "dag_id": plan.dag_id,
+        "logical_dates": [d.isoformat() for d in plan.dates],
+        "max_active_runs": plan.max_active_runs,
+        "reprocess": plan.reprocess,
+        "typical_run_seconds": plan.typical_run_s,
+        "estimated_seconds": plan.estimate_s,
+    }
+
+
+def backfill_summary_table(progress: BackfillProgress) -> Table:
+    table = Table(
+        title=f"{progress.finished}/{progress.total} runs ended, {len(progress.failed)} failed "
+        f"({duration(progress.elapsed)})",
+        title_justify="left",
+    )
+    for column in ("logical date", "run", "state", "duration"):
+        table.add_column(column)
+    for run in sorted(progress.runs, key=lambda r: r.logical_date or datetime.min.replace(tzinfo=timezone.utc)):
+        table.add_row(when(run.logical_date), run.run_id, state(run.state), duration(run_seconds(run)))
+    return table

@@ -1,0 +1,334 @@
+"""What the run commands do, between the API client and the terminal (no printing here).
+
+Input checks (conf JSON, dates) happen before anything is sent; waiting, backfill planning
+and log following are generators the CLI renders as they go.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator
+
+from mlflowctl.errors import NotFoundError, TimeoutExpired, UsageError
+
+if TYPE_CHECKING:  # the client module imports httpx: keep it out of `mlwf --help`
+    from mlflowctl.api.airflow import AirflowClient, Backfill, Dag, DagImportError, DagRun, LogRecord, TaskInstance
+
+REPROCESS = ("none", "failed", "completed")
+FAILED_TASK_STATES = frozenset({"failed", "upstream_failed"})
+LOG_TAIL_LINES = 20
+
+
+# -- input, checked before anything is sent -----------------------------------------------
+
+
+def parse_conf(text: str | None) -> dict:
+    """`--conf '{"k": 1}'` or `--conf @file.json` -> a dict; anything else is a usage error."""
+    if text is None:
+        return {}
+    source = "--conf"
+    if text.startswith("@"):
+        path = Path(text[1:]).expanduser()
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise UsageError(f"--conf {path}: cannot read it ({exc.strerror})") from None
+        source = f"--conf {path}"
+    try:
+        conf = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{source} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    if not isinstance(conf, dict):
+        raise UsageError(f"{source} must be a JSON object, not {type(conf).__name__}")
+    return conf
+
+
+def parse_date(text: str, flag: str) -> datetime:
+    """YYYY-MM-DD or an ISO 8601 date-time; naive values are UTC."""
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"{flag} {text!r} is not a date (use YYYY-MM-DD or an ISO 8601 date-time)") from None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def backfill_range(start: str, end: str) -> tuple[datetime, datetime]:
+    first, last = parse_date(start, "--start-date"), parse_date(end, "--end-date")
+    if first > last:
+        raise UsageError(f"--start-date {start} is after --end-date {end}")
+    return first, last
+
+
+# -- DAGs ---------------------------------------------------------------------------------
+
+
+@dataclass
+class DagRow:
+    dag: Dag
+    last_run: DagRun | None
+
+
+@dataclass
+class DagsOverview:
+    dags: list[DagRow]
+    import_errors: list[DagImportError]
+
+
+def dags_overview(client: AirflowClient) -> DagsOverview:
+    rows = []
+    for dag in client.list_dags():
+        runs = client.list_runs(dag.dag_id, limit=1)
+        rows.append(DagRow(dag, runs[0] if runs else None))
+    return DagsOverview(rows, client.import_errors())
+
+
+@dataclass
+class DagStatus:
+    dag: Dag
+    runs: list[DagRun]
+    latest_tasks: list[TaskInstance]
+
+
+def dag_status(client: AirflowClient, dag_id: str, *, limit: int = 10) -> DagStatus:
+    dag = client.get_dag(dag_id)
+    runs = client.list_runs(dag_id, limit=limit)
+    tasks = client.task_instances(dag_id, runs[0].run_id) if runs else []
+    return DagStatus(dag, runs, tasks)
+
+
+# -- trigger and wait ---------------------------------------------------------------------
+
+
+def trigger(client: AirflowClient, dag_id: str, conf: dict, *, unpause: bool = False) -> DagRun:
+    """Trigger a run; a paused DAG is refused (its run would only queue) unless `unpause`."""
+    dag = client.get_dag(dag_id)
+    if dag.is_paused:
+        if not unpause:
+            raise UsageError(
+                f"DAG '{dag_id}' is paused: a run would wait in the queue until it is unpaused",
+                hint=f"add --unpause, or run `mlwf unpause {dag_id}` first",
+            )
+        client.set_paused(dag_id, False)
+    return client.trigger_run(dag_id, conf)
+
+
+@dataclass
+class RunSnapshot:
+    run: DagRun
+    tasks: list[TaskInstance]
+    elapsed: float
+
+    @property
+    def failed_tasks(self) -> list[TaskInstance]:
+        return [t for t in self.tasks if t.state == "failed"]
+
+
+def watch_run(
+    client: AirflowClient,
+    dag_id: str,
+    run_id: str,
+    *,
+    timeout: float | None = None,
+    interval: float = 0.3,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[RunSnapshot]:
+    """Snapshots of the run and its tasks until the run ends; TimeoutExpired after `timeout` s."""
+    started = clock()
+    while True:
+        run = client.get_run(dag_id, run_id)
+        tasks = client.task_instances(dag_id, run_id)
+        elapsed = clock() - started
+        yield RunSnapshot(run, tasks, elapsed)
+        if run.done:
+            return
+        if timeout is not None and elapsed >= timeout:
+            raise TimeoutExpired(
+                f"run '{run_id}' of DAG '{dag_id}' still {run.state} after {timeout:g} s",
+                hint=f"the run goes on; watch it with `mlwf status {dag_id}`",
+            )
+        sleep(interval)
+
+
+@dataclass
+class TaskFailure:
+    task: TaskInstance
+    log_tail: list[str] = field(default_factory=list)
+
+
+def failures(client: AirflowClient, snapshot: RunSnapshot, *, lines: int = LOG_TAIL_LINES) -> list[TaskFailure]:
+    """The failed tasks of a finished run, each with the tail of its last try's log."""
+    from mlflowctl.render.runs import log_text
+
+    result = []
+    for task in snapshot.failed_tasks:
+        try:
+            records = client.task_log(snapshot.run.dag_id, snapshot.run.run_id, task.task_id, max(task.try_number, 1))
+            tail = log_text(records)[-lines:]
+        except NotFoundError:
+            tail = ["(no log found)"]
+        result.append(TaskFailure(task, tail))
+    return result
+
+
+# -- backfill -----------------------------------------------------------------------------
+
+
+@dataclass
+class BackfillPlan:
+    dag_id: str
+    start: datetime
+    end: datetime
+    dates: list[datetime]
+    max_active_runs: int
+    reprocess: str
+    typical_run_s: float | None  # median duration of the DAG's past successful runs
+
+    @property
+    def estimate_s(self) -> float | None:
+        if self.typical_run_s is None:
+            return None
+        return math.ceil(len(self.dates) / max(self.max_active_runs, 1)) * self.typical_run_s
+
+
+def plan_backfill(
+    client: AirflowClient, dag_id: str, start: datetime, end: datetime, *, reprocess: str, max_active_runs: int
+) -> BackfillPlan:
+    """The logical dates a backfill would run (Airflow's dry run) and a wall-time estimate."""
+    client.get_dag(dag_id)  # a clear "DAG not found" before the backfill endpoints speak
+    dates = client.backfill_dry_run(dag_id, start, end, reprocess=reprocess, max_active_runs=max_active_runs)
+    past = [r.duration for r in client.list_runs(dag_id, limit=20) if r.state == "success" and r.duration]
+    typical = statistics.median(past) if past else None
+    return BackfillPlan(dag_id, start, end, dates, max_active_runs, reprocess, typical)
+
+
+def require_dates(plan: BackfillPlan) -> None:
+    if not plan.dates:
+        skipped = "" if plan.reprocess == "completed" else f" (--reprocess {plan.reprocess} skips dates that have a run)"
+        raise UsageError(
+            f"no logical dates of DAG '{plan.dag_id}' to run between "
+            f"{plan.start.isoformat()} and {plan.end.isoformat()}{skipped}: the range is empty",
+            hint="widen the range, check the DAG's schedule, or use --reprocess failed|completed",
+        )
+
+
+def start_backfill(client: AirflowClient, plan: BackfillPlan) -> Backfill:
+    require_dates(plan)
+    return client.create_backfill(
+        plan.dag_id, plan.start, plan.end, reprocess=plan.reprocess, max_active_runs=plan.max_active_runs
+    )
+
+
+@dataclass
+class BackfillProgress:
+    runs: list[DagRun]  # one per planned logical date that has a run yet
+    total: int
+    elapsed: float
+
+    @property
+    def finished(self) -> int:
+        return sum(r.done for r in self.runs)
+
+    @property
+    def failed(self) -> list[DagRun]:
+        return [r for r in self.runs if r.state == "failed"]
+
+
+def watch_backfill(
+    client: AirflowClient,
+    plan: BackfillPlan,
+    *,
+    timeout: float | None = None,
+    interval: float = 1.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[BackfillProgress]:
+    """Progress of the backfill's runs (matched by logical date) until every one has ended."""
+    wanted = set(plan.dates)
+    started = clock()
+    low, high = min(plan.dates) - timedelta(seconds=1), max(plan.dates) + timedelta(seconds=1)
+    while True:
+        runs = client.list_runs(
+            plan.dag_id, limit=max(len(wanted), 1) + 50, order_by="logical_date",
+            logical_date_gte=low, logical_date_lte=high,
+        )
+        mine = [r for r in runs if r.logical_date in wanted]
+        progress = BackfillProgress(mine, len(wanted), clock() - started)
+        yield progress
+        if len(mine) == len(wanted) and progress.finished == len(wanted):
+            return
+        if timeout is not None and progress.elapsed >= timeout:
+            raise TimeoutExpired(
+                f"backfill of DAG '{plan.dag_id}': {progress.finished} of {len(wanted)} runs ended after {timeout:g} s",
+                hint=f"the backfill goes on; watch it with `mlwf status {plan.dag_id}`",
+            )
+        sleep(interval)
+
+
+# -- logs ---------------------------------------------------------------------------------
+
+
+def resolve_run(client: AirflowClient, dag_id: str, run: str) -> DagRun:
+    if run != "latest":
+        return client.get_run(dag_id, run)
+    runs = client.list_runs(dag_id, limit=1)
+    if not runs:
+        client.get_dag(dag_id)  # unknown DAG -> "DAG not found"
+        raise NotFoundError(f"DAG '{dag_id}' has no runs yet")
+    return runs[0]
+
+
+def find_task(client: AirflowClient, run: DagRun, task_id: str) -> TaskInstance:
+    for task in client.task_instances(run.dag_id, run.run_id):
+        if task.task_id == task_id:
+            return task
+    raise NotFoundError(f"task '{task_id}' not found in run '{run.run_id}' of DAG '{run.dag_id}'")
+
+
+@dataclass
+class LogTarget:
+    run: DagRun
+    task: TaskInstance
+    try_number: int
+
+
+def log_target(client: AirflowClient, dag_id: str, task_id: str, *, run: str, try_number: int | None) -> LogTarget:
+    dag_run = resolve_run(client, dag_id, run)
+    task = find_task(client, dag_run, task_id)
+    chosen = try_number if try_number is not None else max(task.try_number, 1)
+    if chosen < 1:
+        raise UsageError(f"--try must be at least 1, not {chosen}")
+    return LogTarget(dag_run, task, chosen)
+
+
+def follow_log(
+    client: AirflowClient,
+    target: LogTarget,
+    *,
+    follow: bool = False,
+    interval: float = 1.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Iterator[list[LogRecord]]:
+    """The log's records, then (with `follow`) the new ones until the task has ended."""
+    run, task_id = target.run, target.task.task_id
+    seen = 0
+    while True:
+        task = find_task(client, run, task_id)
+        try:
+            records = client.task_log(run.dag_id, run.run_id, task_id, target.try_number)
+        except NotFoundError:
+            if not follow or task.done:
+                raise
+            records = []  # not started yet: nothing to show so far
+        if len(records) > seen:
+            yield records[seen:]
+            seen = len(records)
+        if not follow or task.done:
+            return
+        sleep(interval)
