@@ -144,7 +144,8 @@ def api_connection(secrets: Secrets, *, host: str, port: int) -> str:
             "schema": "http",
             "login": secrets.admin_user,
             "password": secrets.admin_password,
-        }
+        },
+        separators=(",", ":"),  # compact: one token in any env file format
     )
 
 

@@ -1,0 +1,344 @@
+"""The docker backend: stack/docker-compose.yml behind the same up/down/status/logs.
+
+The compose CLI (`docker compose`, falling back to `docker-compose`) does the lifecycle;
+the docker SDK reads the state and health of the project's containers (labels
+`com.docker.compose.project` / `.service`). Nothing here prints: `up` reports through the
+`progress(message, services)` callback, and errors are MlwfErrors with one-line messages:
+no compose -> MissingDependencyError, a daemon that does not answer -> UnreachableError.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections import deque
+from datetime import datetime, timezone
+from typing import Callable, Iterator, Mapping
+
+from mlflowctl.backends import compose
+from mlflowctl.backends.base import Progress, ServiceStatus, StackStatus
+from mlflowctl.config import Config
+from mlflowctl.errors import MlwfError, NotFoundError, TimeoutExpired, UnhealthyError, UnreachableError, UsageError
+
+DEFAULT_TIMEOUT = 300.0  # a first start pulls and builds images
+POLL_SECONDS = 2.0
+#: Pools the DAGs use: name -> slots (the local backend creates the same ones).
+POOLS = {"ml_training": 1}
+SDK_TIMEOUT = 5
+
+
+class ComposeFailed(MlwfError):
+    """A compose command exited non-zero; the message carries its last output line."""
+
+
+def _state(container) -> ServiceStatus:
+    """One container as a ServiceStatus (state, health, pid, uptime, published port)."""
+    attrs = container.attrs
+    labels = attrs.get("Config", {}).get("Labels") or {}
+    service = labels.get(compose.SERVICE_LABEL, container.name)
+    if service == compose.WORKER:
+        service = f"{service}-{labels.get(compose.NUMBER_LABEL, '1')}"
+    state = attrs.get("State") or {}
+    status = ServiceStatus(name=service, state="stopped")
+    running = state.get("Status") == "running"
+    health = (state.get("Health") or {}).get("Status")
+    if running:
+        status.state = {"healthy": "healthy", "unhealthy": "unhealthy", "starting": "starting"}.get(health, "healthy")
+        status.pid = state.get("Pid") or None
+        status.uptime_seconds = _uptime(state.get("StartedAt"))
+        if health == "unhealthy":
+            log = (state.get("Health") or {}).get("Log") or []
+            status.detail = f"health check: {(log[-1].get('Output') or '').strip()[:120]}" if log else "health check failing"
+    else:
+        status.detail = f"{state.get('Status', 'unknown')} (exit {state.get('ExitCode', '?')})"
+    for bindings in (attrs.get("NetworkSettings", {}).get("Ports") or {}).values():
+        for binding in bindings or []:
+            if binding.get("HostPort"):
+                status.port = int(binding["HostPort"])
+                status.url = f"http://{binding.get('HostIp') or '127.0.0.1'}:{status.port}"
+                break
+    return status
+
+
+def _uptime(started_at: str | None) -> float | None:
+    if not started_at or started_at.startswith("0001-"):
+        return None
+    try:
+        # Docker gives nanoseconds (2026-11-25T08:40:32.123456789Z); keep microseconds.
+        head, _, fraction = started_at.rstrip("Z").partition(".")
+        started = datetime.fromisoformat(f"{head}.{(fraction + '000000')[:6]}").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+    return round(max(0.0, (datetime.now(timezone.utc) - started).total_seconds()), 1)
+
+
+class DockerBackend:
+    name = "docker"
+
+    def __init__(self, config: Config, *, environ: Mapping[str, str] | None = None) -> None:
+        self.config = config
+        self.environ = dict(os.environ if environ is None else environ)
+        self.stack = compose.stack_dir(config)
+        self.project = compose.project_name(config)
+        self._flavour: compose.Flavour | None = None
+
+    # ----------------------------------------------------------------- plumbing
+
+    @property
+    def celery(self) -> bool:
+        return self.config.executor == "celery"
+
+    def commands(self) -> compose.ComposeCommands:
+        if self._flavour is None:
+            self._flavour = compose.detect_flavour(self.environ)
+        return compose.ComposeCommands(
+            flavour=self._flavour,
+            project=self.project,
+            file=self.stack / "docker-compose.yml",
+            env_file=compose.docker_dir(self.config) / "compose.env",
+        )
+
+    def client(self):
+        """A docker SDK client for DOCKER_HOST (or the default socket) that answered a ping."""
+        import docker
+        from docker.errors import DockerException
+
+        where = self.environ.get("DOCKER_HOST") or "the default socket (unix:///var/run/docker.sock)"
+        try:
+            client = docker.from_env(environment=self.environ, timeout=SDK_TIMEOUT)
+            client.ping()
+        except DockerException as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UnreachableError(
+                f"the Docker daemon at {where} is not answering ({reason[:160]})",
+                hint="start Docker, or use --backend local",
+            ) from None
+        except Exception as exc:  # requests' connection errors, before docker wraps them
+            raise UnreachableError(f"the Docker daemon at {where} is not answering ({exc.__class__.__name__})") from None
+        return client
+
+    def expected(self, exclude: frozenset[str] = frozenset()) -> list[str]:
+        """The long-running services of this stack, in start order, minus excluded groups/names."""
+        names = list(compose.CORE)
+        if self.celery:
+            names.insert(1, "redis")
+            names.append(compose.WORKER)
+        names += compose.MONITORING
+        dropped = set(exclude) | {n for group in exclude for n in compose.GROUPS.get(group, ())}
+        unknown = set(exclude) - set(names) - set(compose.GROUPS) - set(compose.CELERY)
+        if unknown:
+            raise UsageError(
+                f"cannot exclude {', '.join(sorted(unknown))}: groups are {', '.join(compose.GROUPS)}, "
+                f"services {', '.join(names)}"
+            )
+        return [n for n in names if n not in dropped]
+
+    def _run(self, argv: list[str], progress: Callable[[str], None] | None, variables: Mapping[str, str]) -> None:
+        """Run one compose command, streaming its output lines; non-zero exit -> ComposeFailed."""
+        env = {**self.environ, **variables}
+        last: deque[str] = deque(maxlen=3)
+        try:
+            process = subprocess.Popen(
+                argv, env=env, cwd=self.stack, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+            )
+        except OSError as exc:
+            raise ComposeFailed(f"cannot run {argv[0]}: {exc}") from None
+        assert process.stdout is not None
+        for line in process.stdout:
+            line = line.rstrip()
+            if line:
+                last.append(line)
+                if progress:
+                    progress(line)
+        if process.wait() != 0:
+            operation = next((a for a in argv if a in {"up", "down", "build", "stop", "logs", "ps"}), "command")
+            raise ComposeFailed(
+                f"`{' '.join(self.commands().flavour.prefix)} {operation}` failed (exit {process.returncode}): "
+                f"{last[-1] if last else 'no output'}",
+                hint=f"see the full output with: {' '.join(argv)}",
+            )
+
+    # ----------------------------------------------------------------- status
+
+    def _containers(self, client) -> list:
+        return client.containers.list(all=True, filters={"label": f"{compose.PROJECT_LABEL}={self.project}"})
+
+    def _snapshot(self, client, exclude: frozenset[str] = frozenset()) -> list[ServiceStatus]:
+        found = [_state(c) for c in self._containers(client)]
+        services: list[ServiceStatus] = []
+        for name in self.expected(exclude):
+            if name == compose.WORKER:
+                workers = sorted((s for s in found if s.name.startswith(f"{compose.WORKER}-")),
+                                 key=lambda s: int(s.name.rsplit("-", 1)[1]))
+                services += workers or [ServiceStatus(name=f"{compose.WORKER}-1", state="stopped")]
+                continue
+            match = next((s for s in found if s.name == name), None)
+            services.append(match or ServiceStatus(name=name, state="stopped", detail="no container"))
+        for init in (s for s in found if s.name in compose.ONE_SHOT):
+            if init.state == "stopped" and not init.detail.endswith("(exit 0)"):
+                init.state = "unhealthy"  # the migration failed: nothing else can start
+                services.insert(0, init)
+        known = {s.name for s in services} | set(compose.ONE_SHOT)
+        services += [s for s in found if s.name not in known and s.state != "stopped"]
+        return services
+
+    def status(self) -> StackStatus:
+        return StackStatus(backend=self.name, services=self._snapshot(self.client()))
+
+    # ----------------------------------------------------------------- up
+
+    def up(
+        self,
+        *,
+        exclude: frozenset[str] = frozenset(),
+        progress: Progress | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> StackStatus:
+        from mlflowctl.secrets import load_or_create
+
+        report = progress or (lambda _message, _services: None)
+        expected = self.expected(exclude)
+        commands = self.commands()  # MissingDependencyError before anything is written
+        client = self.client()  # UnreachableError likewise
+        before = self._snapshot(client, exclude)
+        if all(s.state == "healthy" for s in before):
+            status = StackStatus(backend=self.name, services=before)
+            status.notes.append("the stack is already running; nothing changed")
+            return status
+
+        secrets = load_or_create(self.config.home_dir)
+        files = compose.write_env_files(self.config, secrets, self.stack, POOLS)
+        image = files.variables["MLWF_AIRFLOW_IMAGE"]
+        notes = [f"compose: {commands.flavour.label}, project {self.project}"]
+        if not self._image_exists(client, image):
+            report(f"building {image} (first time: a few minutes)", [])
+            self._run(commands.build(), lambda line: report(f"build: {line}", []), files.variables)
+            notes.append(f"built {image}")
+        services = [n for n in expected if n != compose.WORKER]
+        if self.celery:
+            services.append(compose.WORKER)
+        report(f"starting {len(services)} services with {commands.flavour.label}", before)
+        self._run(
+            commands.up(["airflow-init", *services], workers=self.config.workers if self.celery else None),
+            lambda line: report(line, []),
+            files.variables,
+        )
+        try:
+            services_now = self._wait_healthy(client, exclude, report, timeout)
+        except MlwfError:
+            if not any(s.state != "stopped" for s in before):
+                # Nothing ran before this `up`: leave nothing half-up, keep the containers for `logs`.
+                self._run(commands.stop(), None, files.variables)
+            raise
+        status = StackStatus(backend=self.name, services=services_now, notes=notes)
+        status.notes.append(
+            f"admin password: {self.config.home_dir / 'secrets.json'} (0600; Grafana's too); "
+            f"env files: {files.compose.parent}"
+        )
+        return status
+
+    @staticmethod
+    def _image_exists(client, image: str) -> bool:
+        from docker.errors import ImageNotFound
+
+        try:
+            client.images.get(image)
+            return True
+        except ImageNotFound:
+            return False
+
+    def _wait_healthy(self, client, exclude, report: Progress, timeout: float) -> list[ServiceStatus]:
+        deadline = time.monotonic() + timeout
+        while True:
+            services = self._snapshot(client, exclude)
+            waiting = [s for s in services if s.state != "healthy"]
+            if not waiting:
+                report("all services healthy", services)
+                return services
+            failed = next((s for s in waiting if s.name in compose.ONE_SHOT), None)
+            if failed is not None:
+                raise UnhealthyError(
+                    f"airflow-init failed ({failed.detail}): the database migration did not finish",
+                    hint="mlwf logs airflow-init --tail 100",
+                )
+            if time.monotonic() >= deadline:
+                worst = waiting[0]
+                raise TimeoutExpired(
+                    f"{worst.name} not healthy after {timeout:.0f} s ({worst.state}"
+                    f"{': ' + worst.detail if worst.detail else ''})",
+                    hint=f"mlwf logs {worst.name.split('-')[0] if worst.name.startswith('worker-') else worst.name} --tail 100",
+                )
+            report(f"waiting for {', '.join(s.name for s in waiting)}", services)
+            time.sleep(POLL_SECONDS)
+
+    # ----------------------------------------------------------------- scale, down, logs
+
+    def scale(self, workers: int, *, progress: Progress | None = None, timeout: float = DEFAULT_TIMEOUT) -> StackStatus:
+        """`mlwf scale workers N` on a running celery stack."""
+        if not self.celery:
+            raise UsageError("scaling workers needs the celery executor (mlwf up --backend docker --executor celery)")
+        if workers < 1:
+            raise UsageError("workers must be at least 1")
+        report = progress or (lambda _message, _services: None)
+        commands = self.commands()
+        client = self.client()
+        files = compose.EnvFiles(
+            compose=compose.docker_dir(self.config) / "compose.env",
+            airflow=compose.docker_dir(self.config) / "airflow.env",
+            variables=self._read_variables(),
+        )
+        self._run(commands.scale_workers(workers), lambda line: report(line, []), files.variables)
+        return StackStatus(backend=self.name, services=self._wait_healthy(client, frozenset(), report, timeout))
+
+    def _read_variables(self) -> dict[str, str]:
+        path = compose.docker_dir(self.config) / "compose.env"
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
+            raise UsageError(f"no {path}: start the stack first (mlwf up --backend docker)") from None
+        return dict(line.split("=", 1) for line in lines if "=" in line)
+
+    def down(self, *, volumes: bool = False) -> StackStatus:
+        commands = self.commands()
+        env_file = compose.docker_dir(self.config) / "compose.env"
+        notes: list[str] = []
+        if not env_file.exists():
+            # `down` needs the file's variables to parse the compose file; placeholders do.
+            variables = {key: "unused" for key in ("MLWF_AIRFLOW_ENV_FILE", "MLWF_PASSWORDS_FILE",
+                                                   "MLWF_POSTGRES_PASSWORD", "MLWF_GRAFANA_PASSWORD")}
+            commands = compose.ComposeCommands(commands.flavour, commands.project, commands.file, os.devnull)
+        else:
+            variables = self._read_variables()
+        self._run(commands.down(volumes=volumes), None, variables)
+        if volumes:
+            notes.append("deleted the stack's Docker volumes (database, Prometheus, Grafana, logs, data)")
+            if self.config.home_dir.exists():
+                shutil.rmtree(self.config.home_dir)
+                notes.append(f"deleted {self.config.home_dir}")
+        services = [ServiceStatus(name=n, state="stopped") for n in self.expected()]
+        return StackStatus(backend=self.name, services=services, notes=notes)
+
+    def logs(self, service: str | None = None, *, tail: int = 100, follow: bool = False) -> Iterator[str]:
+        names = [*compose.ONE_SHOT, *self.expected(), *(compose.CELERY if not self.celery else ())]
+        if service is not None and service not in names:
+            raise NotFoundError(f"no service {service!r}; services: {', '.join(names)}")
+        argv = self.commands().logs(service, tail=tail, follow=follow)
+        variables = self._read_variables()
+        return self._stream(argv, variables)
+
+    def _stream(self, argv: list[str], variables: Mapping[str, str]) -> Iterator[str]:
+        process = subprocess.Popen(
+            argv, env={**self.environ, **variables}, cwd=self.stack, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+        )
+        assert process.stdout is not None
+        try:
+            for line in process.stdout:
+                yield line.rstrip("\n")
+        finally:
+            if process.poll() is None:
+                process.terminate()
+            process.wait()
