@@ -8,7 +8,7 @@ backend cannot do raises `NotAvailableError`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 
 @dataclass
@@ -28,6 +28,7 @@ class ServiceStatus:
 class StackStatus:
     backend: str
     services: list[ServiceStatus] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what `up`/`down` did, said once to the user
 
     @property
     def running(self) -> bool:
@@ -38,11 +39,17 @@ class StackStatus:
         return bool(self.services) and all(s.state == "healthy" for s in self.services)
 
 
+#: `up` reports while it works: a one-line message and the services' current states.
+Progress = Callable[[str, list[ServiceStatus]], None]
+
+
 class Backend(Protocol):
     name: str
 
-    def up(self, *, exclude: frozenset[str] = frozenset(), progress=None) -> StackStatus:
-        """Start what is not running, wait until healthy; idempotent."""
+    def up(
+        self, *, exclude: frozenset[str] = frozenset(), progress: Progress | None = None, timeout: float = 120.0
+    ) -> StackStatus:
+        """Start what is not running, wait until healthy (at most `timeout` s); idempotent."""
 
     def down(self, *, volumes: bool = False) -> StackStatus:
         """Stop every service; with volumes, also delete state and data."""

@@ -1,0 +1,67 @@
+"""The DAGs table of `mlwf status`: paused, last run and its state, next run (REST API v2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from mlflowctl.errors import ApiError, UnreachableError
+
+
+@dataclass
+class DagSummary:
+    dag_id: str
+    paused: bool
+    schedule: str | None
+    last_run_id: str | None
+    last_run_state: str | None
+    last_run_start: str | None
+    next_run: str | None
+    import_errors: int = 0
+
+
+def api_client(url: str, user: str, password: str, home: Path | None, timeout: float = 5.0):
+    """An httpx client logged in with a cached token (see mlflowctl.api.auth)."""
+    import httpx
+
+    from mlflowctl.api.auth import TokenAuth, TokenCache
+
+    cache = TokenCache(home / "token.json" if home else None)
+    return httpx.Client(base_url=url, auth=TokenAuth(url, user, lambda: password, cache), timeout=timeout)
+
+
+def dag_overview(url: str, user: str, password: str, *, home: Path | None = None) -> list[DagSummary]:
+    import httpx
+
+    try:
+        with api_client(url, user, password, home) as client:
+            response = client.get("/api/v2/dags", params={"limit": 100, "order_by": "dag_id"})
+            _raise_for(response)
+            summaries = []
+            for dag in response.json().get("dags", []):
+                runs = client.get(
+                    f"/api/v2/dags/{quote(dag['dag_id'], safe='')}/dagRuns",
+                    params={"order_by": "-run_after", "limit": 1},
+                )
+                _raise_for(runs)
+                last = (runs.json().get("dag_runs") or [None])[0] or {}
+                summaries.append(
+                    DagSummary(
+                        dag_id=dag["dag_id"],
+                        paused=bool(dag.get("is_paused")),
+                        schedule=dag.get("timetable_summary"),
+                        last_run_id=last.get("dag_run_id"),
+                        last_run_state=last.get("state"),
+                        last_run_start=last.get("start_date"),
+                        next_run=None if dag.get("is_paused") else dag.get("next_dagrun_run_after"),
+                    )
+                )
+    except httpx.TransportError as exc:
+        raise UnreachableError(f"Airflow at {url} is not answering: {exc}") from None
+    return summaries
+
+
+def _raise_for(response) -> None:
+    if response.status_code >= 400:
+        raise ApiError(f"{response.request.url.path}: HTTP {response.status_code}: {response.text[:200]}")
