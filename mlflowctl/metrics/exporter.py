@@ -606,6 +606,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         mapper = load_mapping(args.mapping)
         if args.check_config:
+            for rule in mapper.dead_rules:
+                print(f"warning: rule `{rule.match}` can never match: an earlier rule's pattern starts with it", file=sys.stderr)
             print(f"mapping OK: {len(mapper.mappings)} rules")
             return 0
         server = ExporterServer(

@@ -237,6 +237,9 @@ class Mapper:
                 elif entry is not None:
                     entry[0] = priority  # the FSM moves the state's priority, keeps its result
             priority += 1
+        live = {id(rule) for per_type in results.values() for _, rule in per_type.values()}
+        #: glob rules statsd_exporter's FSM will never match (pattern already a state of an earlier rule)
+        self.dead_rules = [m for m in mappings if m.match_type == "glob" and id(m) not in live]
         for metric_type in METRIC_TYPES:
             rules = [(p, rule, fields) for fields, (p, rule) in results[metric_type].items()]
             if self.defaults.glob_disable_ordering:
