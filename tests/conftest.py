@@ -1,0 +1,210 @@
+"""Shared fixtures. `stack`: one real Airflow stack per test session, started with `mlwf up`.
+
+The stack runs in a temporary copy of the project (dags/, src/, stack/, requirements/)
+with its own state directory and a free port for every port setting, so several test
+sessions and developers' stacks can run side by side. Tests drive it the way a user
+does: `stack.mlwf("status", "--json")` runs the installed `mlwf` in that project.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MLWF = str(Path(sys.executable).parent / "mlwf")
+PORT_SETTINGS = (
+    "airflow_port",
+    "prometheus_port",
+    "exporter_port",
+    "statsd_port",
+    "grafana_port",
+    "log_server_port",
+    "trigger_log_server_port",
+    "redis_port",
+    "postgres_port",
+)
+UP_TIMEOUT_S = 240
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports free on 127.0.0.1 for both TCP and UDP right now."""
+    ports: list[int] = []
+    while len(ports) < count:
+        with socket.socket() as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port = tcp.getsockname()[1]
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                    udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
+def stack_processes(home: Path) -> list[int]:
+    """Pids of live processes that carry this stack's marker (see mlflowctl.backends.processes)."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["status"]):
+        try:
+            if process.info["status"] == psutil.STATUS_ZOMBIE:
+                continue
+            if process.environ().get("MLWF_STACK_HOME") == str(home):
+                found.append(process.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass
+class Stack:
+    """A project copy with its own mlwf.toml, state directory and ports."""
+
+    project: Path
+    home: Path
+    ports: dict[str, int]
+    user: str = "admin"
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['airflow_port']}"
+
+    @property
+    def password(self) -> str:
+        return json.loads((self.home / "secrets.json").read_text())["admin_password"]
+
+    @classmethod
+    def create(cls, root: Path, **settings) -> "Stack":
+        project = root / "project"
+        project.mkdir(parents=True)
+        for folder in ("dags", "src", "stack", "requirements"):
+            if (REPO / folder).is_dir():
+                shutil.copytree(
+                    REPO / folder, project / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+                )
+        ports = dict(zip(PORT_SETTINGS, free_ports(len(PORT_SETTINGS))))
+        lines = [f"{name} = {port}" for name, port in ports.items()]
+        lines += [f"{name} = {json.dumps(value)}" for name, value in settings.items()]
+        (project / "mlwf.toml").write_text("\n".join(lines) + "\n")
+        home = project / ".mlwf"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MLWF_", "AIRFLOW__", "AIRFLOW_CONN_"))}
+        env.update(
+            {
+                "MLWF_HOME": str(home),
+                "MLWF_BACKEND": "local",
+                "MLWF_AIRFLOW_URL": f"http://127.0.0.1:{ports['airflow_port']}",
+                "MLWF_AIRFLOW_USER": "admin",
+                "COLUMNS": "200",
+            }
+        )
+        return cls(project=project, home=home, ports=ports, env=env)
+
+    def mlwf(self, *args: str, check: bool = False, timeout: float = 300, env: dict | None = None, input: str | None = None):
+        """Run the installed `mlwf` in the project, as a user would."""
+        result = subprocess.run(
+            [MLWF, *args],
+            cwd=self.project,
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=input,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"mlwf {' '.join(args)} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+            )
+        return result
+
+    def up(self, *args: str) -> subprocess.CompletedProcess:
+        result = self.mlwf("up", "--timeout", str(UP_TIMEOUT_S - 20), *args, timeout=UP_TIMEOUT_S)
+        if result.returncode != 0:
+            logs = self.mlwf("logs", "--tail", "40").stdout
+            self.mlwf("down", timeout=120)
+            raise AssertionError(
+                f"mlwf up failed ({result.returncode})\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}\nlogs:\n{logs}"
+            )
+        return result
+
+    def token(self) -> str:
+        import httpx
+
+        response = httpx.post(
+            f"{self.url}/auth/token", json={"username": self.user, "password": self.password}, timeout=10
+        )
+        response.raise_for_status()
+        return response.json()["access_token"]
+
+    def wait_for_dags(self, dag_ids: list[str], timeout: float = 120) -> None:
+        """Block until the DAG processor has registered `dag_ids`; fail with the import errors."""
+        import httpx
+
+        headers = {"Authorization": f"Bearer {self.token()}"}
+        deadline = time.monotonic() + timeout
+        while True:
+            found = httpx.get(f"{self.url}/api/v2/dags", params={"limit": 100}, headers=headers, timeout=10).json()
+            missing = set(dag_ids) - {dag["dag_id"] for dag in found["dags"]}
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                errors = httpx.get(f"{self.url}/api/v2/importErrors", headers=headers, timeout=10).json()
+                raise AssertionError(f"DAGs {sorted(missing)} not registered after {timeout} s; import errors: {errors}")
+            time.sleep(1)
+
+    def down_and_check(self) -> None:
+        """`mlwf down`, then nothing of the stack may be left: no process, no open port."""
+        result = self.mlwf("down", timeout=120)
+        assert result.returncode == 0, result.stderr
+        deadline = time.monotonic() + 5
+        while stack_processes(self.home) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert stack_processes(self.home) == [], "processes of the stack survived `mlwf down`"
+        for name in ("airflow_port", "log_server_port", "trigger_log_server_port", "exporter_port", "prometheus_port"):
+            assert not port_open(self.ports[name]), f"{name} {self.ports[name]} still open after down"
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory) -> Stack:
+    """The session's real stack, started once with `mlwf up` and stopped at the end."""
+    handle = Stack.create(tmp_path_factory.mktemp("stack"))
+    handle.up()
+    try:
+        handle.wait_for_dags(sorted(path.stem for path in (handle.project / "dags").glob("*_dag.py")))
+        yield handle
+    finally:
+        handle.down_and_check()
+
+
+@pytest.fixture(scope="session")
+def make_stack(tmp_path_factory):
+    """A factory for extra short-lived stacks (destructive tests); all are stopped at the end."""
+    made: list[Stack] = []
+
+    def factory(**settings) -> Stack:
+        handle = Stack.create(tmp_path_factory.mktemp("extra-stack"), **settings)
+        made.append(handle)
+        return handle
+
+    yield factory
+    for handle in made:
+        handle.mlwf("down", timeout=120)

@@ -1,0 +1,81 @@
+"""The session stack, read-only: status, idempotent up, logs, config, auth really on."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.stack
+
+
+def test_status_json_reports_every_component_healthy(stack):
+    result = stack.mlwf("status", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["backend"] == "local" and data["healthy"] is True
+    services = {s["name"]: s for s in data["services"]}
+    assert set(services) >= {"api-server", "scheduler", "dag-processor", "triggerer"}
+    for service in services.values():
+        assert service["state"] == "healthy" and service["pid"] > 0
+    assert services["api-server"]["port"] == stack.ports["airflow_port"]
+    # The DAG table comes through the REST API with the generated credentials.
+    # The fixture waited for the project's DAGs to be registered.
+    dags = {d["dag_id"]: d for d in data["dags"]}
+    assert {"ml_pipeline_dag", "monitoring_dag"} <= set(dags)
+    assert dags["ml_pipeline_dag"]["paused"] is True
+
+
+def test_second_up_changes_nothing(stack):
+    before = {s["name"]: s["pid"] for s in json.loads(stack.mlwf("status", "--json").stdout)["services"]}
+    result = stack.mlwf("up")
+    assert result.returncode == 0, result.stderr
+    assert "already running; nothing changed" in result.stderr
+    after = {s["name"]: s["pid"] for s in json.loads(stack.mlwf("status", "--json").stdout)["services"]}
+    assert after == before
+
+
+def test_auth_is_on_and_the_generated_password_works(stack):
+    assert httpx.get(f"{stack.url}/api/v2/dags", timeout=10).status_code == 401
+    bad = httpx.post(f"{stack.url}/auth/token", json={"username": "admin", "password": "admin"}, timeout=10)
+    assert bad.status_code == 401
+    good = httpx.post(f"{stack.url}/auth/token", json={"username": "admin", "password": stack.password}, timeout=10)
+    assert good.status_code == 201
+    token = good.json()["access_token"]
+    pools = httpx.get(f"{stack.url}/api/v2/pools", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert "ml_training" in {p["name"] for p in pools.json()["pools"]}
+    for name in ("secrets.json", "simple_auth_manager_passwords.json"):
+        assert stat.S_IMODE(os.stat(stack.home / name).st_mode) == 0o600
+
+
+def test_services_listen_on_loopback_only(stack):
+    import psutil
+
+    ours = {c.laddr.port: c.laddr.ip for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+    assert ours.get(stack.ports["airflow_port"]) == "127.0.0.1"
+
+
+def test_logs_of_one_service_and_all_interleaved(stack):
+    one = stack.mlwf("logs", "scheduler", "--tail", "5")
+    assert one.returncode == 0, one.stderr
+    lines = one.stdout.splitlines()
+    assert 0 < len(lines) <= 5 and not lines[0].startswith("scheduler ")
+    every = stack.mlwf("logs", "--tail", "3")
+    prefixes = {line.split("|", 1)[0].strip() for line in every.stdout.splitlines()}
+    assert {"api-server", "scheduler", "dag-processor", "triggerer"} <= prefixes
+    unknown = stack.mlwf("logs", "no-such-service")
+    assert unknown.returncode == 4 and "no-such-service" in unknown.stderr
+
+
+def test_config_shows_sources_and_masks_secrets(stack):
+    result = stack.mlwf("config", "--json", env={"MLWF_WEBHOOK_URL": "https://hooks.example/secret-token"})
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["airflow_port"] == {"value": stack.ports["airflow_port"], "source": "mlwf.toml"}
+    assert data["home"]["source"] == "MLWF_HOME"
+    assert data["webhook_url"] == {"value": "****", "source": "MLWF_WEBHOOK_URL"}
+    assert "secret-token" not in result.stdout
+    assert stack.mlwf("config", "--show-password").stdout.strip() == stack.password
