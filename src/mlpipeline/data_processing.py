@@ -121,8 +121,11 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 def write_parquet(df: pd.DataFrame, path: str | os.PathLike[str]) -> str:
     """Write `df` (without its index) to `path` atomically; deterministic bytes for equal frames."""
+    # Dictionary encoding only helps low-cardinality columns; on float features it costs time
+    # and makes the file larger than the raw values.
+    dictionary = [str(c) for c in df.columns if not pd.api.types.is_float_dtype(df[c].dtype)]
     with atomic_path(path) as tmp:
-        df.to_parquet(tmp, index=False, engine="pyarrow")
+        df.to_parquet(tmp, index=False, engine="pyarrow", use_dictionary=dictionary)
     return str(path)
 
 
@@ -408,6 +411,19 @@ def _fraction(count: int, total: int) -> float:
     return round(count / total, 6) if total else 0.0
 
 
+def _count_duplicates(df: pd.DataFrame) -> int:
+    """Rows equal to an earlier row. Exact, and linear: rows are hashed first, and only the
+    rows whose hash repeats are compared value by value (DataFrame.duplicated on every row
+    factorizes each column, which is several times slower on a million rows)."""
+    if len(df) < 2:
+        return 0
+    hashes = pd.util.hash_pandas_object(df, index=False)
+    candidates = hashes.duplicated(keep=False).to_numpy()
+    if not candidates.any():
+        return 0
+    return int(df[candidates].duplicated().sum())
+
+
 def _numeric(s: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(s.dtype) and not pd.api.types.is_bool_dtype(s.dtype)
 
@@ -427,7 +443,7 @@ def _build_schema(
         checks.add(
             "duplicate_fraction", None, f"fraction of duplicate rows <= {max_duplicate_fraction}",
             max_duplicate_fraction,
-            lambda d: (f := _fraction(int(d.duplicated().sum()), len(d)), f <= max_duplicate_fraction),
+            lambda d: (f := _fraction(_count_duplicates(d), len(d)), f <= max_duplicate_fraction),
         ),
     ]
     columns: dict[str, pa.Column] = {}
@@ -549,6 +565,24 @@ def _split_features(df: pd.DataFrame, label: str, what: str) -> list[str]:
     return features
 
 
+def _fill_medians(x: np.ndarray, medians: np.ndarray | None = None) -> np.ndarray:
+    """Median imputation in place; the medians are computed from `x` unless given.
+
+    Same result as SimpleImputer(strategy="median", keep_empty_features=True), but linear:
+    np.nanmedian selects (np.partition) where SimpleImputer sorts a masked array, which took
+    most of this stage's time on a million rows. An all-null column gets 0.
+    """
+    if medians is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # "All-NaN slice encountered"
+            medians = np.nan_to_num(np.nanmedian(x, axis=0), nan=0.0)
+    missing = np.isnan(x)
+    if missing.any():
+        rows, cols = np.nonzero(missing)
+        x[rows, cols] = medians[cols]
+    return medians
+
+
 def preprocess_data(
     path: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -562,7 +596,6 @@ def preprocess_data(
     Writes `out_dir/train.parquet`, `out_dir/holdout.parquet` and `out_dir/preprocessing.json`
     (the fitted medians, means and scales).
     """
-    from sklearn.impute import SimpleImputer
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import StandardScaler
 
@@ -582,10 +615,11 @@ def preprocess_data(
         raise DataError(f"cannot split {path} into train and holdout (stratified): {exc}") from exc
     x_train, x_hold = x[train_idx], x[hold_idx]
     del x
-    imputer = SimpleImputer(strategy="median", keep_empty_features=True, copy=False)
+    medians = _fill_medians(x_train)
+    _fill_medians(x_hold, medians)
     scaler = StandardScaler(copy=False)
-    x_train = scaler.fit_transform(imputer.fit_transform(x_train))
-    x_hold = scaler.transform(imputer.transform(x_hold))
+    x_train = scaler.fit_transform(x_train)
+    x_hold = scaler.transform(x_hold)
     paths = {"train_path": out / "train.parquet", "holdout_path": out / "holdout.parquet"}
     for key, xs, idx in (("train_path", x_train, train_idx), ("holdout_path", x_hold, hold_idx)):
         part = pd.DataFrame(xs, columns=features, copy=False)
@@ -596,7 +630,7 @@ def preprocess_data(
         "label": label,
         "test_size": test_size,
         "seed": seed,
-        "median": [float(v) for v in imputer.statistics_],
+        "median": [float(v) for v in medians],
         "mean": [float(v) for v in scaler.mean_],
         "scale": [float(v) for v in scaler.scale_],
     }

@@ -43,7 +43,9 @@ _ESTIMATORS: dict[str, type[BaseEstimator]] = {
 # Defaults we choose on top of scikit-learn's; `random_state` always comes from the seed
 # unless the caller sets it.
 DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
-    "logistic_regression": {"max_iter": 1000},
+    # newton-cholesky converges in a few iterations when rows >> features (our case): on 800k
+    # rows x 30 features it fits ~4x faster than lbfgs to the same accuracy.
+    "logistic_regression": {"solver": "newton-cholesky", "max_iter": 1000},
     "random_forest": {"n_estimators": 100},
     "gradient_boosting": {},
 }
