@@ -83,6 +83,7 @@ class DockerBackend:
         self.stack = compose.stack_dir(config)
         self.project = compose.project_name(config)
         self._flavour: compose.Flavour | None = None
+        self.poll_seconds = POLL_SECONDS
 
     # ----------------------------------------------------------------- plumbing
 
@@ -272,7 +273,7 @@ class DockerBackend:
                     hint=f"mlwf logs {worst.name.split('-')[0] if worst.name.startswith('worker-') else worst.name} --tail 100",
                 )
             report(f"waiting for {', '.join(s.name for s in waiting)}", services)
-            time.sleep(POLL_SECONDS)
+            time.sleep(self.poll_seconds)
 
     # ----------------------------------------------------------------- scale, down, logs
 
@@ -307,8 +308,8 @@ class DockerBackend:
         notes: list[str] = []
         if not env_file.exists():
             # `down` needs the file's variables to parse the compose file; placeholders do.
-            variables = {key: "unused" for key in ("MLWF_AIRFLOW_ENV_FILE", "MLWF_PASSWORDS_FILE",
-                                                   "MLWF_POSTGRES_PASSWORD", "MLWF_GRAFANA_PASSWORD")}
+            variables = {"MLWF_AIRFLOW_ENV_FILE": os.devnull, "MLWF_PASSWORDS_FILE": os.devnull,
+                         "MLWF_POSTGRES_PASSWORD": "unused", "MLWF_GRAFANA_PASSWORD": "unused"}
             commands = compose.ComposeCommands(commands.flavour, commands.project, commands.file, os.devnull)
         else:
             variables = self._read_variables()
@@ -322,7 +323,7 @@ class DockerBackend:
         return StackStatus(backend=self.name, services=services, notes=notes)
 
     def logs(self, service: str | None = None, *, tail: int = 100, follow: bool = False) -> Iterator[str]:
-        names = [*compose.ONE_SHOT, *self.expected(), *(compose.CELERY if not self.celery else ())]
+        names = [*compose.ONE_SHOT, *compose.CORE, *compose.CELERY, *compose.MONITORING]
         if service is not None and service not in names:
             raise NotFoundError(f"no service {service!r}; services: {', '.join(names)}")
         argv = self.commands().logs(service, tail=tail, follow=follow)
