@@ -171,7 +171,7 @@ def download_data(
         result["synthetic"] = spec
     elif re.match(r"^https?://", text, re.IGNORECASE):
         result["source_sha256"] = _download_http(text, out, target, sha256=sha256, timeout=timeout)
-    elif re.match(r"^[a-z][a-z0-9+.-]*:(?![\\/])", text, re.IGNORECASE) and not Path(text).exists():
+    elif re.match(r"^[a-z][a-z0-9+.-]+:", text, re.IGNORECASE) and not Path(text).exists():
         raise DataError(
             f"unsupported data source {text!r}: use sklearn:<name>, synthetic:rows=N,features=F,seed=S, "
             "http(s)://..., or a local .csv/.parquet path"
@@ -404,7 +404,7 @@ class _Checks:
             item["measured"] = measured
             return bool(ok)
 
-        return pa.Check(run, element_wise=False, ignore_na=False, name=name, error=description)
+        return pa.Check(run, element_wise=False, ignore_na=False, name=name)
 
 
 def _fraction(count: int, total: int) -> float:
