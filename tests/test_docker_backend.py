@@ -27,7 +27,8 @@ import pytest
 from mlflowctl.backends import compose
 from mlflowctl.backends.docker import ComposeFailed, DockerBackend
 from mlflowctl.config import load_config
-from mlflowctl.errors import NotFoundError, TimeoutExpired, UnreachableError
+from mlflowctl.backends.local import StartFailed
+from mlflowctl.errors import NotFoundError, UnreachableError
 
 ROOT = Path(__file__).resolve().parents[1]
 PORTS = {"api-server": ("8080/tcp", 18080), "grafana": ("3000/tcp", 13000)}
@@ -153,7 +154,7 @@ with open(os.environ["FAKE_DOCKER_LOG"], "a") as log:
     log.write(json.dumps(argv) + "\n")
 if argv[:2] == ["compose", "version"]:
     print("Docker Compose version v2.30.3"); sys.exit(0)
-op = next(a for a in argv if a in ("up", "down", "build", "stop", "logs", "ps"))
+op = next(a for a in argv if a in ("up", "down", "build", "stop", "logs", "ps", "rm"))
 fail = os.environ.get("FAKE_DOCKER_FAIL", "")
 if op == fail:
     print("Error response from daemon: pull access denied for mlwf-airflow", file=sys.stderr); sys.exit(1)
@@ -339,12 +340,31 @@ def _secrets(backend):
 
 def test_up_that_times_out_stops_what_it_started(tmp_path, engine, docker_cli):
     backend = _backend(tmp_path, engine, bin_dir=docker_cli)
-    with pytest.raises(TimeoutExpired) as caught:
+    with pytest.raises(StartFailed) as caught:
         backend.up(timeout=0.3)
-    assert caught.value.exit_code == 6
-    assert "not healthy after" in str(caught.value) and "starting" in str(caught.value)
-    assert caught.value.hint.startswith("mlwf logs ")
+    failure = caught.value
+    assert failure.exit_code == 6  # timed out
+    assert re.fullmatch(r"postgres not healthy after 0 s \(starting\)", str(failure))
+    assert failure.hint == "mlwf logs postgres --tail 100"
+    # The CLI prints this tail: the failing service's last lines, from `compose logs`.
+    assert failure.log_tail == ["scheduler-1  | scheduler line 1", "scheduler-1  | scheduler line 2"]
+    assert _calls(tmp_path)[-2] == backend.commands().logs("postgres", tail=25)[1:]
     assert _calls(tmp_path)[-1] == backend.commands().stop()[1:]
+
+
+def test_up_local_after_celery_removes_the_broker_and_workers(tmp_path, engine, docker_cli):
+    engine.healthy_after = 1
+    backend = _backend(tmp_path, engine, bin_dir=docker_cli)
+    for service in backend.expected():
+        engine.add(backend.project, service)
+    engine.add(backend.project, "redis")
+    engine.add(backend.project, "worker", number=1)
+
+    status = backend.up(timeout=30)
+
+    removal = [call for call in _calls(tmp_path) if "rm" in call]
+    assert removal == [backend.commands().remove(["redis", "worker"])[1:]]
+    assert "removed the celery broker and workers (executor is now local)" in status.notes
 
 
 def test_a_failing_compose_command_is_one_line_with_its_reason(tmp_path, engine, docker_cli):

@@ -52,6 +52,7 @@ def test_command_lines(flavour, prefix):
     assert c.down() == [*_base(prefix, celery=True), "down", "--remove-orphans"]
     assert c.down(volumes=True) == [*_base(prefix, celery=True), "down", "--remove-orphans", "--volumes"]
     assert c.stop() == [*_base(prefix, celery=True), "stop"]
+    assert c.remove(["redis", "worker"]) == [*_base(prefix, celery=True), "rm", "--stop", "--force", "redis", "worker"]
     assert c.ps() == [*_base(prefix, celery=True), "ps", "--all"]
     assert c.logs() == [*_base(prefix, celery=True), "logs", "--no-color", "--tail=100"]
     assert c.logs("scheduler", tail=20, follow=True) == [
@@ -74,7 +75,7 @@ def test_v1_accepts_every_command_line(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "DOCKER_HOST": f"tcp://127.0.0.1:{_closed_port()}"}
     lines = {
         "build": c.build(), "up": c.up(["airflow-init", "api-server"], workers=2), "down": c.down(volumes=True),
-        "stop": c.stop(), "ps": c.ps(), "logs": c.logs("scheduler", tail=5, follow=True),
+        "stop": c.stop(), "rm": c.remove(["redis", "worker"]), "ps": c.ps(), "logs": c.logs("scheduler", tail=5, follow=True),
         "scale": c.scale_workers(3),
     }
     for operation, argv in lines.items():

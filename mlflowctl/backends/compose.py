@@ -126,6 +126,10 @@ class ComposeCommands:
             "--scale", f"{WORKER}={workers}", WORKER,
         ]
 
+    def remove(self, services: list[str]) -> list[str]:
+        """Stop and remove these services' containers (e.g. the celery ones after a switch to local)."""
+        return [*self.base(celery=True), "rm", "--stop", "--force", *services]
+
     def stop(self) -> list[str]:
         return [*self.base(celery=True), "stop"]
 

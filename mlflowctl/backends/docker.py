@@ -155,7 +155,7 @@ class DockerBackend:
                 if progress:
                     progress(line)
         if process.wait() != 0:
-            operation = next((a for a in argv if a in {"up", "down", "build", "stop", "logs", "ps"}), "command")
+            operation = next((a for a in argv if a in {"up", "down", "build", "stop", "logs", "ps", "rm"}), "command")
             raise ComposeFailed(
                 f"`{' '.join(self.commands().flavour.prefix)} {operation}` failed (exit {process.returncode}): "
                 f"{last[-1] if last else 'no output'}",
@@ -205,7 +205,10 @@ class DockerBackend:
         commands = self.commands()  # MissingDependencyError before anything is written
         client = self.client()  # UnreachableError likewise
         before = self._snapshot(client, exclude)
-        if all(s.state == "healthy" for s in before):
+        leftovers = not self.celery and any(
+            s.name == "redis" or s.name.startswith(f"{compose.WORKER}-") for s in before if s.state != "stopped"
+        )
+        if all(s.state == "healthy" for s in before) and not leftovers:
             status = StackStatus(backend=self.name, services=before)
             status.notes.append("the stack is already running; nothing changed")
             return status
@@ -221,6 +224,11 @@ class DockerBackend:
         services = [n for n in expected if n != compose.WORKER]
         if self.celery:
             services.append(compose.WORKER)
+        elif leftovers:
+            # The stack ran with the celery executor before: its broker and workers go first.
+            report("removing the celery broker and workers of the previous executor", before)
+            self._run(commands.remove(list(compose.CELERY)), lambda line: report(line, []), files.variables)
+            notes.append("removed the celery broker and workers (executor is now local)")
         report(f"starting {len(services)} services with {commands.flavour.label}", before)
         self._run(
             commands.up(["airflow-init", *services], workers=self.config.workers if self.celery else None),
@@ -234,12 +242,13 @@ class DockerBackend:
                 # Nothing ran before this `up`: leave nothing half-up, keep the containers for `logs`.
                 self._run(commands.stop(), None, files.variables)
             raise
-        status = StackStatus(backend=self.name, services=services_now, notes=notes)
-        status.notes.append(
-            f"admin password: {self.config.home_dir / 'secrets.json'} (0600; Grafana's too); "
-            f"env files: {files.compose.parent}"
-        )
-        return status
+        if "grafana" in expected:
+            notes.append(
+                f"Grafana: http://127.0.0.1:{self.config.grafana_port} (user admin, password `grafana_password` "
+                f"in {self.config.home_dir / 'secrets.json'})"
+            )
+        notes.append(f"compose env files (0600): {files.compose.parent}")
+        return StackStatus(backend=self.name, services=services_now, notes=notes)
 
     @staticmethod
     def _image_exists(client, image: str) -> bool:
@@ -252,6 +261,7 @@ class DockerBackend:
             return False
 
     def _wait_healthy(self, client, exclude, report: Progress, timeout: float) -> list[ServiceStatus]:
+        """Poll the containers until every expected one is healthy; StartFailed with a log tail if not."""
         deadline = time.monotonic() + timeout
         while True:
             services = self._snapshot(client, exclude)
@@ -261,19 +271,30 @@ class DockerBackend:
                 return services
             failed = next((s for s in waiting if s.name in compose.ONE_SHOT), None)
             if failed is not None:
-                raise UnhealthyError(
-                    f"airflow-init failed ({failed.detail}): the database migration did not finish",
-                    hint="mlwf logs airflow-init --tail 100",
+                raise self._start_failed(
+                    f"airflow-init failed ({failed.detail}): the database migration or pool setup did not finish",
+                    failed.name,
                 )
             if time.monotonic() >= deadline:
-                worst = waiting[0]
-                raise TimeoutExpired(
-                    f"{worst.name} not healthy after {timeout:.0f} s ({worst.state}"
-                    f"{': ' + worst.detail if worst.detail else ''})",
-                    hint=f"mlwf logs {worst.name.split('-')[0] if worst.name.startswith('worker-') else worst.name} --tail 100",
+                worst = next((s for s in waiting if s.state != "starting"), waiting[0])
+                detail = f": {worst.detail}" if worst.detail else ""
+                raise self._start_failed(
+                    f"{worst.name} not healthy after {timeout:.0f} s ({worst.state}{detail})",
+                    worst.name, timed_out=True,
                 )
             report(f"waiting for {', '.join(s.name for s in waiting)}", services)
             time.sleep(self.poll_seconds)
+
+    def _start_failed(self, message: str, name: str, *, timed_out: bool = False) -> MlwfError:
+        """The local backend's StartFailed (the CLI prints its log tail), from `compose logs`."""
+        from mlflowctl.backends.local import LOG_TAIL_LINES, StartFailed
+
+        service = compose.WORKER if name.startswith(f"{compose.WORKER}-") else name
+        try:
+            tail = list(self._stream(self.commands().logs(service, tail=LOG_TAIL_LINES), self._read_variables()))
+        except (MlwfError, OSError):
+            tail = []
+        return StartFailed(message, service=service, log_tail=tail[-LOG_TAIL_LINES:], timed_out=timed_out)
 
     # ----------------------------------------------------------------- scale, down, logs
 
