@@ -41,12 +41,30 @@ class ParseStats:
         self.tag_errors = 0
 
 
+_CACHE_LIMIT = 50_000
+_escaped: dict[str, str] = {}
+# name+tags part of a line -> (metric name, tag labels); only heads that parsed cleanly
+_heads: dict[str, tuple[str, dict[str, str]]] = {}
+
+
 def escape_metric_name(name: str) -> str:
     """statsd_exporter's mapper.EscapeMetricName: [a-zA-Z0-9_] kept, anything else -> `_`.
 
     A leading digit gets a `_` prefix, and a run of dashes after the first one is
-    dropped (`a--b` -> `a_b`), as statsd_exporter does.
+    dropped (`a--b` -> `a_b`), as statsd_exporter does. Memoized: names repeat.
     """
+    try:
+        return _escaped[name]
+    except KeyError:
+        pass
+    escaped = _escape(name)
+    if len(_escaped) >= _CACHE_LIMIT:
+        _escaped.clear()
+    _escaped[name] = escaped
+    return escaped
+
+
+def _escape(name: str) -> str:
     if not name:
         return ""
     if name.isascii() and (name.replace("_", "a").isalnum()) and not name[0].isdigit():
@@ -100,7 +118,7 @@ def _parse_name_and_tags(name: str, labels: dict[str, str], stats: ParseStats) -
     return name
 
 
-def _go_float(text: str) -> float:
+def go_float(text: str) -> float:
     """strconv.ParseFloat's accepted forms, near enough: no spaces, no underscores."""
     if not text or text != text.strip() or "_" in text:
         raise ValueError(text)
@@ -115,15 +133,24 @@ def parse_line(line: str, stats: ParseStats) -> list[Event]:
     if not sep or not head:
         stats.sample_errors["malformed_line"] += 1
         return []
-    labels: dict[str, str] = {}
-    if "," in head or "#" in head or "[" in head or "]" in head:
-        metric = _parse_name_and_tags(head, labels, stats)
+    # The labels dict may be shared with the cache and earlier events: copy before changing it.
+    cached = _heads.get(head)
+    if cached is not None:
+        metric, labels = cached
     else:
-        metric = head
+        labels = {}
+        errors_before = stats.tag_errors
+        metric = _parse_name_and_tags(head, labels, stats) if ("," in head or "#" in head or "[" in head or "]" in head) else head
+        if stats.tag_errors == errors_before:
+            if len(_heads) >= _CACHE_LIMIT:
+                _heads.clear()
+            _heads[head] = (metric, labels)
     dogstatsd = "|#" in rest
-    if dogstatsd and labels:
-        stats.sample_errors["mixed_tagging_styles"] += 1
-        return []
+    if dogstatsd:
+        if labels:
+            stats.sample_errors["mixed_tagging_styles"] += 1
+            return []
+        labels = {}
     parts = rest.split("|", 2)
     if len(parts) < 2:
         stats.sample_errors["not_enough_parts_after_colon"] += 1
@@ -149,7 +176,7 @@ def parse_line(line: str, stats: ParseStats) -> list[Event]:
         value_text, stat_type = components[0], components[1]
         relative = value_text[:1] in ("+", "-")
         try:
-            value = _go_float(value_text)
+            value = go_float(value_text)
         except ValueError:
             stats.sample_errors["malformed_value"] += 1
             continue
@@ -164,7 +191,7 @@ def parse_line(line: str, stats: ParseStats) -> list[Event]:
                 first = component[0]
                 if first == "@":
                     try:
-                        rate = _go_float(component[1:])
+                        rate = go_float(component[1:])
                     except ValueError:
                         stats.sample_errors["invalid_sample_factor"] += 1
                         rate = 0.0
@@ -178,7 +205,7 @@ def parse_line(line: str, stats: ParseStats) -> list[Event]:
                     _parse_tag_list(component[1:], ":", labels, stats, True)
                 elif first == "c":
                     if component.startswith("c:") and len(component) > 2:
-                        labels["container_id"] = component[2:]
+                        labels = {**labels, "container_id": component[2:]}
                     else:
                         stats.sample_errors["malformed_container_id"] += 1
                         bad = True
