@@ -275,7 +275,8 @@ def test_a_daemon_that_does_not_answer_is_one_clear_error(tmp_path, host):
         backend.status()
     message = str(caught.value)
     assert caught.value.exit_code == 5
-    assert message.startswith(f"the Docker daemon at {docker_host} is not answering")
+    reason = "connection refused" if host == "tcp" else "no such socket"
+    assert message == f"the Docker daemon at {docker_host} is not answering ({reason})"
     assert "\n" not in message and len(message) < 300
 
 
@@ -394,8 +395,21 @@ def test_logs_and_down(tmp_path, engine, docker_cli):
     assert any("deleted" in note for note in status.notes)
 
 
-def test_down_without_env_files_still_runs_compose(tmp_path, engine, docker_cli):
+def test_down_without_env_files(tmp_path, engine, docker_cli):
     backend = _backend(tmp_path, engine, bin_dir=docker_cli)
+    assert backend.down().notes == ["nothing was running"]
+    assert [call for call in _calls(tmp_path) if "down" in call] == []
+    # Containers of this project run but the state directory was wiped: regenerate, then stop them.
+    engine.add(backend.project, "postgres")
     backend.down()
     call = _calls(tmp_path)[-1]
-    assert call[call.index("--env-file") + 1] == os.devnull and "down" in call
+    assert call == backend.commands().down()[1:]
+    assert (backend.config.home_dir / "docker" / "compose.env").stat().st_mode & 0o777 == 0o600
+
+
+def test_logs_of_a_stack_never_started_is_stack_down(tmp_path, engine, docker_cli):
+    from mlflowctl.errors import StackDownError
+
+    with pytest.raises(StackDownError) as caught:
+        list(_backend(tmp_path, engine, bin_dir=docker_cli).logs("scheduler"))
+    assert caught.value.exit_code == 8 and "no docker stack was started" in str(caught.value)

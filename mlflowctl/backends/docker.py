@@ -20,7 +20,7 @@ from typing import Callable, Iterator, Mapping
 from mlflowctl.backends import compose
 from mlflowctl.backends.base import Progress, ServiceStatus, StackStatus
 from mlflowctl.config import Config
-from mlflowctl.errors import MlwfError, NotFoundError, TimeoutExpired, UnhealthyError, UnreachableError, UsageError
+from mlflowctl.errors import MlwfError, NotFoundError, StackDownError, UnreachableError, UsageError
 
 DEFAULT_TIMEOUT = 300.0  # a first start pulls and builds images
 POLL_SECONDS = 2.0
@@ -60,6 +60,23 @@ def _state(container) -> ServiceStatus:
                 status.url = f"http://{binding.get('HostIp') or '127.0.0.1'}:{status.port}"
                 break
     return status
+
+
+_REASONS = (
+    ("Connection refused", "connection refused"),
+    ("No such file or directory", "no such socket"),
+    ("Permission denied", "permission denied: is your user in the docker group?"),
+    ("timed out", "timed out"),
+)
+
+
+def _reason(exc: Exception) -> str:
+    """The short cause of a failed connection, instead of urllib3's nested repr."""
+    text = str(exc)
+    for needle, reason in _REASONS:
+        if needle.lower() in text.lower():
+            return reason
+    return (text.splitlines()[0] if text else type(exc).__name__)[:120]
 
 
 def _uptime(started_at: str | None) -> float | None:
@@ -104,20 +121,16 @@ class DockerBackend:
     def client(self):
         """A docker SDK client for DOCKER_HOST (or the default socket) that answered a ping."""
         import docker
-        from docker.errors import DockerException
 
         where = self.environ.get("DOCKER_HOST") or "the default socket (unix:///var/run/docker.sock)"
         try:
             client = docker.from_env(environment=self.environ, timeout=SDK_TIMEOUT)
             client.ping()
-        except DockerException as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        except Exception as exc:  # DockerException, or requests' errors before docker wraps them
             raise UnreachableError(
-                f"the Docker daemon at {where} is not answering ({reason[:160]})",
+                f"the Docker daemon at {where} is not answering ({_reason(exc)})",
                 hint="start Docker, or use --backend local",
             ) from None
-        except Exception as exc:  # requests' connection errors, before docker wraps them
-            raise UnreachableError(f"the Docker daemon at {where} is not answering ({exc.__class__.__name__})") from None
         return client
 
     def expected(self, exclude: frozenset[str] = frozenset()) -> list[str]:
@@ -320,28 +333,37 @@ class DockerBackend:
         try:
             lines = path.read_text().splitlines()
         except OSError:
-            raise UsageError(f"no {path}: start the stack first (mlwf up --backend docker)") from None
+            raise StackDownError(
+                f"no docker stack was started with the state directory {self.config.home_dir} (no {path.name})",
+                hint="mlwf up --backend docker",
+            ) from None
         return dict(line.split("=", 1) for line in lines if "=" in line)
 
     def down(self, *, volumes: bool = False) -> StackStatus:
         commands = self.commands()
+        client = self.client()  # a clear UnreachableError rather than compose's traceback
         env_file = compose.docker_dir(self.config) / "compose.env"
         notes: list[str] = []
-        if not env_file.exists():
-            # `down` needs the file's variables to parse the compose file; placeholders do.
-            variables = {"MLWF_AIRFLOW_ENV_FILE": os.devnull, "MLWF_PASSWORDS_FILE": os.devnull,
-                         "MLWF_POSTGRES_PASSWORD": "unused", "MLWF_GRAFANA_PASSWORD": "unused"}
-            commands = compose.ComposeCommands(commands.flavour, commands.project, commands.file, os.devnull)
-        else:
+        if env_file.exists():
             variables = self._read_variables()
-        self._run(commands.down(volumes=volumes), None, variables)
+        elif any(s.state != "stopped" for s in self._snapshot(client)):
+            # The env files are gone but containers of this project run: regenerate them to stop those.
+            from mlflowctl.secrets import load_or_create
+
+            files = compose.write_env_files(self.config, load_or_create(self.config.home_dir), self.stack, POOLS)
+            variables = files.variables
+        else:
+            variables = None
+            notes.append("nothing was running")
+        if variables is not None:
+            self._run(commands.down(volumes=volumes), None, variables)
         if volumes:
-            notes.append("deleted the stack's Docker volumes (database, Prometheus, Grafana, logs, data)")
+            if variables is not None:
+                notes.append("deleted the stack's Docker volumes (database, Prometheus, Grafana, logs, data)")
             if self.config.home_dir.exists():
                 shutil.rmtree(self.config.home_dir)
                 notes.append(f"deleted {self.config.home_dir}")
-        services = [ServiceStatus(name=n, state="stopped") for n in self.expected()]
-        return StackStatus(backend=self.name, services=services, notes=notes)
+        return StackStatus(backend=self.name, services=self._snapshot(client), notes=notes)
 
     def logs(self, service: str | None = None, *, tail: int = 100, follow: bool = False) -> Iterator[str]:
         names = [*compose.ONE_SHOT, *compose.CORE, *compose.CELERY, *compose.MONITORING]
