@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
-from exporter_support import MAPPING, exporter_command, free_port, http_get, send_udp, start_exporter
+from exporter_support import MAPPING, REPO, exporter_command, free_port, http_get, send_udp, start_exporter
 
 from mlflowctl.metrics.exporter import fetch_status
 from mlpipeline import pipeline_metrics
@@ -124,3 +126,13 @@ def test_module_imports_stay_light():
     )
     r = subprocess.run([exporter_command()[0], "-c", code], capture_output=True, text=True, timeout=30)
     assert r.stdout.strip() == "[]", r.stderr
+
+
+def test_benchmark_runs_and_loses_nothing_at_a_modest_rate():
+    """bench/exporter_bench.py stays runnable; a small paced burst arrives whole."""
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "exporter_bench.py"), "--lines", "5000", "--rate", "10000", "--json"],
+                       capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    run = json.loads(r.stdout)["runs"][0]
+    assert run["lines_sent"] == 5000 and run["lines_received"] == 5000 and run["lines_lost"] == 0
+    assert run["parse_errors"] == 0

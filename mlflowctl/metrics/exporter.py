@@ -27,7 +27,12 @@ by prometheus_client. Names, labels and types follow statsd_exporter:
 
 Differences from statsd_exporter, by design: no TCP or Unix-socket listener, no relay;
 summary quantiles are exact over the window (statsd_exporter's are estimates within the
-configured error); native histograms are not produced.
+configured error) and keep at most the last 100k observations per series; native
+histograms are not produced; `statsd_exporter_lines_total` counts non-empty lines only.
+
+Throughput: the receive loop drains the socket in batches and replays the resolution of
+a line head (`name,tags` + type) it has seen before, so repeated Airflow metrics cost a
+few microseconds each (bench/exporter_bench.py: no line lost at 50k lines/s).
 
 Imports stay light (standard library, prometheus_client, yaml): the local backend starts
 this module as a detached process.
@@ -576,7 +581,6 @@ class ExporterServer:
         self.exporter = exporter
         self.udp = _bind_udp(statsd_host, statsd_port, read_buffer)
         try:
-            ThreadingHTTPServer.allow_reuse_address = True
             self.http = ThreadingHTTPServer((http_host, http_port), _handler_class(exporter))
         except OSError as exc:
             self.udp.close()
