@@ -129,6 +129,9 @@ def test_local_file_with_checksum(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="checksum mismatch"):
         dp.download_data(str(csv), tmp_path / "bad", sha256="0" * 64)
     assert not (tmp_path / "bad" / "raw.parquet").exists()
+    with pytest.raises(DataError, match="sha256 must be 64 hexadecimal digits"):
+        dp.download_data(str(csv), tmp_path / "bad", sha256="abc")
+    assert "source_sha256" not in dp.download_data(str(csv), tmp_path / "blank", sha256=" ")  # blank = none
 
 
 @pytest.mark.parametrize(

@@ -161,6 +161,10 @@ def download_data(
     text = os.fspath(source).strip() if source is not None else ""
     if not text:
         raise DataError("empty data source")
+    if sha256 is not None:
+        sha256 = sha256.strip().lower() or None
+    if sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise DataError(f"sha256 must be 64 hexadecimal digits, got {sha256!r}")
     result: dict[str, Any] = {"source": text}
     if text.startswith("sklearn:"):
         df = _load_sklearn(text.removeprefix("sklearn:"))
@@ -377,7 +381,7 @@ def _write_synthetic(target: Path, *, rows: int, features: int, seed: int, class
     names = [f"feature_{i:02d}" for i in range(features)]
     schema = pyarrow.schema([(n, pyarrow.float64()) for n in names] + [(LABEL, pyarrow.int64())])
     with atomic_path(target) as tmp:
-        with pq.ParquetWriter(tmp, schema) as writer:
+        with pq.ParquetWriter(tmp, schema, use_dictionary=[LABEL]) as writer:
             for index, start in enumerate(range(0, rows, SYNTHETIC_CHUNK_ROWS)):
                 x, y = model.chunk(index, min(SYNTHETIC_CHUNK_ROWS, rows - start))
                 arrays = [pyarrow.array(x[:, j]) for j in range(features)] + [pyarrow.array(y)]
