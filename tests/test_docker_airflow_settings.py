@@ -109,3 +109,36 @@ def test_task_env_points_tasks_at_the_stack(secrets):
     assert (env["MLWF_STATSD_HOST"], env["MLWF_STATSD_PORT"]) == ("statsd-exporter", "9125")
     assert env["MLWF_WEBHOOK_URL"] == "http://hook"
     assert "MLWF_WEBHOOK_URL" not in task_env(Config(), secrets, data_root="/d")
+
+
+#: What may differ between the two backends: addresses, ports and paths, nothing else.
+PER_BACKEND = {
+    "AIRFLOW__API__HOST", "AIRFLOW__API__PORT", "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT",
+    "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT", "AIRFLOW__CORE__DAGS_FOLDER", "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
+    "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+    "AIRFLOW__METRICS__STATSD_HOST", "AIRFLOW__METRICS__STATSD_PORT", "AIRFLOW__CELERY__BROKER_URL",
+    "AIRFLOW__CELERY__RESULT_BACKEND", "AIRFLOW__LOGGING__BASE_LOG_FOLDER",
+    # the docker healthcheck curls the scheduler's health server; locally the API reports it
+    "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK", "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT",
+    "AIRFLOW_CONN_MLWF_API", "MLWF_AIRFLOW_URL", "MLWF_DATA_ROOT", "MLWF_STATSD_HOST", "MLWF_STATSD_PORT",
+    "MLWF_HOME", "MLWF_STACK_HOME",
+}
+
+
+@pytest.mark.parametrize("executor", ["local", "celery"])
+def test_both_backends_run_airflow_with_the_same_settings(tmp_path, executor):
+    """The local processes and the docker containers differ only in where things are."""
+    from mlflowctl.backends.airflow_env import local_environment
+    from mlflowctl.backends.compose import container_airflow_env
+
+    config = Config(home=str(tmp_path), executor=executor, parallelism=3, airflow_port=18080)
+    secrets = load_or_create(tmp_path)
+    broker = "redis://127.0.0.1:16390/0" if executor == "celery" else None
+    local = local_environment(config, secrets, base={}, broker_url=broker)
+    docker = container_airflow_env(config, secrets)
+    ours = lambda env: {k for k in env if k.startswith(("AIRFLOW__", "AIRFLOW_CONN_", "MLWF_"))}
+    assert (ours(local) ^ ours(docker)) <= PER_BACKEND
+    differing = {k for k in ours(local) & ours(docker) if local[k] != docker[k]}
+    assert differing <= PER_BACKEND
+    assert docker["AIRFLOW__CORE__PARALLELISM"] == local["AIRFLOW__CORE__PARALLELISM"] == "3"
+    assert docker["AIRFLOW__API__BASE_URL"] == local["AIRFLOW__API__BASE_URL"] == "http://127.0.0.1:18080"
