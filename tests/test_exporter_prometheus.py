@@ -7,15 +7,13 @@ documented queries are asked of Prometheus's HTTP API as written.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.parse
 
 import pytest
-from exporter_support import free_port, http_get, send_udp, start_exporter
+from exporter_support import free_port, http_get, send_udp, start_exporter, stop_process_group
 
 from mlflowctl.metrics.prometheus_config import write_local_config
 
@@ -68,13 +66,7 @@ class Prometheus:
             time.sleep(0.25)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_process_group(self.proc, timeout=15)
         self.log.close()
 
 
