@@ -242,6 +242,8 @@ def test_dockerfile_builds_on_the_pinned_airflow_and_installs_the_runtime_list()
     assert dropped == {line for line in requirement_lines(runtime) if re.match(r"apache-airflow(\[|==)", line)}
     assert len(dropped) == 1
     assert "apache-airflow-providers-celery==3.26.0" in kept
+    # The data volume's mount point exists in the image, writable by group 0 (AIRFLOW_UID:0).
+    assert f"mkdir -p {compose.CONTAINER_DATA} && chmod 0775 {compose.CONTAINER_DATA}" in dockerfile
 
 
 needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
