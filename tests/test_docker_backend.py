@@ -413,3 +413,25 @@ def test_logs_of_a_stack_never_started_is_stack_down(tmp_path, engine, docker_cl
     with pytest.raises(StackDownError) as caught:
         list(_backend(tmp_path, engine, bin_dir=docker_cli).logs("scheduler"))
     assert caught.value.exit_code == 8 and "no docker stack was started" in str(caught.value)
+
+
+def test_scale_workers_on_a_running_celery_stack(tmp_path, engine, docker_cli):
+    from mlflowctl.errors import UsageError
+
+    engine.healthy_after = 1
+    with pytest.raises(UsageError, match="celery executor"):
+        _backend(tmp_path, engine, bin_dir=docker_cli).scale(3)
+    backend = _backend(tmp_path, engine, bin_dir=docker_cli, executor="celery")
+    with pytest.raises(Exception, match="no docker stack was started"):
+        backend.scale(3)
+    backend.config.home_dir.mkdir(parents=True)
+    compose.write_env_files(backend.config, _secrets(backend), backend.stack, {})
+    for service in backend.expected():
+        if service != "worker":
+            engine.add(backend.project, service)
+
+    status = backend.scale(3)
+
+    assert _calls(tmp_path)[-1] == backend.commands().scale_workers(3)[1:]
+    assert [s.name for s in status.services if s.name.startswith("worker")] == ["worker-1", "worker-2", "worker-3"]
+    assert status.healthy
