@@ -79,3 +79,27 @@ def test_config_shows_sources_and_masks_secrets(stack):
     assert data["webhook_url"] == {"value": "****", "source": "MLWF_WEBHOOK_URL"}
     assert "secret-token" not in result.stdout
     assert stack.mlwf("config", "--show-password").stdout.strip() == stack.password
+
+
+def test_monitoring_group_carries_scheduler_heartbeats_into_prometheus(stack):
+    import shutil
+    import time
+
+    services = {s["name"]: s for s in json.loads(stack.mlwf("status", "--json").stdout)["services"]}
+    assert services["exporter"]["state"] == "healthy"
+    assert services["exporter"]["url"] == f"http://127.0.0.1:{stack.ports['exporter_port']}/metrics"
+    if shutil.which("prometheus") is None:
+        pytest.skip("no prometheus binary on PATH")
+    assert services["prometheus"]["state"] == "healthy"
+    deadline = time.monotonic() + 60
+    while True:
+        answer = httpx.get(
+            f"http://127.0.0.1:{stack.ports['prometheus_port']}/api/v1/query",
+            params={"query": "airflow_scheduler_heartbeat"},
+            timeout=10,
+        ).json()
+        if answer["data"]["result"]:
+            break
+        assert time.monotonic() < deadline, "no scheduler heartbeat reached Prometheus in 60 s"
+        time.sleep(2)
+    assert answer["data"]["result"][0]["metric"]["job"] == "statsd-exporter"

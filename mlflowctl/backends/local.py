@@ -15,11 +15,17 @@ goes through the `progress(message, services)` callback.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
+
+import psutil
 
 from mlflowctl.backends import processes
 from mlflowctl.backends.base import Progress, ServiceStatus, StackStatus
@@ -33,6 +39,9 @@ MONITORING = "monitoring"
 POOLS = {"ml_training": (1, "model training, one at a time (ml_pipeline_dag)")}
 DEFAULT_TIMEOUT = 120.0
 LOG_TAIL_LINES = 25
+LAUNCHER = Path(__file__).with_name("launcher.py")
+# Run launcher.py by path without putting its folder on sys.path (it would shadow `select`).
+LAUNCH_CODE = "import runpy, sys; sys.path.pop(0); sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
 
 
 class StartFailed(MlwfError):
@@ -61,6 +70,8 @@ class ServiceSpec:
     probe_url: str | None = None  # else: healthy when this URL answers 200
     ports: list[PortNeed] = field(default_factory=list)
     env: dict[str, str] | None = None  # None: the stack's Airflow environment
+    airflow_args: list[str] | None = None  # an Airflow component: `airflow <args>`, forked by the launcher
+    prepare: Callable[[], None] | None = None  # runs before the service starts (writes its config)
 
 
 class LocalBackend:
@@ -95,26 +106,25 @@ class LocalBackend:
         if self.config.executor != "local":
             raise NotAvailableError(f"executor {self.config.executor!r} is not available on the local backend yet")
         c = self.config
-        airflow = self._airflow_command()
         specs = [
-            ServiceSpec(
+            self._airflow_service(
                 "api-server",
-                [*airflow, "api-server", "--host", "127.0.0.1", "--port", str(c.airflow_port)],
+                ["api-server", "--host", "127.0.0.1", "--port", str(c.airflow_port)],
                 port=c.airflow_port,
                 url=self.url,
                 ports=[PortNeed("api-server", "airflow_port", c.airflow_port)],
             ),
-            ServiceSpec(
+            self._airflow_service(
                 "scheduler",
-                [*airflow, "scheduler"],
+                ["scheduler"],
                 port=c.log_server_port,
                 health_key="scheduler",
                 ports=[PortNeed("scheduler log server", "log_server_port", c.log_server_port, wildcard=True)],
             ),
-            ServiceSpec("dag-processor", [*airflow, "dag-processor"], health_key="dag_processor"),
-            ServiceSpec(
+            self._airflow_service("dag-processor", ["dag-processor"], health_key="dag_processor"),
+            self._airflow_service(
                 "triggerer",
-                [*airflow, "triggerer"],
+                ["triggerer"],
                 port=c.trigger_log_server_port,
                 health_key="triggerer",
                 ports=[
@@ -125,17 +135,76 @@ class LocalBackend:
         ]
         return [s for s in specs if s.group not in exclude and s.name not in exclude]
 
-    def _airflow_command(self) -> list[str]:
-        runtime = self._runtime
-        return [runtime.airflow] if runtime is not None else ["airflow"]
+    def _airflow_service(self, name: str, args: list[str], **details) -> ServiceSpec:
+        airflow = self._runtime.airflow if self._runtime is not None else "airflow"
+        return ServiceSpec(name, [airflow, *args], airflow_args=args, **details)
+
+    def _stack_dir(self) -> Path:
+        """The project's stack/ folder (mapping, Prometheus template), else mlwf's own."""
+        from mlflowctl.metrics.prometheus_config import STACK_DIR
+
+        own = self.config.project_root / "stack"
+        return own if (own / "statsd" / "mapping.yml").is_file() else STACK_DIR
 
     def _monitoring_services(self) -> list[ServiceSpec]:
-        """The StatsD exporter and Prometheus, once mlflowctl.metrics provides them."""
-        try:
-            from mlflowctl.metrics import local_services  # type: ignore[attr-defined]
-        except ImportError:
-            return []
-        return [ServiceSpec(group=MONITORING, **spec) for spec in local_services.specs(self.config)]
+        """The embedded StatsD exporter and, when its binary is on PATH, Prometheus."""
+        c = self.config
+        stack_dir = self._stack_dir()
+        specs = [
+            ServiceSpec(
+                "exporter",
+                [
+                    sys.executable, "-m", "mlflowctl.metrics.exporter",
+                    "--mapping", str(stack_dir / "statsd" / "mapping.yml"),
+                    "--statsd-host", "127.0.0.1", "--statsd-port", str(c.statsd_port),
+                    "--http-host", "127.0.0.1", "--http-port", str(c.exporter_port),
+                ],
+                group=MONITORING,
+                port=c.exporter_port,
+                url=f"http://127.0.0.1:{c.exporter_port}/metrics",
+                probe_url=f"http://127.0.0.1:{c.exporter_port}/-/healthy",
+                ports=[
+                    PortNeed("exporter", "exporter_port", c.exporter_port),
+                    PortNeed("exporter (StatsD)", "statsd_port", c.statsd_port, udp=True),
+                ],
+            )
+        ]
+        binary = shutil.which("prometheus")
+        if binary is None:
+            note = "prometheus is not on PATH: metrics are received but not stored (apt-get install prometheus)"
+            if note not in self._notes:
+                self._notes.append(note)
+            return specs
+        data = self.home / "prometheus"
+        specs.append(
+            ServiceSpec(
+                "prometheus",
+                [
+                    binary,
+                    f"--config.file={data / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={data / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{c.prometheus_port}",
+                    "--web.enable-lifecycle",
+                ],
+                group=MONITORING,
+                port=c.prometheus_port,
+                url=f"http://127.0.0.1:{c.prometheus_port}",
+                probe_url=f"http://127.0.0.1:{c.prometheus_port}/-/ready",
+                ports=[PortNeed("prometheus", "prometheus_port", c.prometheus_port)],
+                prepare=lambda: self._write_prometheus_config(stack_dir),
+            )
+        )
+        return specs
+
+    def _write_prometheus_config(self, stack_dir: Path) -> None:
+        from mlflowctl.metrics.prometheus_config import write_local_config
+
+        write_local_config(
+            self.home / "prometheus" / "prometheus.yml",
+            exporter_port=self.config.exporter_port,
+            prometheus_port=self.config.prometheus_port,
+            stack_dir=stack_dir,
+        )
 
     def _pid_file(self, name: str) -> Path:
         return self.run_dir / f"{name}.pid"
@@ -243,20 +312,26 @@ class LocalBackend:
 
         env = local_environment(self.config, secrets)
         env["PATH"] = f"{runtime.bin_dir}:{env.get('PATH', '')}"
-        (self.home / "data").mkdir(exist_ok=True)
-        (self.home / "airflow").mkdir(exist_ok=True)
-        if not running:
-            report("migrating the metadata database", [])
-            self._migrate(env, runtime)
+        for folder in ("data", "airflow", "logs"):
+            (self.home / folder).mkdir(exist_ok=True)
+        migrate = not running and self._needs_migration(runtime)
 
-        started: dict[str, object] = {}
+        started: dict[str, subprocess.Popen | None] = {}
         try:
             for spec in to_start:
-                popen, record = processes.start_detached(
-                    spec.argv, env=spec.env or env, cwd=self.config.project_root, log_path=self._log_file(spec.name)
-                )
-                processes.write_pid_file(self._pid_file(spec.name), record)
-                started[spec.name] = popen
+                if spec.airflow_args is None:
+                    if spec.prepare is not None:
+                        spec.prepare()
+                    popen, record = processes.start_detached(
+                        spec.argv, env=spec.env or env, cwd=self.config.project_root, log_path=self._log_file(spec.name)
+                    )
+                    processes.write_pid_file(self._pid_file(spec.name), record)
+                    started[spec.name] = popen
+            airflow_specs = [spec for spec in to_start if spec.airflow_args is not None]
+            if os.environ.get("MLWF_LAUNCHER", "1") == "0":
+                self._start_one_by_one(airflow_specs, env, runtime, migrate, started, report)
+            else:
+                self._launch(airflow_specs, env, runtime, migrate, started, report)
             self._wait_healthy(specs, started, report, timeout)
             report("creating pools", self._snapshot(specs, waiting=True))
             self._ensure_pools(secrets)
@@ -269,42 +344,106 @@ class LocalBackend:
         status.notes.extend(notes + self._notes)
         return status
 
-    def _migrate(self, env: dict[str, str], runtime) -> None:
-        """`airflow db migrate`, skipped when this Airflow version already migrated this database."""
+    def _needs_migration(self, runtime) -> bool:
+        """False when this Airflow version already migrated this SQLite database."""
         marker = self.home / "airflow" / ".migrated"
         database = self.home / "airflow" / "airflow.db"
-        if self.config.database_url == "" and database.exists() and marker.exists():
-            if marker.read_text().strip() == runtime.version:
-                return
-        import subprocess
+        if self.config.database_url or not database.exists() or not marker.exists():
+            return True
+        return marker.read_text().strip() != runtime.version
 
-        log_path = self._log_file("migrate")
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log:
-            result = subprocess.run(
-                [runtime.airflow, "db", "migrate"],
+    def _migration_done(self, runtime) -> None:
+        (self.home / "airflow" / ".migrated").write_text(runtime.version)
+
+    def _migration_failed(self, code: int) -> StartFailed:
+        return StartFailed(
+            f"`airflow db migrate` failed (exit {code})",
+            service="migrate",
+            log_tail=tail_lines(self._log_file("migrate"), LOG_TAIL_LINES),
+        )
+
+    def _launch(self, specs: list[ServiceSpec], env, runtime, migrate: bool, started: dict, report: Progress) -> None:
+        """Fork the Airflow components from one pre-imported interpreter (see launcher.py)."""
+        plan = {
+            "migrate": migrate,
+            "migrate_log": str(self._log_file("migrate")),
+            "services": [{"name": s.name, "args": s.airflow_args, "log": str(self._log_file(s.name))} for s in specs],
+        }
+        report("loading Airflow", [])
+        launcher_log = self._log_file("launcher")
+        with open(launcher_log, "ab") as errors:
+            launcher = subprocess.Popen(
+                [runtime.python, "-c", LAUNCH_CODE, str(LAUNCHER), json.dumps(plan)],
                 env=env,
                 cwd=self.config.project_root,
                 stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+                stdout=subprocess.PIPE,
+                stderr=errors,
+                text=True,
             )
-        if result.returncode != 0:
+        try:
+            assert launcher.stdout is not None
+            for line in launcher.stdout:
+                event = json.loads(line)
+                kind = event["event"]
+                if kind == "imported" and migrate:
+                    report("migrating the metadata database", [])
+                elif kind == "migrated":
+                    self._migration_done(runtime)
+                    report("starting the components", [])
+                elif kind == "migrate_failed":
+                    raise self._migration_failed(event["code"])
+                elif kind == "started":
+                    pid = event["pid"]
+                    try:
+                        created = psutil.Process(pid).create_time()
+                    except psutil.Error:
+                        created = time.time()  # already gone: the wait below reports it
+                    command = [runtime.airflow, *next(s.airflow_args for s in specs if s.name == event["name"])]
+                    processes.write_pid_file(self._pid_file(event["name"]), processes.PidRecord(pid, created, command))
+                    started[event["name"]] = None
+        finally:
+            code = launcher.wait()
+        if code != 0 or len([s for s in specs if s.name in started]) != len(specs):
             raise StartFailed(
-                f"`airflow db migrate` failed (exit {result.returncode})",
-                service="migrate",
-                log_tail=tail_lines(log_path, LOG_TAIL_LINES),
+                f"the Airflow launcher failed (exit {code})",
+                service="launcher",
+                log_tail=tail_lines(launcher_log, LOG_TAIL_LINES),
             )
-        marker.write_text(runtime.version)
+
+    def _start_one_by_one(self, specs, env, runtime, migrate: bool, started: dict, report: Progress) -> None:
+        """One `airflow <component>` process each (MLWF_LAUNCHER=0): slower, for comparison."""
+        if migrate:
+            report("migrating the metadata database", [])
+            with open(self._log_file("migrate"), "ab") as log:
+                result = subprocess.run(
+                    [runtime.airflow, "db", "migrate"],
+                    env=env,
+                    cwd=self.config.project_root,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            if result.returncode != 0:
+                raise self._migration_failed(result.returncode)
+            self._migration_done(runtime)
+        for spec in specs:
+            popen, record = processes.start_detached(
+                spec.argv, env=env, cwd=self.config.project_root, log_path=self._log_file(spec.name)
+            )
+            processes.write_pid_file(self._pid_file(spec.name), record)
+            started[spec.name] = popen
 
     def _wait_healthy(self, specs, started: dict, report: Progress, timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        by_name = {spec.name: spec for spec in specs}
         while True:
             for name, popen in started.items():
-                code = popen.poll()
-                if code is not None:
+                code = popen.poll() if popen is not None else None  # reaps our own children
+                if code is not None or self._live(by_name[name]) is None:
+                    how = f"exited with code {code}" if code is not None else "exited"
                     raise StartFailed(
-                        f"{name} exited with code {code} while starting",
+                        f"{name} {how} while starting",
                         service=name,
                         log_tail=tail_lines(self._log_file(name), LOG_TAIL_LINES),
                     )

@@ -1,0 +1,283 @@
+"""The local backend's parts against real processes, sockets and files (no stack needed)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from rich.console import Console
+
+from mlflowctl.backends import processes, runtime, select
+from mlflowctl.backends.base import ServiceStatus, StackStatus
+from mlflowctl.backends.local import LocalBackend, follow_logs, tail_lines
+from mlflowctl.backends.ports import PortNeed, check_free
+from mlflowctl.config import load_config
+from mlflowctl.errors import PortInUseError
+from mlflowctl.render.stack import services_table, uptime
+
+MLWF = str(Path(sys.executable).parent / "mlwf")
+
+
+def _start(tmp_path: Path, script: str):
+    return processes.start_detached(
+        ["sh", "-c", script], env=dict(os.environ), cwd=tmp_path, log_path=tmp_path / "logs" / "svc.log"
+    )
+
+
+# ------------------------------------------------------------------ processes
+
+
+def test_detached_group_is_stopped_whole_and_its_pid_file_then_is_stale(tmp_path):
+    popen, record = _start(tmp_path, "sleep 60 & sleep 60 & echo started; wait")
+    pid_file = tmp_path / "run" / "svc.pid"
+    processes.write_pid_file(pid_file, record)
+    assert os.getpgid(popen.pid) == popen.pid  # its own process group (and session)
+    deadline = time.monotonic() + 5
+    while len(processes.group_members(popen.pid)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(processes.group_members(popen.pid)) == 3
+    assert processes.live_record(pid_file) == record
+
+    assert processes.stop_group(popen.pid, grace=5, popen=popen) == "terminated"
+    assert processes.group_members(popen.pid) == []
+    assert processes.live_record(pid_file) is None and not pid_file.exists()
+    assert "started" in (tmp_path / "logs" / "svc.log").read_text()
+
+
+def test_a_group_ignoring_term_is_killed(tmp_path):
+    popen, record = _start(tmp_path, "trap '' TERM; sleep 60 & wait; sleep 60")
+    time.sleep(0.3)
+    outcome = processes.stop_group(popen.pid, grace=0.5, second_grace=0.5, popen=popen)
+    assert outcome == "killed"
+    assert processes.group_members(popen.pid) == []
+
+
+def test_reused_pid_is_not_trusted():
+    me = psutil.Process()
+    genuine = processes.PidRecord(me.pid, me.create_time(), me.cmdline())
+    assert genuine.process() is not None
+    reused = processes.PidRecord(me.pid, me.create_time() - 100, me.cmdline())
+    assert reused.process() is None
+
+
+def test_pid_file_of_a_dead_process_is_stale(tmp_path):
+    child = subprocess.Popen(["true"])
+    created = psutil.Process(child.pid).create_time()
+    child.wait()
+    path = tmp_path / "dead.pid"
+    processes.write_pid_file(path, processes.PidRecord(child.pid, created, ["true"]))
+    assert processes.live_record(path) is None
+    (tmp_path / "garbage.pid").write_text("not json")
+    assert processes.live_record(tmp_path / "garbage.pid") is None
+
+
+def test_sigint_is_restored_in_the_child_even_when_the_parent_ignores_it(tmp_path):
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        popen, _ = _start(tmp_path, "sleep 30")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    time.sleep(0.2)
+    os.killpg(popen.pid, signal.SIGINT)
+    assert popen.wait(timeout=5) == -signal.SIGINT
+
+
+# ------------------------------------------------------------------ ports
+
+
+def test_taken_tcp_port_is_named_with_its_holder():
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        with pytest.raises(PortInUseError) as error:
+            check_free([PortNeed("scheduler log server", "log_server_port", port, wildcard=True)])
+    message = str(error.value)
+    assert f"port {port}/TCP" in message and "scheduler log server" in message
+    assert f"pid {os.getpid()}" in message and "MLWF_LOG_SERVER_PORT" in message
+    assert error.value.exit_code == 10
+
+
+def test_taken_udp_port_is_found_and_free_ports_pass():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as held:
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        with pytest.raises(PortInUseError, match=f"{port}/UDP"):
+            check_free([PortNeed("statsd", "statsd_port", port, udp=True)])
+    check_free([PortNeed("statsd", "statsd_port", port, udp=True)])  # released: no error
+
+
+# ------------------------------------------------------------------ runtime
+
+
+def test_runtime_key_ignores_comments_and_order_but_not_versions():
+    base = runtime.runtime_key("apache-airflow==3.3.2\npandas==3.1.1\n")
+    assert runtime.runtime_key("# pinned\npandas==3.1.1  # data\napache-airflow==3.3.2\n") == base
+    assert runtime.runtime_key("apache-airflow==3.3.2\npandas==3.1.0\n") != base
+
+
+def test_this_interpreter_is_used_when_it_has_airflow_33(tmp_path):
+    found = runtime.find_runtime(tmp_path)
+    assert found.managed is False and found.version.startswith("3.3.")
+    assert Path(found.airflow).exists()
+
+
+def test_managed_runtime_is_built_once_and_reused(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLWF_CACHE_DIR", str(tmp_path / "cache"))
+    lines: list[str] = []
+    target = runtime.cache_root() / runtime.runtime_key("")
+    runtime.build_managed("", target, lines.append)
+    assert (target / "bin" / "python").exists() and (target / runtime.COMPLETE_MARKER).exists()
+    assert lines, "building reports progress"
+    inode = (target / runtime.COMPLETE_MARKER).stat().st_ino
+    # Without Airflow in it, the runtime is refused with a clear message, and not rebuilt.
+    monkeypatch.setattr(runtime, "current_runtime", lambda: None)
+    (tmp_path / "requirements").mkdir()
+    (tmp_path / "requirements" / "runtime.txt").write_text("")
+    with pytest.raises(runtime.MissingDependencyError, match="needs 3.3"):
+        runtime.find_runtime(tmp_path)
+    assert (target / runtime.COMPLETE_MARKER).stat().st_ino == inode
+
+
+# ------------------------------------------------------------------ logs
+
+
+def test_tail_reads_only_the_last_lines_of_a_large_file(tmp_path):
+    path = tmp_path / "big.log"
+    path.write_text("".join(f"line {i}\n" for i in range(50_000)))
+    assert tail_lines(path, 3) == ["line 49997", "line 49998", "line 49999"]
+    assert tail_lines(path, 0) == [] and tail_lines(tmp_path / "missing.log", 5) == []
+
+
+def test_all_logs_are_interleaved_by_timestamp_with_a_prefix(tmp_path):
+    (tmp_path / "a.log").write_text("2026-11-25T08:00:01Z a1\ncontinued\n2026-11-25T08:00:03Z a3\n")
+    (tmp_path / "bb.log").write_text("2026-11-25T08:00:02Z b2\n")
+    lines = list(follow_logs({"a": tmp_path / "a.log", "bb": tmp_path / "bb.log"}, tail=10, follow=False, prefix=True))
+    assert lines == [
+        "a  | 2026-11-25T08:00:01Z a1",
+        "a  | continued",
+        "bb | 2026-11-25T08:00:02Z b2",
+        "a  | 2026-11-25T08:00:03Z a3",
+    ]
+
+
+def test_follow_yields_lines_written_later(tmp_path):
+    path = tmp_path / "s.log"
+    path.write_text("old\n")
+    lines = follow_logs({"s": path}, tail=1, follow=True, prefix=False)
+    assert next(lines) == "old"
+
+    def write():
+        time.sleep(0.3)
+        with open(path, "a") as handle:
+            handle.write("new\n")
+
+    threading.Thread(target=write).start()
+    assert next(lines) == "new"
+    lines.close()
+
+
+# ------------------------------------------------------------------ backend selection and rendering
+
+
+def test_backend_choice_flag_then_recorded_then_auto(tmp_path, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'no-daemon.sock'}")
+    (tmp_path / "mlwf.toml").write_text("")
+    config = load_config({}, cwd=tmp_path, environ={})
+    assert select.choose(config) == ("local", "auto: no Docker daemon answers")
+    select.record_backend(config, "docker")
+    assert select.choose(config)[0] == "docker"
+    explicit = load_config({"backend": "local"}, cwd=tmp_path, environ={})
+    assert select.choose(explicit) == ("local", "backend=local from flag")
+
+
+def test_docker_ping_on_a_socket_that_answers(tmp_path, monkeypatch):
+    path = str(tmp_path / "d.sock")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen()
+
+    def answer():  # the one reply a daemon gives to GET /_ping
+        connection, _ = server.accept()
+        connection.recv(1024)
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nOK")
+        connection.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{path}")
+    assert select.docker_answers() is True
+    server.close()
+
+
+def test_services_table_renders_states_and_uptime():
+    services = [
+        ServiceStatus("api-server", "healthy", pid=12, port=8080, url="http://127.0.0.1:8080", uptime_seconds=3725),
+        ServiceStatus("scheduler", "stopped", detail="stale pid file"),
+    ]
+    console = Console(file=io.StringIO(), width=160, color_system=None)
+    console.print(services_table(services, backend="local"))
+    text = console.file.getvalue()
+    assert "api-server" in text and "healthy" in text and "1h02m" in text and "stale pid file" in text
+    assert uptime(59) == "59s" and uptime(None) == "-"
+    assert StackStatus("local", services).healthy is False
+
+
+# ------------------------------------------------------------------ commands without a stack
+
+
+def _project(tmp_path: Path) -> tuple[Path, dict]:
+    (tmp_path / "mlwf.toml").write_text("airflow_port = 1\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLWF_", "AIRFLOW__"))}
+    return tmp_path, env | {"MLWF_BACKEND": "local"}
+
+
+def test_status_of_a_stack_that_is_not_running_exits_8(tmp_path):
+    project, env = _project(tmp_path)
+    result = subprocess.run([MLWF, "status", "--json"], cwd=project, env=env, capture_output=True, text=True)
+    assert result.returncode == 8, result.stderr
+    data = json.loads(result.stdout)
+    assert {s["state"] for s in data["services"]} == {"stopped"}
+    assert "not running" in result.stderr
+
+
+def test_stale_pid_file_is_reported_not_trusted(tmp_path):
+    project, env = _project(tmp_path)
+    child = subprocess.Popen(["true"])
+    created = psutil.Process(child.pid).create_time()
+    child.wait()
+    processes.write_pid_file(project / ".mlwf" / "run" / "scheduler.pid", processes.PidRecord(child.pid, created, []))
+    result = subprocess.run([MLWF, "status", "--json"], cwd=project, env=env, capture_output=True, text=True)
+    assert result.returncode == 8
+    scheduler = next(s for s in json.loads(result.stdout)["services"] if s["name"] == "scheduler")
+    assert scheduler["state"] == "stopped" and "stale pid file" in scheduler["detail"]
+
+
+def test_down_volumes_needs_confirmation_and_keeps_data_without_it(tmp_path):
+    project, env = _project(tmp_path)
+    data = project / ".mlwf" / "data" / "keep.txt"
+    data.parent.mkdir(parents=True)
+    data.write_text("precious")
+    refused = subprocess.run([MLWF, "down", "--volumes"], cwd=project, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert refused.returncode == 2 and "--yes" in refused.stderr and data.exists()
+    done = subprocess.run([MLWF, "down", "--volumes", "--yes"], cwd=project, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert not (project / ".mlwf").exists()
+
+
+def test_backend_services_and_groups(tmp_path):
+    (tmp_path / "mlwf.toml").write_text("")
+    backend = LocalBackend(load_config({}, cwd=tmp_path, environ={}))
+    names = [s.name for s in backend.services()]
+    assert names[:4] == ["api-server", "scheduler", "dag-processor", "triggerer"]
+    assert all(s.group != "monitoring" for s in backend.services(frozenset({"monitoring"})))
