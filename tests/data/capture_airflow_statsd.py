@@ -15,6 +15,7 @@ StatsD line, in arrival order. Nothing here is used by the test suite at run tim
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -152,7 +153,8 @@ def main(out: Path) -> None:
             proc.wait()
         sock.close()
     out.write_text("\n".join(lines) + "\n")
-    print(f"{len(lines)} lines -> {out} (AIRFLOW_HOME {home})")
+    shutil.rmtree(home, ignore_errors=True)
+    print(f"{len(lines)} lines -> {out}")
 
 
 if __name__ == "__main__":
