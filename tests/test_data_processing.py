@@ -436,7 +436,7 @@ def test_preprocess_split_scaling_without_leakage(tmp_path: Path) -> None:
     df = frame(rows=200, features=4, seed=2, classes=3)
     df["x0"] = df["x0"] * 10 + 5
     raw = write(df, tmp_path / "raw.parquet")
-    result = dp.preprocess_data(raw, tmp_path, test_size=0.25, seed=7)
+    result = dp.preprocess_data(raw, tmp_path, test_size=0.25, seed=7, dtype="float64")
     assert (result["rows_train"], result["rows_holdout"]) == (150, 50)
     train, holdout = pd.read_parquet(result["train_path"]), pd.read_parquet(result["holdout_path"])
     # the same stratified split, computed independently; statistics from the training rows only
@@ -451,6 +451,13 @@ def test_preprocess_split_scaling_without_leakage(tmp_path: Path) -> None:
     assert sorted(train[LABEL].value_counts()) == [50, 50, 50]
     params = json.loads(Path(result["preprocessing_path"]).read_text())
     np.testing.assert_allclose(params["mean"], mean)
+    # the default stores the same values as float32
+    small = dp.preprocess_data(raw, tmp_path / "f32", test_size=0.25, seed=7)
+    train32 = pd.read_parquet(small["train_path"])
+    assert (train32[features].dtypes == np.float32).all() and train32[LABEL].dtype == df[LABEL].dtype
+    np.testing.assert_allclose(train32[features].to_numpy(), train[features].to_numpy(), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="dtype must be float32 or float64"):
+        dp.preprocess_data(raw, tmp_path, dtype="int8")
 
 
 def test_preprocess_imputes_train_medians(tmp_path: Path) -> None:
@@ -545,6 +552,7 @@ def test_feature_engineering_is_deterministic(tmp_path: Path) -> None:
     a = dp.feature_engineering(split["train_path"], split["holdout_path"], tmp_path / "a")
     b = dp.feature_engineering(split["train_path"], split["holdout_path"], tmp_path / "b")
     assert a["features"] == 13 + 4 + 6
+    assert (pd.read_parquet(a["train_path"]).drop(columns=LABEL).dtypes == np.float32).all()  # kept float32
     assert sha256_of(Path(a["train_path"])) == sha256_of(Path(b["train_path"]))
     assert sha256_of(Path(a["holdout_path"])) == sha256_of(Path(b["holdout_path"]))
     assert json.loads(json.dumps(a)) == a
