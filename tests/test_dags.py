@@ -83,6 +83,17 @@ DRIVER = textwrap.dedent(
                 ],
             }
         print("RESULT " + json.dumps(out, default=str))
+    elif mode == "refuse":
+        dag = bag.get_dag(sys.argv[3])
+        dag.deadline = None
+        results = []
+        for conf in json.loads(sys.argv[4]):
+            try:
+                dag.test(run_conf=conf)
+                results.append({"error": None})
+            except Exception as exc:
+                results.append({"error": type(exc).__name__, "message": str(exc)})
+        print("RESULT " + json.dumps(results))
     elif mode == "run":
         dag = bag.get_dag(sys.argv[3])
         conf = json.loads(sys.argv[4])
@@ -224,9 +235,10 @@ def test_monitoring_dag_structure(described):
 
 
 def test_bad_conf_is_refused_before_any_task(airflow_env):
-    for conf in ({"model_type": "svm"}, {"seed": "forty"}, {"thresholds": {"accuracy": 3}}, {"test_size": 0}):
-        result = airflow_env.run_dag("ml_pipeline_dag", conf)
-        assert result.get("error") == "ParamValidationError", (conf, result)
+    confs = [{"model_type": "svm"}, {"seed": "forty"}, {"thresholds": {"accuracy": 3}}, {"test_size": 0}]
+    results = airflow_env.driver_result("refuse", "ml_pipeline_dag", json.dumps(confs))
+    for conf, result in zip(confs, results, strict=True):
+        assert result["error"] == "ParamValidationError", (conf, result)
     assert not (airflow_env.data / "runs").exists()
 
 
