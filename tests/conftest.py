@@ -53,8 +53,24 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-def stack_processes(home: Path) -> list[int]:
-    """Pids of live processes that carry this stack's marker (see mlflowctl.backends.processes)."""
+def stack_sessions(home: Path) -> set[int]:
+    """Session ids of the stack's services, from their pid files (each service leads a session)."""
+    sessions = set()
+    for path in (home / "run").glob("*.pid"):
+        try:
+            sessions.add(int(json.loads(path.read_text())["pid"]))
+        except (OSError, ValueError, KeyError):
+            continue
+    return sessions
+
+
+def stack_processes(home: Path, sessions: set[int] = frozenset(), project: Path | None = None) -> list[int]:
+    """Pids of live processes of the stack: in one of its sessions, carrying its env marker,
+    or (for a test's temporary project) working in its project directory.
+
+    (The marker alone is not enough: setproctitle, which Airflow uses, overwrites
+    /proc/<pid>/environ; sessions survive it.)
+    """
     import psutil
 
     found = []
@@ -62,9 +78,11 @@ def stack_processes(home: Path) -> list[int]:
         try:
             if process.info["status"] == psutil.STATUS_ZOMBIE:
                 continue
-            if process.environ().get("MLWF_STACK_HOME") == str(home):
+            if os.getsid(process.pid) in sessions or process.environ().get("MLWF_STACK_HOME") == str(home):
                 found.append(process.pid)
-        except psutil.Error:
+            elif project is not None and process.pid != os.getpid() and process.cwd() == str(project):
+                found.append(process.pid)
+        except (psutil.Error, ProcessLookupError):
             continue
     return found
 
@@ -173,12 +191,14 @@ class Stack:
 
     def down_and_check(self) -> None:
         """`mlwf down`, then nothing of the stack may be left: no process, no open port."""
+        sessions = stack_sessions(self.home)
+        assert sessions, "no pid files: was the stack up?"
         result = self.mlwf("down", timeout=120)
         assert result.returncode == 0, result.stderr
         deadline = time.monotonic() + 5
-        while stack_processes(self.home) and time.monotonic() < deadline:
+        while stack_processes(self.home, sessions, self.project) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert stack_processes(self.home) == [], "processes of the stack survived `mlwf down`"
+        assert stack_processes(self.home, sessions, self.project) == [], "processes of the stack survived `mlwf down`"
         for name in ("airflow_port", "log_server_port", "trigger_log_server_port", "exporter_port", "prometheus_port"):
             assert not port_open(self.ports[name]), f"{name} {self.ports[name]} still open after down"
 

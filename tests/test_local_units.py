@@ -36,29 +36,47 @@ def _start(tmp_path: Path, script: str):
 # ------------------------------------------------------------------ processes
 
 
-def test_detached_group_is_stopped_whole_and_its_pid_file_then_is_stale(tmp_path):
+def test_detached_session_is_stopped_whole_and_its_pid_file_then_is_stale(tmp_path):
     popen, record = _start(tmp_path, "sleep 60 & sleep 60 & echo started; wait")
     pid_file = tmp_path / "run" / "svc.pid"
     processes.write_pid_file(pid_file, record)
-    assert os.getpgid(popen.pid) == popen.pid  # its own process group (and session)
+    assert os.getsid(popen.pid) == popen.pid  # its own session
     deadline = time.monotonic() + 5
-    while len(processes.group_members(popen.pid)) < 3 and time.monotonic() < deadline:
+    while len(processes.session_members(popen.pid)) < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert len(processes.group_members(popen.pid)) == 3
+    assert len(processes.session_members(popen.pid)) == 3
     assert processes.live_record(pid_file) == record
 
-    assert processes.stop_group(popen.pid, grace=5, popen=popen) == "terminated"
-    assert processes.group_members(popen.pid) == []
+    assert processes.stop_session(record, grace=5, popen=popen) == "terminated"
+    assert processes.session_members(popen.pid) == []
     assert processes.live_record(pid_file) is None and not pid_file.exists()
     assert "started" in (tmp_path / "logs" / "svc.log").read_text()
 
 
-def test_a_group_ignoring_term_is_killed(tmp_path):
+def test_children_in_their_own_group_are_stopped_after_the_leader_was_killed(tmp_path):
+    # Airflow's task supervisor puts each task into a process group of its own (setpgid).
+    mover = f"{sys.executable} -c 'import os, time; os.setpgid(0, 0); time.sleep(60)'"
+    popen, record = _start(tmp_path, f"{mover} & {mover} & wait")
+    deadline = time.monotonic() + 10
+    groups: set[int] = set()
+    while len(groups) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        groups = {os.getpgid(p.pid) for p in processes.session_members(popen.pid)}
+    assert len(groups) == 3
+    os.kill(popen.pid, 9)
+    popen.wait()
+    assert processes.PidRecord(record.pid, record.create_time, []).process() is None
+    assert len(processes.session_members(popen.pid, since=record.create_time)) == 2
+    assert processes.stop_session(record, grace=5) == "terminated"
+    assert processes.session_members(popen.pid) == []
+
+
+def test_a_session_ignoring_term_is_killed(tmp_path):
     popen, record = _start(tmp_path, "trap '' TERM; sleep 60 & wait; sleep 60")
     time.sleep(0.3)
-    outcome = processes.stop_group(popen.pid, grace=0.5, second_grace=0.5, popen=popen)
+    outcome = processes.stop_session(record, grace=0.5, second_grace=0.5, popen=popen)
     assert outcome == "killed"
-    assert processes.group_members(popen.pid) == []
+    assert processes.session_members(popen.pid) == []
 
 
 def test_reused_pid_is_not_trusted():

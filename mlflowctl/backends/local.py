@@ -480,19 +480,15 @@ class LocalBackend:
             if spec.name in started:
                 record = processes.read_pid_file(self._pid_file(spec.name))
                 if record is not None:
-                    processes.stop_group(record.pid, grace=5.0, second_grace=3.0, popen=started[spec.name])
+                    processes.stop_session(record, grace=5.0, second_grace=3.0, popen=started[spec.name])
                 self._pid_file(spec.name).unlink(missing_ok=True)
 
     def _clean_leftovers(self, spec: ServiceSpec) -> None:
-        """A dead leader's children (log server, task runners) still hold ports: stop them."""
+        """A dead leader's session (log server, executor workers, tasks) still holds ports: stop it."""
         record = processes.read_pid_file(self._pid_file(spec.name))
         if record is None:
             return
-        marker = str(self.home)
-        strays = [
-            p for p in processes.group_members(record.pid) if _environ(p).get(processes.STACK_MARKER) == marker
-        ]
-        processes.kill_processes(strays)
+        processes.stop_session(record, grace=3.0, second_grace=1.0)
         self._pid_file(spec.name).unlink(missing_ok=True)
 
     # ----------------------------------------------------------------- down
@@ -510,7 +506,7 @@ class LocalBackend:
                 self._clean_leftovers(spec)
         # Every group gets its TERM at once: the triggerer alone takes ~10 s to stop.
         with ThreadPoolExecutor(max_workers=max(1, len(records))) as pool:
-            outcomes = dict(zip(records, pool.map(lambda r: processes.stop_group(r.pid), records.values())))
+            outcomes = dict(zip(records, pool.map(processes.stop_session, records.values())))
         strays = processes.marked_processes(str(self.home))
         processes.kill_processes(strays)
         for spec in specs:
@@ -544,13 +540,6 @@ class LocalBackend:
         return follow_logs(
             {name: self._log_file(name) for name in chosen}, tail=tail, follow=follow, prefix=prefix
         )
-
-
-def _environ(process) -> dict:
-    try:
-        return process.environ()
-    except Exception:
-        return {}
 
 
 def tail_lines(path: Path, count: int) -> list[str]:

@@ -1,8 +1,8 @@
-"""Detached process groups with pid files that are checked, never trusted.
+"""Detached sessions with pid files that are checked, never trusted.
 
-A service runs as the leader of its own session (so of its own process group): it
-survives the shell that started it, ignores the terminal's Ctrl-C, and the whole
-tree it forks (uvicorn workers, log servers, task supervisors) stops together.
+A service runs as the leader of its own session: it survives the shell that started it,
+ignores the terminal's Ctrl-C, and the whole tree it forks (uvicorn workers, log servers,
+task supervisors, which put each task in a process group of its own) stops together.
 The pid file records the pid, the process's start time and its command line; a pid
 whose process is gone, became a zombie or now belongs to another program (its start
 time differs: the command line is no proof, Airflow rewrites its own with setproctitle)
@@ -22,7 +22,8 @@ from typing import Mapping, Sequence
 
 import psutil
 
-#: Marks every process of a stack (inherited by all children) so `down` can sweep strays.
+#: Marks the environment of a stack's processes so `down` can sweep strays. Not a proof of
+#: absence: setproctitle (Airflow uses it) overwrites /proc/<pid>/environ; sessions are that.
 STACK_MARKER = "MLWF_STACK_HOME"
 
 
@@ -101,16 +102,23 @@ def start_detached(
     return popen, PidRecord(popen.pid, created, list(argv))
 
 
-def group_members(pgid: int) -> list[psutil.Process]:
-    """Live (non-zombie) processes of process group `pgid`."""
+def session_members(sid: int, *, since: float = 0.0) -> list[psutil.Process]:
+    """Live (non-zombie) processes of the session led (or once led) by `sid`.
+
+    A session, not a process group: Airflow's task supervisor moves each task into a
+    process group of its own, but nothing of ours leaves the session. The kernel does not
+    reuse a pid while a session of that number exists; `since` (the leader's start time)
+    also rules out an unrelated later session leader that got the same pid.
+    """
     members = []
-    for process in psutil.process_iter(["status"]):
+    for process in psutil.process_iter(["status", "create_time"]):
         try:
-            if process.info["status"] == psutil.STATUS_ZOMBIE:
+            if process.info["status"] == psutil.STATUS_ZOMBIE or os.getsid(process.pid) != sid:
                 continue
-            if os.getpgid(process.pid) == pgid:
-                members.append(process)
-        except (ProcessLookupError, psutil.Error):
+            if process.info["create_time"] + 0.05 < since:
+                continue
+            members.append(process)
+        except (ProcessLookupError, PermissionError, psutil.Error):
             continue
     return members
 
@@ -130,50 +138,57 @@ def marked_processes(marker_value: str) -> list[psutil.Process]:
     return found
 
 
-def _signal_group(pgid: int, signum: int) -> None:
+def _signal_session(sid: int, signum: int, since: float) -> None:
+    """`signum` to every process group that has a member in the session."""
+    for pgid in {_pgid(p.pid) for p in session_members(sid, since=since)} - {None}:
+        try:
+            os.killpg(pgid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _pgid(pid: int) -> int | None:
     try:
-        os.killpg(pgid, signum)
+        return os.getpgid(pid)
     except (ProcessLookupError, PermissionError):
-        pass
+        return None
 
 
-def _reap(popen: subprocess.Popen | None) -> None:
-    if popen is not None:
-        popen.poll()
-
-
-def _wait_gone(pgid: int, seconds: float, popen: subprocess.Popen | None) -> bool:
+def _wait_gone(sid: int, seconds: float, popen: subprocess.Popen | None, since: float) -> bool:
     deadline = time.monotonic() + seconds
     while True:
-        _reap(popen)
-        if not group_members(pgid):
+        if popen is not None:
+            popen.poll()  # reap our own child so it does not linger as a zombie
+        if not session_members(sid, since=since):
             return True
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.1)
 
 
-def stop_group(
-    pgid: int,
+def stop_session(
+    record: PidRecord,
     *,
     grace: float = 10.0,
     second_grace: float = 5.0,
     popen: subprocess.Popen | None = None,
 ) -> str:
-    """TERM the group, TERM again (Airflow's scheduler can ignore the first), then KILL.
+    """TERM the service's session, TERM again (Airflow's scheduler can ignore the first), then KILL.
 
-    Returns how it ended: "terminated", "terminated after second TERM" or "killed".
+    Works when the leader is already dead (its children still hold ports). Returns how it
+    ended: "not running", "terminated", "terminated after second TERM" or "killed".
     """
-    if not group_members(pgid):
+    sid, since = record.pid, record.create_time
+    if not session_members(sid, since=since):
         return "not running"
-    _signal_group(pgid, signal.SIGTERM)
-    if _wait_gone(pgid, grace, popen):
+    _signal_session(sid, signal.SIGTERM, since)
+    if _wait_gone(sid, grace, popen, since):
         return "terminated"
-    _signal_group(pgid, signal.SIGTERM)
-    if _wait_gone(pgid, second_grace, popen):
+    _signal_session(sid, signal.SIGTERM, since)
+    if _wait_gone(sid, second_grace, popen, since):
         return "terminated after second TERM"
-    _signal_group(pgid, signal.SIGKILL)
-    _wait_gone(pgid, 5.0, popen)
+    _signal_session(sid, signal.SIGKILL, since)
+    _wait_gone(sid, 5.0, popen, since)
     return "killed"
 
 
