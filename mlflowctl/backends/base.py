@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol
 
+from mlflowctl.errors import MlwfError, TimeoutExpired, UnhealthyError
+
 
 @dataclass
 class ServiceStatus:
@@ -37,6 +39,19 @@ class StackStatus:
     @property
     def healthy(self) -> bool:
         return bool(self.services) and all(s.state == "healthy" for s in self.services)
+
+
+class StartFailed(MlwfError):
+    """A service died or did not become healthy while `up` waited; carries its log tail."""
+
+    exit_code = UnhealthyError.exit_code
+
+    def __init__(self, message: str, *, service: str, log_tail: list[str], timed_out: bool = False) -> None:
+        super().__init__(message, hint=f"mlwf logs {service} --tail 100")
+        self.service = service
+        self.log_tail = log_tail
+        if timed_out:
+            self.exit_code = TimeoutExpired.exit_code
 
 
 #: `up` reports while it works: a one-line message and the services' current states.

@@ -28,10 +28,10 @@ from typing import Callable, Iterator
 import psutil
 
 from mlflowctl.backends import processes
-from mlflowctl.backends.base import Progress, ServiceStatus, StackStatus
+from mlflowctl.backends.base import Progress, ServiceStatus, StackStatus, StartFailed
 from mlflowctl.backends.ports import PortNeed, check_free
 from mlflowctl.config import Config
-from mlflowctl.errors import MlwfError, NotAvailableError, NotFoundError, TimeoutExpired, UnhealthyError
+from mlflowctl.errors import MlwfError, NotAvailableError, NotFoundError
 
 CORE = "core"
 MONITORING = "monitoring"
@@ -39,22 +39,10 @@ MONITORING = "monitoring"
 POOLS = {"ml_training": (1, "model training, one at a time (ml_pipeline_dag)")}
 DEFAULT_TIMEOUT = 120.0
 LOG_TAIL_LINES = 25
+__all__ = ["LocalBackend", "StartFailed", "LOG_TAIL_LINES"]
 LAUNCHER = Path(__file__).with_name("launcher.py")
 # Run launcher.py by path without putting its folder on sys.path (it would shadow `select`).
 LAUNCH_CODE = "import runpy, sys; sys.path.pop(0); sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
-
-
-class StartFailed(MlwfError):
-    """A service died or did not become healthy while `up` waited; carries its log tail."""
-
-    exit_code = UnhealthyError.exit_code
-
-    def __init__(self, message: str, *, service: str, log_tail: list[str], timed_out: bool = False) -> None:
-        super().__init__(message, hint=f"mlwf logs {service} --tail 100")
-        self.service = service
-        self.log_tail = log_tail
-        if timed_out:
-            self.exit_code = TimeoutExpired.exit_code
 
 
 @dataclass

@@ -62,7 +62,7 @@ def up(
     from rich.live import Live
     from rich.text import Text
 
-    from mlflowctl.backends.local import StartFailed
+    from mlflowctl.backends.base import StartFailed
     from mlflowctl.backends.select import record_backend
     from mlflowctl.render.console import stderr, stdout
     from mlflowctl.render.stack import services_table, status_json
