@@ -139,10 +139,7 @@ def monitoring_dag() -> None:
 
     @task
     def generate_health_report(state: dict, run_id: str | None = None) -> dict:
-        import json
-        import os
-        import tempfile
-
+        from mlpipeline.model_deployment import write_json_atomic
         from mlpipeline.monitoring import summarize
         from mlpipeline.settings import load_settings, safe_run_id
 
@@ -153,10 +150,7 @@ def monitoring_dag() -> None:
         out.mkdir(parents=True, exist_ok=True)
         path = out / f"report-{safe_run_id(run_id)}.json"
         for target in (path, out / "latest.json"):
-            fd, tmp = tempfile.mkstemp(dir=out, prefix=".report-")
-            with os.fdopen(fd, "w") as fh:
-                json.dump(report, fh, indent=2)
-            os.replace(tmp, target)
+            write_json_atomic(target, report)
         print(f"health: {report['worst']} {report['counts']} -> {path}")
         return {"worst": report["worst"], "counts": report["counts"], "report_path": str(path)}
 

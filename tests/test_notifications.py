@@ -75,6 +75,17 @@ def test_webhook_success_against_real_server(tmp_path):
     assert read_log(log)[0]["webhook"]["status"] == "sent"
 
 
+def test_non_json_payload_values_are_sent_as_text(tmp_path):
+    import datetime as dt
+
+    when = dt.datetime(2026, 1, 1, 2, 0, tzinfo=dt.timezone.utc)
+    with _Hook() as hook:
+        rec = notify("deadline_missed", "late", payload={"deadline_time": when}, log_path=tmp_path / "n.jsonl", webhook_url=hook.url)
+    assert rec["webhook"]["status"] == "sent", rec["webhook"]
+    assert hook.bodies[0]["payload"]["deadline_time"] == "2026-01-01 02:00:00+00:00"
+    assert read_log(tmp_path / "n.jsonl")[0]["payload"] == hook.bodies[0]["payload"]
+
+
 def test_webhook_retries_server_errors_then_succeeds(tmp_path):
     with _Hook([503, 500]) as hook:
         rec = notify("x", "y", log_path=tmp_path / "n.jsonl", webhook_url=hook.url, backoff=0.01)

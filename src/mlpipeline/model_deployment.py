@@ -69,7 +69,8 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    """Write JSON to a temporary file beside ``path``, fsync, then ``os.replace`` it into place."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as fh:
@@ -241,7 +242,7 @@ class ModelRegistry:
 
     def _set_production(self, version: str, previous: list[str], reason: str) -> dict[str, Any]:
         pointer = {"version": version, "previous": previous, "updated_at": _now(), "reason": reason}
-        _write_json_atomic(self.pointer_path, pointer)
+        write_json_atomic(self.pointer_path, pointer)
         return pointer
 
     # -- reading

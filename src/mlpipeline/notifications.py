@@ -99,6 +99,7 @@ def post_webhook(
     from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
     outcome: dict[str, Any] = {"url": redact_url(url), "attempts": 0, "http_status": None, "error": None}
+    body = json.dumps(payload, default=str).encode()  # datetimes (Airflow's deadline_time) become ISO text
     try:
         with httpx.Client(timeout=timeout, transport=transport) as client:
             for attempt in Retrying(
@@ -109,7 +110,7 @@ def post_webhook(
             ):
                 with attempt:
                     outcome["attempts"] += 1
-                    response = client.post(url, json=dict(payload))
+                    response = client.post(url, content=body, headers={"Content-Type": "application/json"})
                     outcome["http_status"] = response.status_code
                     response.raise_for_status()
         outcome["status"] = "sent"
@@ -156,7 +157,8 @@ def notify(
         "event": event,
         "severity": severity,
         "message": message,
-        "payload": dict(payload or {}),
+        # JSON-safe once, so the log line and the webhook body are the same document
+        "payload": json.loads(json.dumps(dict(payload or {}), default=str)),
     }
     if webhook_url:
         record["webhook"] = post_webhook(
