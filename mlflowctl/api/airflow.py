@@ -161,6 +161,29 @@ class Backfill:
 
 
 @dataclass(frozen=True)
+class TaskFailure:
+    """A failed task instance of any DAG run (`mlwf health`)."""
+
+    dag_id: str
+    run_id: str
+    task_id: str
+    state: str
+    try_number: int = 0
+    end_date: datetime | None = None
+
+    @classmethod
+    def from_api(cls, data: dict) -> TaskFailure:
+        return cls(
+            dag_id=data["dag_id"],
+            run_id=data.get("dag_run_id") or "",
+            task_id=data["task_id"],
+            state=data.get("state") or "none",
+            try_number=int(data.get("try_number") or 0),
+            end_date=parse_time(data.get("end_date")),
+        )
+
+
+@dataclass(frozen=True)
 class DagImportError:
     filename: str
     stack_trace: str
@@ -459,6 +482,30 @@ class AirflowClient:
 
     def get_backfill(self, backfill_id: int) -> Backfill:
         return Backfill.from_api(self._call("GET", f"/backfills/{backfill_id}", what=f"backfill {backfill_id}"))
+
+    # -- monitoring (`mlwf health`) ------------------------------------------------------
+
+    def health(self) -> dict:
+        """`/api/v2/monitor/health`: metadatabase, scheduler, triggerer, dag_processor."""
+        return self._call("GET", "/monitor/health") or {}
+
+    def runs_since(self, since: datetime | None = None, *, state: str | None = None) -> list[DagRun]:
+        """Runs of every DAG started since `since` (all if None), newest first; optionally one state."""
+        params: dict[str, Any] = {"order_by": "-start_date"}
+        if since is not None:
+            params["start_date_gte"] = since.isoformat()
+        if state:
+            params["state"] = state
+        return [DagRun.from_api(r) for r in self._pages("/dags/~/dagRuns", "dag_runs", params=params)]
+
+    def failed_tasks_since(self, since: datetime) -> list[TaskFailure]:
+        """Task instances of every DAG that failed and started since `since`, newest first."""
+        items = self._pages(
+            "/dags/~/dagRuns/~/taskInstances",
+            "task_instances",
+            params={"state": "failed", "start_date_gte": since.isoformat(), "order_by": "-start_date"},
+        )
+        return [TaskFailure.from_api(t) for t in items]
 
 
 def _reason(exc: Exception) -> str:
