@@ -132,6 +132,8 @@ def test_local_file_with_checksum(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="sha256 must be 64 hexadecimal digits"):
         dp.download_data(str(csv), tmp_path / "bad", sha256="abc")
     assert "source_sha256" not in dp.download_data(str(csv), tmp_path / "blank", sha256=" ")  # blank = none
+    with pytest.raises(DataError, match="sha256 applies to URL and file sources"):
+        dp.download_data("sklearn:iris", tmp_path / "iris", sha256="0" * 64)
 
 
 @pytest.mark.parametrize(

@@ -156,8 +156,6 @@ def download_data(
     an `http(s)://` URL (streamed; `sha256` verified when given), or
     `synthetic:rows=N,features=F,seed=S[,classes=C]` (generated and written in chunks).
     """
-    out = ensure_out_dir(out_dir)
-    target = out / RAW_FILE
     text = os.fspath(source).strip() if source is not None else ""
     if not text:
         raise DataError("empty data source")
@@ -165,6 +163,10 @@ def download_data(
         sha256 = sha256.strip().lower() or None
     if sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", sha256):
         raise DataError(f"sha256 must be 64 hexadecimal digits, got {sha256!r}")
+    if sha256 is not None and text.startswith(("sklearn:", "synthetic:")):
+        raise DataError(f"a sha256 applies to URL and file sources, not to {text.split(':')[0]}: sources")
+    out = ensure_out_dir(out_dir)
+    target = out / RAW_FILE
     result: dict[str, Any] = {"source": text}
     if text.startswith("sklearn:"):
         df = _load_sklearn(text.removeprefix("sklearn:"))
