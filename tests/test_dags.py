@@ -378,3 +378,52 @@ def test_monitoring_skips_alerts_when_all_is_ok(airflow_env):
     assert len(read_log(airflow_env.data / "notifications.jsonl")) == before
     assert any(s.startswith("POST /auth/token") for s in api.seen)
     assert any("start_date_gte" in s for s in api.seen)
+
+
+# ------------------------------------------------------------------ the deadline alert, for real
+
+
+@pytest.mark.stack
+@pytest.mark.slow
+def test_missed_deadline_notifies_through_the_webhook(make_stack):
+    """A stack whose DAG deadline is ~1 s: the scheduler queues the callback, the executor runs it,
+    and mlpipeline.notifications logs it and POSTs it to a real local webhook."""
+    import time
+    import httpx
+
+    received: list[dict] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    stack = make_stack()
+    stack.env["MLWF_DEADLINE_MINUTES"] = "0.02"
+    stack.env["MLWF_WEBHOOK_URL"] = f"http://127.0.0.1:{hook.server_address[1]}/deadline"
+    try:
+        stack.up()
+        stack.wait_for_dags(["ml_pipeline_dag"])
+        headers = {"Authorization": f"Bearer {stack.token()}"}
+        with httpx.Client(base_url=stack.url, headers=headers, timeout=30) as client:
+            client.patch("/api/v2/dags/ml_pipeline_dag", json={"is_paused": False}).raise_for_status()
+            client.post("/api/v2/dags/ml_pipeline_dag/dagRuns", json={"logical_date": None}).raise_for_status()
+            client.patch("/api/v2/dags/ml_pipeline_dag", json={"is_paused": True})
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and not any(r["event"] == "deadline_missed" for r in received):
+            time.sleep(1)
+    finally:
+        stack.mlwf("down", timeout=120)
+        hook.shutdown()
+        hook.server_close()
+    missed = [r for r in received if r["event"] == "deadline_missed"]
+    assert missed, f"no deadline notification; webhook got {received}"
+    assert missed[0]["payload"]["dag_id"] == "ml_pipeline_dag" and missed[0]["severity"] == "warning"
+    logged = [r for r in read_log(stack.home / "data" / "notifications.jsonl") if r["event"] == "deadline_missed"]
+    assert logged and logged[0]["webhook"]["status"] == "sent"
