@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -142,11 +143,10 @@ def growth(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Ratio of each stage's time and peak RSS between consecutive sizes, per 10x rows."""
     rows = []
     for small, big in zip(results, results[1:]):
-        scale = big["rows"] / small["rows"]
-        exponent = 1 if scale == 10 else (__import__("math").log10(scale) or 1)
+        decades = math.log10(big["rows"] / small["rows"]) or 1.0
 
-        def per10(a: float, b: float) -> float:
-            return round((b / a) ** (1 / exponent), 2) if a > 0 else float("inf")
+        def per10(a: float, b: float, decades: float = decades) -> float:
+            return round((b / a) ** (1 / decades), 2) if a > 0 else float("inf")
 
         entry: dict[str, Any] = {"from": small["rows"], "to": big["rows"]}
         for stage in STAGES:
