@@ -91,21 +91,23 @@ class TokenAuth(httpx.Auth):
         fresh = False
         token = self._token or self._cache.get(self.url, self.user)
         if token is None:
-            token = yield from self._login()
+            token = yield from self._login(request)
             fresh = True
         request.headers["Authorization"] = f"Bearer {token}"
         response = yield request
         if response.status_code == 401 and not fresh:
             self._cache.put(self.url, self.user, None)
-            token = yield from self._login()
+            token = yield from self._login(request)
             request.headers["Authorization"] = f"Bearer {token}"
             yield request
 
-    def _login(self) -> Iterator[httpx.Request]:
+    def _login(self, request: httpx.Request) -> Iterator[httpx.Request]:
+        # The login request carries the original's extensions: without its timeout it could hang.
         response = yield httpx.Request(
             "POST",
             f"{self.url}/auth/token",
             json={"username": self.user, "password": self._password()},
+            extensions=request.extensions,
         )
         if response.status_code in (401, 403):
             raise AuthError(

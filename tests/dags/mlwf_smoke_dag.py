@@ -1,6 +1,7 @@
 """A tiny DAG for the API-client tests: quick tasks, a known log line, a failure on demand.
 
-`mlwf_smoke` runs in about a second; trigger it with conf {"fail": true} to make `check` fail.
+`mlwf_smoke` runs in about a second. Conf {"fail": true} makes `check` fail;
+{"sleep": S} makes `report` print a line, sleep S seconds, then print KNOWN_LINE (to follow a log).
 """
 
 from __future__ import annotations
@@ -32,8 +33,14 @@ def mlwf_smoke():
         return value * 2
 
     @task
-    def report(value: int) -> None:
-        print(f"mlwf-smoke: the answer is {value}")
+    def report(value: int, **context) -> None:
+        import time
+
+        pause = float((context["dag_run"].conf or {}).get("sleep", 0))
+        if pause:
+            print(f"mlwf-smoke: thinking for {pause:g} s", flush=True)
+            time.sleep(pause)
+        print(f"mlwf-smoke: the answer is {value}", flush=True)
 
     report(check(extract()))
 
