@@ -92,6 +92,8 @@ class PrometheusClient:
         self.http = httpx.Client(
             base_url=self.url,
             transport=transport,
+            # A plain-http URL never uses TLS: skip building an SSL context (~30-50 ms of CPU).
+            verify=not self.url.startswith("http://"),
             timeout=httpx.Timeout(timeout, connect=min(timeout, 2.0)),
             headers={"Accept": "application/json"},
             trust_env=False,
