@@ -105,17 +105,21 @@ def dag_status(client: AirflowClient, dag_id: str, *, limit: int = 10) -> DagSta
 # -- trigger and wait ---------------------------------------------------------------------
 
 
-def trigger(client: AirflowClient, dag_id: str, conf: dict, *, unpause: bool = False) -> DagRun:
-    """Trigger a run; a paused DAG is refused (its run would only queue) unless `unpause`."""
+def trigger(client: AirflowClient, dag_id: str, conf: dict, *, unpause: bool = False) -> tuple[DagRun, Dag | None]:
+    """Trigger a run; a paused DAG is refused (its run would only queue) unless `unpause`.
+
+    Returns the run and, when this call unpaused the DAG, the DAG (its schedule may start a run too).
+    """
     dag = client.get_dag(dag_id)
+    unpaused = None
     if dag.is_paused:
         if not unpause:
             raise UsageError(
                 f"DAG '{dag_id}' is paused: a run would wait in the queue until it is unpaused",
                 hint=f"add --unpause, or run `mlwf unpause {dag_id}` first",
             )
-        client.set_paused(dag_id, False)
-    return client.trigger_run(dag_id, conf)
+        unpaused = client.set_paused(dag_id, False)
+    return client.trigger_run(dag_id, conf), unpaused
 
 
 @dataclass

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 PASSWORD_ENV = "MLWF_AIRFLOW_PASSWORD"
 
-DagId = Annotated[str, typer.Argument(help="DAG id.", show_default=False)]
+DagId = Annotated[str, typer.Argument(metavar="DAG", help="DAG id.", show_default=False)]
 
 
 # -- connection ---------------------------------------------------------------------------
@@ -78,10 +78,14 @@ def _print_lines(lines, *, indent: str = "") -> None:
         typer.echo(f"{indent}{line}")
 
 
-def _interrupted(what: str) -> typer.Exit:
+def _note(message: str) -> None:
     from mlflowctl.render.console import stderr
 
-    stderr().print(f"stopped watching; {what} goes on in Airflow", markup=False, highlight=False)
+    stderr().print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+def _interrupted(what: str) -> typer.Exit:
+    _note(f"stopped watching; {what} goes on in Airflow")
     return typer.Exit(130)
 
 
@@ -152,7 +156,12 @@ def trigger(
 
     payload = service.parse_conf(conf)  # bad JSON is refused before anything is sent
     with connect(url, user, home) as client:
-        run = service.trigger(client, dag_id, payload, unpause=unpause)
+        run, unpaused = service.trigger(client, dag_id, payload, unpause=unpause)
+        if unpaused is not None:
+            _note(
+                f"unpaused {dag_id}"
+                + (f"; its schedule ({unpaused.schedule}) may start a scheduled run now too" if unpaused.schedule else "")
+            )
         if not (wait or junit):
             if as_json:
                 _print_json(render.jsonable(run))
@@ -310,17 +319,11 @@ def show_task_logs(
 ) -> None:
     """`mlwf logs DAG TASK`: a task's log as text; `follow` keeps printing until the task ends."""
     from mlflowctl import runs as service
-    from mlflowctl.render.console import stderr
     from mlflowctl.render.runs import log_text
 
     with connect(url, user, home) as client:
         target = service.log_target(client, dag_id, task_id, run=run, try_number=try_number)
-        stderr().print(
-            f"# {dag_id} / {target.run.run_id} / {task_id} try {target.try_number} ({target.task.state})",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
+        _note(f"# {dag_id} / {target.run.run_id} / {task_id} try {target.try_number} ({target.task.state})")
         try:
             for records in service.follow_log(client, target, follow=follow):
                 _print_lines(log_text(records))

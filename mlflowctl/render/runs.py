@@ -6,6 +6,7 @@ import dataclasses
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterable
 
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
@@ -61,6 +62,11 @@ def state(value: str | None) -> Text:
     return Text(text, style=STATE_STYLE.get(text, ""))
 
 
+def titled(title: str | None, table: Table, *, style: str = "bold"):
+    """A heading line above a table (a rich title would wrap to the table's width)."""
+    return table if not title else Group(Text(title, style=style), table)
+
+
 def task_seconds(task: TaskInstance, now: datetime | None = None) -> float | None:
     """A task's duration; for a running task the time since it started."""
     if task.duration is not None:
@@ -78,8 +84,8 @@ def run_seconds(run: DagRun, now: datetime | None = None) -> float | None:
     return None
 
 
-def tasks_table(tasks: Iterable[TaskInstance], *, title: str | None = None, now: datetime | None = None) -> Table:
-    table = Table(title=title, title_justify="left")
+def tasks_table(tasks: Iterable[TaskInstance], *, title: str | None = None, now: datetime | None = None):
+    table = Table()
     table.add_column("task")
     table.add_column("state")
     table.add_column("try", justify="right")
@@ -87,10 +93,10 @@ def tasks_table(tasks: Iterable[TaskInstance], *, title: str | None = None, now:
     for task in sorted(tasks, key=lambda t: (t.start_date is None, t.start_date or datetime.max.replace(tzinfo=timezone.utc), t.task_id)):
         name = task.task_id if task.map_index < 0 else f"{task.task_id}[{task.map_index}]"
         table.add_row(name, state(task.state), str(task.try_number), duration(task_seconds(task, now)))
-    return table
+    return titled(title, table)
 
 
-def run_table(snapshot: RunSnapshot, *, now: datetime | None = None) -> Table:
+def run_table(snapshot: RunSnapshot, *, now: datetime | None = None):
     run = snapshot.run
     title = f"{run.run_id}  {run.state}  ({duration(snapshot.elapsed)})"
     return tasks_table(snapshot.tasks, title=title, now=now)
@@ -148,14 +154,14 @@ def dags_table(overview: DagsOverview) -> Table:
     return table
 
 
-def import_errors_table(overview: DagsOverview) -> Table:
-    table = Table(title="import errors", title_justify="left", title_style="red")
+def import_errors_table(overview: DagsOverview):
+    table = Table()
     table.add_column("file")
     table.add_column("error")
     for error in overview.import_errors:
         last = [line for line in error.stack_trace.strip().splitlines() if line.strip()]
         table.add_row(error.filename, last[-1] if last else "?")
-    return table
+    return titled("import errors", table, style="bold red")
 
 
 def dags_json(overview: DagsOverview) -> dict:
@@ -165,19 +171,19 @@ def dags_json(overview: DagsOverview) -> dict:
     }
 
 
-def runs_table(runs: Iterable[DagRun], *, title: str | None = None) -> Table:
-    table = Table(title=title, title_justify="left")
+def runs_table(runs: Iterable[DagRun], *, title: str | None = None):
+    table = Table()
     for column in ("run", "type", "state", "started", "duration"):
         table.add_column(column, justify="right" if column == "duration" else "left")
     for run in runs:
         table.add_row(run.run_id, run.run_type or "-", state(run.state), when(run.start_date), duration(run_seconds(run)))
-    return table
+    return titled(title, table)
 
 
-def dag_status_tables(status: DagStatus) -> list[Table]:
+def dag_status_tables(status: DagStatus) -> list:
     dag = status.dag
     head = f"{dag.dag_id}  paused={'yes' if dag.is_paused else 'no'}  schedule={dag.schedule or '-'}"
-    tables = [runs_table(status.runs, title=f"{head}\nrecent runs")]
+    tables = [Text(head, style="bold"), runs_table(status.runs, title="recent runs")]
     if status.runs:
         tables.append(tasks_table(status.latest_tasks, title=f"tasks of {status.runs[0].run_id}"))
     return tables
@@ -191,18 +197,18 @@ def dag_status_json(status: DagStatus) -> dict:
     }
 
 
-def backfill_plan_table(plan: BackfillPlan) -> Table:
+def backfill_plan_table(plan: BackfillPlan):
     estimate = duration(plan.estimate_s) if plan.estimate_s is not None else "unknown (no past successful runs)"
-    table = Table(
-        title=f"backfill {plan.dag_id}: {len(plan.dates)} runs, max {plan.max_active_runs} at once, "
-        f"reprocess {plan.reprocess}; estimated wall time {estimate}",
-        title_justify="left",
+    title = (
+        f"backfill {plan.dag_id}: {len(plan.dates)} runs, max {plan.max_active_runs} at once, "
+        f"reprocess {plan.reprocess}; estimated wall time {estimate}"
     )
+    table = Table()
     table.add_column("#", justify="right")
     table.add_column("logical date")
     for number, date in enumerate(plan.dates, 1):
         table.add_row(str(number), date.isoformat())
-    return table
+    return titled(title, table)
 
 
 def backfill_plan_json(plan: BackfillPlan) -> dict:
@@ -216,14 +222,11 @@ def backfill_plan_json(plan: BackfillPlan) -> dict:
     }
 
 
-def backfill_summary_table(progress: BackfillProgress) -> Table:
-    table = Table(
-        title=f"{progress.finished}/{progress.total} runs ended, {len(progress.failed)} failed "
-        f"({duration(progress.elapsed)})",
-        title_justify="left",
-    )
+def backfill_summary_table(progress: BackfillProgress):
+    title = f"{progress.finished}/{progress.total} runs ended, {len(progress.failed)} failed ({duration(progress.elapsed)})"
+    table = Table()
     for column in ("logical date", "run", "state", "duration"):
         table.add_column(column)
     for run in sorted(progress.runs, key=lambda r: r.logical_date or datetime.min.replace(tzinfo=timezone.utc)):
         table.add_row(when(run.logical_date), run.run_id, state(run.state), duration(run_seconds(run)))
-    return table
+    return titled(title, table)

@@ -1,0 +1,169 @@
+"""Pure parts of the run commands: input parsing, log text, JUnit XML, tables (no server)."""
+
+from __future__ import annotations
+
+import io
+import xml.etree.ElementTree as ET
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from rich.console import Console
+
+from mlflowctl.api.airflow import DagRun, LogRecord, TaskInstance
+from mlflowctl.errors import UsageError
+from mlflowctl.junit import junit_xml
+from mlflowctl.render import runs as render
+from mlflowctl.runs import BackfillPlan, RunSnapshot, TaskFailure, backfill_range, parse_conf, parse_date
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
+
+
+def text(renderable, width: int = 160) -> str:
+    console = Console(file=io.StringIO(), width=width, color_system=None)
+    console.print(renderable)
+    return console.file.getvalue()
+
+
+def test_conf_inline_and_from_file(tmp_path):
+    assert parse_conf(None) == {}
+    assert parse_conf('{"a": [1, 2]}') == {"a": [1, 2]}
+    path = tmp_path / "c.json"
+    path.write_text('{"source": "sklearn:iris"}')
+    assert parse_conf(f"@{path}") == {"source": "sklearn:iris"}
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("{bad", "is not valid JSON: Expecting property name"),
+        ("[1]", "must be a JSON object, not list"),
+        ('"text"', "must be a JSON object, not str"),
+        ("@/nonexistent/conf.json", "cannot read it"),
+    ],
+)
+def test_bad_conf_is_a_usage_error(value, message):
+    with pytest.raises(UsageError, match=message) as raised:
+        parse_conf(value)
+    assert raised.value.exit_code == 2
+
+
+def test_dates_are_utc_and_ordered():
+    assert parse_date("2026-01-02", "--start-date") == datetime(2026, 1, 2, tzinfo=timezone.utc)
+    assert parse_date("2026-01-02T03:00:00+02:00", "--x").utcoffset() == timedelta(hours=2)
+    assert parse_date("2026-01-02T03:00:00Z", "--x") == datetime(2026, 1, 2, 3, tzinfo=timezone.utc)
+    with pytest.raises(UsageError, match="--end-date '02/01/2026' is not a date"):
+        backfill_range("2026-01-01", "02/01/2026")
+    with pytest.raises(UsageError, match="is after --end-date"):
+        backfill_range("2026-01-03", "2026-01-01")
+    first, last = backfill_range("2026-01-01", "2026-01-01")
+    assert first == last
+
+
+def test_backfill_estimate_counts_waves_of_max_active_runs():
+    dates = [T0 + timedelta(days=i) for i in range(5)]
+    plan = BackfillPlan("d", dates[0], dates[-1], dates, 2, "none", typical_run_s=10.0)
+    assert plan.estimate_s == 30.0  # 3 waves: 2 + 2 + 1
+    assert BackfillPlan("d", T0, T0, [T0], 2, "none", None).estimate_s is None
+    table = text(render.backfill_plan_table(plan))
+    assert "5 runs" in table and "estimated wall time 30.0s" in table
+
+
+def test_log_records_become_readable_lines():
+    records = [
+        LogRecord("::group::Log message source details"),
+        LogRecord("/var/log/airflow/attempt=1.log"),
+        LogRecord("::endgroup::"),
+        LogRecord("::group::Pre Execute", "2026-01-01T12:00:00.1Z", "info", "task"),
+        LogRecord("hello from the task", "2026-01-01T12:00:01.5Z", "info", "task.stdout"),
+        LogRecord(
+            "Task failed with exception", "2026-01-01T12:00:02Z", "error", "task",
+            ("Traceback (most recent call last):", "ValueError: boom"),
+        ),
+        LogRecord("a plain line"),
+    ]
+    assert render.log_text(records) == [
+        "[2026-01-01 12:00:01] INFO - hello from the task",
+        "[2026-01-01 12:00:02] ERROR - Task failed with exception",
+        "Traceback (most recent call last):",
+        "ValueError: boom",
+        "a plain line",
+    ]
+
+
+def test_airflow_frames_are_folded_in_tracebacks():
+    record = LogRecord.from_api(
+        {
+            "event": "Task failed with exception",
+            "error_detail": [
+                {
+                    "exc_type": "ValueError",
+                    "exc_value": "boom",
+                    "frames": [
+                        {"filename": "/v/lib/python3.11/site-packages/airflow/sdk/a.py", "lineno": 1, "name": "run"},
+                        {"filename": "/v/lib/python3.11/site-packages/airflow/sdk/b.py", "lineno": 2, "name": "call"},
+                        {"filename": "/project/dags/my_dag.py", "lineno": 31, "name": "check"},
+                    ],
+                }
+            ],
+        }
+    )
+    assert record.exception == (
+        "Traceback (most recent call last):",
+        "  ... 2 frame(s) inside Airflow",
+        '  File "/project/dags/my_dag.py", line 31, in check',
+        "ValueError: boom",
+    )
+
+
+def _task(task_id, state, duration=1.0, tries=1, start=0):
+    return TaskInstance(task_id, state, tries, start_date=T0 + timedelta(seconds=start), duration=duration)
+
+
+def _snapshot(state="failed"):
+    run = DagRun("d", "manual__2026-01-01T12:00:00+00:00", state, start_date=T0, duration=7.5)
+    tasks = [
+        _task("extract", "success", 0.5, start=0),
+        _task("check", "failed", 5.25, start=1),
+        _task("report", "upstream_failed", 0.0, tries=0, start=7),
+    ]
+    return RunSnapshot(run, tasks, elapsed=8.0)
+
+
+def test_junit_has_one_case_per_task_with_failures_and_their_log_tail():
+    snapshot = _snapshot()
+    xml = junit_xml(snapshot, [TaskFailure(snapshot.tasks[1], ["line 1", "ValueError: <boom> & more"])])
+    root = ET.fromstring(xml.split("\n", 1)[1])
+    suite = root.find("testsuite")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped"), suite.get("errors")) == ("3", "1", "1", "0")
+    assert suite.get("time") == "7.500"
+    cases = {c.get("name"): c for c in suite.iter("testcase")}
+    assert cases["check"].get("time") == "5.250"
+    assert cases["check"].find("failure").text == "line 1\nValueError: <boom> & more"
+    assert cases["report"].find("skipped").get("message") == "upstream_failed"
+    assert list(cases["extract"]) == []
+
+
+def test_run_table_lists_tasks_in_start_order_with_state_try_and_duration():
+    out = text(render.run_table(_snapshot()))
+    assert out.index("extract") < out.index("check") < out.index("report")
+    assert "manual__2026-01-01T12:00:00+00:00  failed  (8.0s)" in out
+    check_row = next(line for line in out.splitlines() if "check" in line)
+    assert "failed" in check_row and "5.2s" in check_row
+
+
+def test_running_task_duration_counts_from_its_start():
+    running = TaskInstance("train", "running", 1, start_date=T0)
+    assert render.task_seconds(running, now=T0 + timedelta(seconds=90)) == 90
+    assert render.duration(90) == "1m30s"
+    assert render.duration(3700) == "1h01m"
+    assert render.duration(None) == "-"
+
+
+def test_run_json_is_plain_json_with_failures():
+    import json
+
+    snapshot = _snapshot()
+    data = render.run_json(snapshot, [TaskFailure(snapshot.tasks[1], ["tail"])])
+    assert json.loads(json.dumps(data))["failed_tasks"] == [{"task_id": "check", "try_number": 1, "log_tail": ["tail"]}]
+    assert data["start_date"] == "2026-01-01T12:00:00+00:00"
+    assert [t["state"] for t in data["tasks"]] == ["success", "failed", "upstream_failed"]
