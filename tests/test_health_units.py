@@ -249,3 +249,46 @@ def test_report_view_renders_every_section(fed_prometheus):
         assert title in text
     line = next(line for line in text.splitlines() if f"{DAG}.train" in line and "4.5s" in line)
     assert "█" in line or "▅" in line
+
+
+# -- --watch ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_watch_refreshes_until_ctrl_c_then_exits_by_the_last_report(fed_prometheus, tmp_path, as_json):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    args = [sys.executable, "-m", "mlflowctl", "health", "--watch", "--interval", "1",
+            "--url", f"http://127.0.0.1:{closed_port()}", "--prometheus-url", fed_prometheus.url]
+    # A terminal as far as rich is concerned, so Live draws every frame as it comes.
+    env = {**os.environ, "MLWF_HOME": str(tmp_path), "MLWF_AIRFLOW_PASSWORD": "x", "COLUMNS": "200",
+           "TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1"}
+    proc = subprocess.Popen(args + (["--json"] if as_json else []), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=tmp_path)
+    chunks: list[str] = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: proc.stdout.read(1), "")), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 60
+        # Two reports: JSON lines, or frames headed "health: " (the second one redrawn in place).
+        while "".join(chunks).count("\n" if as_json else "health: ") < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+        reader.join(timeout=5)
+        err = proc.stderr.read()
+    out = "".join(chunks)
+    assert proc.returncode == 9, err  # the last report was degraded (no API)
+    assert "health report degraded" in err
+    if as_json:
+        reports = [json.loads(line) for line in out.splitlines()[:2]]
+        assert all(r["degraded"] and r["sources"]["api"] != "ok" for r in reports)
+        assert reports[1]["generated_at"] >= reports[0]["generated_at"]
+    else:
+        assert out.count("health: ") >= 2 and "Durations by task" in out

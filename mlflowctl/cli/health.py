@@ -120,8 +120,9 @@ def health(
 
 def _watch(service, airflow, prometheus, window: str, interval: float, as_json: bool) -> HealthReport:
     """Refresh until Ctrl-C; returns the last report (its exit rule applies). JSON: one line per refresh."""
-    report = service.collect(airflow, prometheus, window=window)
+    report = None
     try:
+        report = service.collect(airflow, prometheus, window=window)
         if as_json:
             while True:
                 _json_line(report, indent=None)
@@ -138,6 +139,8 @@ def _watch(service, airflow, prometheus, window: str, interval: float, as_json: 
                 report = service.collect(airflow, prometheus, window=window)
                 live.update(report_view(report), refresh=True)
     except KeyboardInterrupt:
+        if report is None:  # stopped before the first report came
+            raise typer.Exit(130) from None
         return report
 
 
