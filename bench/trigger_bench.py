@@ -154,6 +154,7 @@ def report(result: dict, markdown: bool) -> str:
          f"{'met' if result['overhead_ok'] else 'MISSED'})"),
     ]
     stage_rows = [(n, f"{result['floor_stages'].get(n, 0):.2f} s", f"{d:.2f} s") for n, d in result["task_durations"].items()]
+    rows.append(("load average (1 min) at start / end", " / ".join(map(str, result.get("load_average_1m", [])))))
     if markdown:
         lines = ["| measure | value |", "| --- | ---: |", *[f"| {a} | {b} |" for a, b in rows], ""]
         lines += ["| task | in-process | in Airflow (task duration) |", "| --- | ---: | ---: |"]
@@ -174,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     args = parser.parse_args(argv)
 
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="mlwf-floor-") as scratch:
         floors = [floor(Path(scratch) / f"f{i}") for i in range(args.runs) if (Path(scratch) / f"f{i}").mkdir() or True]
     if args.start:
@@ -184,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         orchestrated(dict(os.environ), Path.cwd())
         runs = [orchestrated(dict(os.environ), Path.cwd()) for _ in range(args.runs)]
     result = summarize(floors, runs)
+    result["load_average_1m"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
     print(json.dumps(result, indent=2) if args.json else report(result, args.markdown))
     return 1 if args.check and not (result["overhead_ok"] and result["whole_run_ok"]) else 0
 

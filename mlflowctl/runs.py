@@ -13,13 +13,14 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
 from mlflowctl.errors import NotFoundError, TimeoutExpired, UsageError
 
 if TYPE_CHECKING:  # the client module imports httpx: keep it out of `mlwf --help`
     from mlflowctl.api.airflow import AirflowClient, Backfill, Dag, DagImportError, DagRun, LogRecord, TaskInstance
 
+T = TypeVar("T")
 REPROCESS = ("none", "failed", "completed")
 FAILED_TASK_STATES = frozenset({"failed", "upstream_failed"})
 LOG_TAIL_LINES = 20
@@ -133,31 +134,44 @@ class RunSnapshot:
         return [t for t in self.tasks if t.state == "failed"]
 
 
-def watch_run(
-    client: AirflowClient,
-    dag_id: str,
-    run_id: str,
+def poll(
+    fetch: Callable[[float], T],
+    finished: Callable[[T], bool],
+    late: Callable[[T], Exception],
     *,
-    timeout: float | None = None,
-    interval: float = 0.3,
+    timeout: float | None,
+    interval: float,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
-) -> Iterator[RunSnapshot]:
-    """Snapshots of the run and its tasks until the run ends; TimeoutExpired after `timeout` s."""
+) -> Iterator[T]:
+    """Yield `fetch(elapsed)` every `interval` s until `finished`; raise `late(last)` after `timeout` s."""
     started = clock()
     while True:
-        run = client.get_run(dag_id, run_id)
-        tasks = client.task_instances(dag_id, run_id)
-        elapsed = clock() - started
-        yield RunSnapshot(run, tasks, elapsed)
-        if run.done:
+        item = fetch(clock() - started)
+        yield item
+        if finished(item):
             return
-        if timeout is not None and elapsed >= timeout:
-            raise TimeoutExpired(
-                f"run '{run_id}' of DAG '{dag_id}' still {run.state} after {timeout:g} s",
-                hint=f"the run goes on; watch it with `mlwf status {dag_id}`",
-            )
+        if timeout is not None and clock() - started >= timeout:
+            raise late(item)
         sleep(interval)
+
+
+def watch_run(
+    client: AirflowClient, dag_id: str, run_id: str, *, timeout: float | None = None, interval: float = 0.3, **clocks
+) -> Iterator[RunSnapshot]:
+    """Snapshots of the run and its tasks until the run ends; TimeoutExpired after `timeout` s."""
+
+    def fetch(elapsed: float) -> RunSnapshot:
+        run = client.get_run(dag_id, run_id)
+        return RunSnapshot(run, client.task_instances(dag_id, run_id), elapsed)
+
+    def late(snapshot: RunSnapshot) -> TimeoutExpired:
+        return TimeoutExpired(
+            f"run '{run_id}' of DAG '{dag_id}' still {snapshot.run.state} after {timeout:g} s",
+            hint=f"the run goes on; watch it with `mlwf status {dag_id}`",
+        )
+
+    return poll(fetch, lambda s: s.run.done, late, timeout=timeout, interval=interval, **clocks)
 
 
 @dataclass
@@ -245,34 +259,28 @@ class BackfillProgress:
 
 
 def watch_backfill(
-    client: AirflowClient,
-    plan: BackfillPlan,
-    *,
-    timeout: float | None = None,
-    interval: float = 1.0,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
+    client: AirflowClient, plan: BackfillPlan, *, timeout: float | None = None, interval: float = 1.0, **clocks
 ) -> Iterator[BackfillProgress]:
     """Progress of the backfill's runs (matched by logical date) until every one has ended."""
     wanted = set(plan.dates)
-    started = clock()
     low, high = min(plan.dates) - timedelta(seconds=1), max(plan.dates) + timedelta(seconds=1)
-    while True:
+
+    def fetch(elapsed: float) -> BackfillProgress:
         runs = client.list_runs(
-            plan.dag_id, limit=max(len(wanted), 1) + 50, order_by="logical_date",
-            logical_date_gte=low, logical_date_lte=high,
+            plan.dag_id, limit=len(wanted) + 50, order_by="logical_date", logical_date_gte=low, logical_date_lte=high
         )
-        mine = [r for r in runs if r.logical_date in wanted]
-        progress = BackfillProgress(mine, len(wanted), clock() - started)
-        yield progress
-        if len(mine) == len(wanted) and progress.finished == len(wanted):
-            return
-        if timeout is not None and progress.elapsed >= timeout:
-            raise TimeoutExpired(
-                f"backfill of DAG '{plan.dag_id}': {progress.finished} of {len(wanted)} runs ended after {timeout:g} s",
-                hint=f"the backfill goes on; watch it with `mlwf status {plan.dag_id}`",
-            )
-        sleep(interval)
+        return BackfillProgress([r for r in runs if r.logical_date in wanted], len(wanted), elapsed)
+
+    def late(progress: BackfillProgress) -> TimeoutExpired:
+        return TimeoutExpired(
+            f"backfill of DAG '{plan.dag_id}': {progress.finished} of {progress.total} runs ended after {timeout:g} s",
+            hint=f"the backfill goes on; watch it with `mlwf status {plan.dag_id}`",
+        )
+
+    def finished(progress: BackfillProgress) -> bool:
+        return len(progress.runs) == progress.total and progress.finished == progress.total
+
+    return poll(fetch, finished, late, timeout=timeout, interval=interval, **clocks)
 
 
 # -- logs ---------------------------------------------------------------------------------

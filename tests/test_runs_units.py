@@ -167,3 +167,25 @@ def test_run_json_is_plain_json_with_failures():
     assert json.loads(json.dumps(data))["failed_tasks"] == [{"task_id": "check", "try_number": 1, "log_tail": ["tail"]}]
     assert data["start_date"] == "2026-01-01T12:00:00+00:00"
     assert [t["state"] for t in data["tasks"]] == ["success", "failed", "upstream_failed"]
+
+
+def test_poll_yields_until_finished_and_times_out_on_a_fake_clock():
+    from mlflowctl.errors import TimeoutExpired
+    from mlflowctl.runs import poll
+
+    now = [0.0]
+
+    def clock():
+        return now[0]
+
+    def sleep(seconds):
+        now[0] += seconds
+
+    seen = list(poll(lambda e: e, lambda e: e >= 2, lambda e: TimeoutExpired("late"), timeout=None,
+                     interval=1, clock=clock, sleep=sleep))
+    assert seen == [0, 1, 2]
+    now[0] = 0.0
+    late = poll(lambda e: e, lambda e: False, lambda e: TimeoutExpired(f"late at {e}"), timeout=3,
+                interval=1, clock=clock, sleep=sleep)
+    with pytest.raises(TimeoutExpired, match="late at 3"):
+        list(late)

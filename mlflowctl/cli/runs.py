@@ -329,6 +329,8 @@ def show_task_logs(
                 _print_lines(log_text(records))
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
+        except BrokenPipeError:  # `mlwf logs DAG TASK | head`
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 COMMANDS = {"dags": dags, "trigger": trigger, "backfill": backfill, "pause": pause, "unpause": unpause}
