@@ -150,7 +150,7 @@ class LocalBackend:
                 group=MONITORING,
                 port=c.exporter_port,
                 url=f"http://127.0.0.1:{c.exporter_port}/metrics",
-                probe_url=f"http://127.0.0.1:{c.exporter_port}/-/healthy",
+                probe_url=f"http://127.0.0.1:{c.exporter_port}/status",
                 ports=[
                     PortNeed("exporter", "exporter_port", c.exporter_port),
                     PortNeed("exporter (StatsD)", "statsd_port", c.statsd_port, udp=True),
@@ -251,16 +251,49 @@ class LocalBackend:
                 status.detail = "health unknown: the api-server is not answering"
             elif not healthy:
                 status.detail = f"health: {component.get('status') or 'no heartbeat yet'}"
+        elif spec.name == "exporter":
+            healthy, status.detail = self._exporter_flow(spec.probe_url)
         else:
             healthy = self._probe(spec.probe_url)
             status.detail = "" if healthy else f"not answering {spec.probe_url}"
         status.state = "healthy" if healthy else not_ready
         return status
 
+    def _exporter_flow(self, status_url: str) -> tuple[bool, str]:
+        """Healthy once the scheduler's StatsD heartbeat arrived in the last minute: metrics flow."""
+        import httpx
+
+        try:
+            facts = self._http().get(status_url, timeout=1.0).json()
+        except (httpx.HTTPError, ValueError):
+            return False, f"not answering {status_url}"
+        beat = (facts.get("heartbeats") or {}).get("scheduler")
+        if not isinstance(beat, (int, float)):
+            return False, "no scheduler heartbeat received yet"
+        age = time.time() - beat
+        if age > 60:
+            return False, f"metrics not flowing: last scheduler heartbeat {age:.0f} s ago"
+        return True, f"metrics flowing: {facts.get('lines', 0)} lines, heartbeat {age:.0f} s ago"
+
     def _snapshot(self, specs: list[ServiceSpec], *, waiting: bool = False) -> list[ServiceStatus]:
+        """Every service's state; the HTTP probes run concurrently (status must stay quick)."""
+        from concurrent.futures import ThreadPoolExecutor
+
         records = {spec.name: self._live(spec) for spec in specs}
-        health = self._health() if records.get("api-server") is not None else None
-        return [self._service_status(spec, records[spec.name], health, waiting=waiting) for spec in specs]
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            health = pool.submit(self._health) if records.get("api-server") is not None else None
+            probed = {
+                spec.name: pool.submit(self._service_status, spec, records[spec.name], {}, waiting=waiting)
+                for spec in specs
+                if spec.probe_url is not None
+            }
+            health_data = health.result() if health is not None else None
+            return [
+                probed[spec.name].result()
+                if spec.name in probed
+                else self._service_status(spec, records[spec.name], health_data, waiting=waiting)
+                for spec in specs
+            ]
 
     # ----------------------------------------------------------------- status
 
@@ -302,7 +335,9 @@ class LocalBackend:
         env["PATH"] = f"{runtime.bin_dir}:{env.get('PATH', '')}"
         for folder in ("data", "airflow", "logs"):
             (self.home / folder).mkdir(exist_ok=True)
-        migrate = not running and self._needs_migration(runtime)
+        # Migrate only when no Airflow component runs (never under a live scheduler).
+        airflow_running = any(spec.airflow_args is not None and spec.name in running for spec in specs)
+        migrate = not airflow_running and self._needs_migration(runtime)
 
         started: dict[str, subprocess.Popen | None] = {}
         try:

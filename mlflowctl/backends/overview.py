@@ -32,34 +32,39 @@ def api_client(url: str, user: str, password: str, home: Path | None, timeout: f
 
 
 def dag_overview(url: str, user: str, password: str, *, home: Path | None = None) -> list[DagSummary]:
+    from concurrent.futures import ThreadPoolExecutor
+
     import httpx
 
     try:
         with api_client(url, user, password, home) as client:
             response = client.get("/api/v2/dags", params={"limit": 100, "order_by": "dag_id"})
             _raise_for(response)
-            summaries = []
-            for dag in response.json().get("dags", []):
+            dags = response.json().get("dags", [])
+
+            def last_run(dag_id: str) -> dict:
                 runs = client.get(
-                    f"/api/v2/dags/{quote(dag['dag_id'], safe='')}/dagRuns",
-                    params={"order_by": "-run_after", "limit": 1},
+                    f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns", params={"order_by": "-run_after", "limit": 1}
                 )
                 _raise_for(runs)
-                last = (runs.json().get("dag_runs") or [None])[0] or {}
-                summaries.append(
-                    DagSummary(
-                        dag_id=dag["dag_id"],
-                        paused=bool(dag.get("is_paused")),
-                        schedule=dag.get("timetable_summary"),
-                        last_run_id=last.get("dag_run_id"),
-                        last_run_state=last.get("state"),
-                        last_run_start=last.get("start_date"),
-                        next_run=None if dag.get("is_paused") else dag.get("next_dagrun_run_after"),
-                    )
-                )
+                return (runs.json().get("dag_runs") or [None])[0] or {}
+
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                lasts = list(pool.map(last_run, [dag["dag_id"] for dag in dags]))
     except httpx.TransportError as exc:
         raise UnreachableError(f"Airflow at {url} is not answering: {exc}") from None
-    return summaries
+    return [
+        DagSummary(
+            dag_id=dag["dag_id"],
+            paused=bool(dag.get("is_paused")),
+            schedule=dag.get("timetable_summary"),
+            last_run_id=last.get("dag_run_id"),
+            last_run_state=last.get("state"),
+            last_run_start=last.get("start_date"),
+            next_run=None if dag.get("is_paused") else dag.get("next_dagrun_run_after"),
+        )
+        for dag, last in zip(dags, lasts)
+    ]
 
 
 def _raise_for(response) -> None:

@@ -153,11 +153,16 @@ def status(
     from mlflowctl.render.console import stdout
     from mlflowctl.render.stack import dags_table, services_table, status_json
 
+    from concurrent.futures import ThreadPoolExecutor
+
     config = _config(backend=backend, home=home, airflow_url=url, airflow_user=user)
-    stack = _backend(config, announce=False).status()
-    dags, dags_error = None, None
-    if any(s.name == "api-server" and s.state == "healthy" for s in stack.services):
-        dags, dags_error = _dags(config)
+    chosen = _backend(config, announce=False)
+    with ThreadPoolExecutor(max_workers=2) as pool:  # the DAGs table does not wait for the probes
+        dags_future = pool.submit(_dags, config)
+        stack = chosen.status()
+        dags, dags_error = dags_future.result()
+    if not any(s.name == "api-server" and s.state == "healthy" for s in stack.services):
+        dags, dags_error = None, None
     if as_json:
         print(json.dumps(status_json(stack, dags, dags_error), indent=2))
     else:
