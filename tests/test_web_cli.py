@@ -70,19 +70,22 @@ def test_print_airflow_url_comes_from_config(project):
     assert "nothing answers" in result.stderr
 
 
-def test_print_uses_explicit_airflow_url(project, listening):
-    project(backend="local", airflow_url=f"http://127.0.0.1:{listening}/")
-    result = run("open", "airflow", "--print")
-    assert result.exit_code == 0
-    assert result.stdout == f"http://127.0.0.1:{listening}\n"
-    assert result.stderr == ""
-
-
-def test_print_prometheus_url_and_service_names_are_case_blind(project, listening):
-    project(backend="local", prometheus_port=listening)
-    result = run("open", "Prometheus", "--print")
+@pytest.mark.parametrize(
+    ("settings", "args"),
+    [
+        (lambda port: {"backend": "local", "airflow_url": f"http://127.0.0.1:{port}/"}, ["open", "airflow", "--print"]),
+        (lambda port: {"backend": "local", "prometheus_port": port}, ["open", "Prometheus", "--print"]),
+        # Choosing the docker backend needs no daemon: only starting it would.
+        (lambda port: {"backend": "docker", "grafana_port": port}, ["open", "grafana", "--print"]),
+    ],
+    ids=["explicit-airflow-url", "prometheus-any-case", "grafana-on-docker"],
+)
+def test_print_service_url(project, listening, settings, args):
+    project(**settings(listening))
+    result = run(*args)
     assert result.exit_code == 0, result.stderr
     assert result.stdout == f"http://127.0.0.1:{listening}\n"
+    assert result.stderr == ""
 
 
 def test_grafana_is_not_available_on_the_local_backend(project):
@@ -92,14 +95,6 @@ def test_grafana_is_not_available_on_the_local_backend(project):
     assert result.stdout == ""
     assert "Grafana does not run on the local backend" in result.stderr
     assert "mlwf open prometheus" in result.stderr
-
-
-def test_grafana_url_on_the_docker_backend(project, listening):
-    # Choosing the docker backend needs no daemon: only starting it would.
-    project(backend="docker", grafana_port=listening)
-    result = run("open", "grafana", "--print")
-    assert result.exit_code == 0, result.stderr
-    assert result.stdout == f"http://127.0.0.1:{listening}\n"
 
 
 def test_unknown_service_is_a_usage_error(project):
@@ -136,32 +131,34 @@ def test_open_refuses_a_service_that_does_not_answer(project):
     assert f"nothing answers at http://127.0.0.1:{port}: prometheus is not running" in result.stderr
 
 
-def test_open_starts_the_users_browser(project, listening, tmp_path):
-    """A real $BROWSER command, run by the real `webbrowser` module in a real `mlwf` process."""
-    root = project(backend="local", prometheus_port=listening)
+@pytest.fixture
+def fake_browser(tmp_path):
+    """A real $BROWSER command that writes down the URL it was given: (environment, that file)."""
     seen = tmp_path / "browser-saw.txt"
-    browser = tmp_path / "fake-browser"
-    browser.write_text(f'#!/bin/sh\nprintf "%s" "$1" > "{seen}"\n')
-    browser.chmod(browser.stat().st_mode | stat.S_IXUSR)
+    command = tmp_path / "fake-browser"
+    command.write_text(f'#!/bin/sh\nprintf "%s" "$1" > "{seen}"\n')
+    command.chmod(command.stat().st_mode | stat.S_IXUSR)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLWF_")}
-    env.update({"BROWSER": str(browser), "DISPLAY": ":0"})
-    result = subprocess.run(
-        [MLWF, "open", "prometheus"], cwd=root, env=env, capture_output=True, text=True, timeout=60
-    )
+    env.update({"BROWSER": str(command), "DISPLAY": ":0"})
+    return env, seen
+
+
+def mlwf_process(root: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
+    # A process of its own: `webbrowser` reads $BROWSER once per process.
+    return subprocess.run([MLWF, *args], cwd=root, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_open_starts_the_users_browser(project, listening, fake_browser):
+    env, seen = fake_browser
+    result = mlwf_process(project(backend="local", prometheus_port=listening), env, "open", "prometheus")
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"http://127.0.0.1:{listening}\n"
     assert seen.read_text() == f"http://127.0.0.1:{listening}"
 
 
-def test_print_never_starts_a_browser(project, listening, tmp_path):
-    root = project(backend="local", airflow_port=listening)
-    seen = tmp_path / "browser-saw.txt"
-    browser = tmp_path / "fake-browser"
-    browser.write_text(f'#!/bin/sh\nprintf "%s" "$1" > "{seen}"\n')
-    browser.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLWF_")}
-    env.update({"BROWSER": str(browser), "DISPLAY": ":0"})
-    result = subprocess.run([MLWF, "open", "--print"], cwd=root, env=env, capture_output=True, text=True, timeout=60)
+def test_print_never_starts_a_browser(project, listening, fake_browser):
+    env, seen = fake_browser
+    result = mlwf_process(project(backend="local", airflow_port=listening), env, "open", "--print")
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"http://127.0.0.1:{listening}\n"
     assert not seen.exists()
