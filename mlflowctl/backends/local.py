@@ -56,6 +56,7 @@ class ServiceSpec:
     url: str | None = None
     health_key: str | None = None  # key in /api/v2/monitor/health
     probe_url: str | None = None  # else: healthy when this URL answers 200
+    check: Callable[[], tuple[bool, str]] | None = None  # else: a custom probe -> (healthy, detail)
     ports: list[PortNeed] = field(default_factory=list)
     env: dict[str, str] | None = None  # None: the stack's Airflow environment
     airflow_args: list[str] | None = None  # an Airflow component: `airflow <args>`, forked by the launcher
@@ -91,8 +92,7 @@ class LocalBackend:
 
     def services(self, exclude: frozenset[str] = frozenset()) -> list[ServiceSpec]:
         """Every service of the stack, in start order, minus excluded groups or names."""
-        if self.config.executor != "local":
-            raise NotAvailableError(f"executor {self.config.executor!r} is not available on the local backend yet")
+        plugin = self._executor_plugin()
         c = self.config
         specs = [
             self._airflow_service(
@@ -121,11 +121,31 @@ class LocalBackend:
             ),
             *self._monitoring_services(),
         ]
+        if plugin is not None:  # e.g. celery: broker and database first, workers after the core
+            specs = [*plugin.before_airflow(self), *specs, *plugin.after_airflow(self)]
         return [s for s in specs if s.group not in exclude and s.name not in exclude]
 
     def _airflow_service(self, name: str, args: list[str], **details) -> ServiceSpec:
         airflow = self._runtime.airflow if self._runtime is not None else "airflow"
         return ServiceSpec(name, [airflow, *args], airflow_args=args, **details)
+
+    def _executor_plugin(self):
+        """The module adding an executor's services and settings; None for the local executor.
+
+        A plugin (`mlflowctl.backends.<executor>_local`) provides `before_airflow(backend)` and
+        `after_airflow(backend)` -> list[ServiceSpec] and `environment(backend)` -> keyword
+        arguments for `local_environment` (database_url, broker_url).
+        """
+        if self.config.executor == "local":
+            return None
+        import importlib
+
+        try:
+            return importlib.import_module(f"mlflowctl.backends.{self.config.executor}_local")
+        except ImportError:
+            raise NotAvailableError(
+                f"executor {self.config.executor!r} is not available on the local backend in this mlwf version"
+            ) from None
 
     def _stack_dir(self) -> Path:
         """The project's stack/ folder (mapping, Prometheus template), else mlwf's own."""
@@ -150,7 +170,7 @@ class LocalBackend:
                 group=MONITORING,
                 port=c.exporter_port,
                 url=f"http://127.0.0.1:{c.exporter_port}/metrics",
-                probe_url=f"http://127.0.0.1:{c.exporter_port}/status",
+                check=lambda: self._exporter_flow(f"http://127.0.0.1:{c.exporter_port}/status"),
                 ports=[
                     PortNeed("exporter", "exporter_port", c.exporter_port),
                     PortNeed("exporter (StatsD)", "statsd_port", c.statsd_port, udp=True),
@@ -241,7 +261,7 @@ class LocalBackend:
         status.pid = record.pid
         status.uptime_seconds = round(time.time() - record.create_time, 1)
         not_ready = "starting" if waiting else "unhealthy"
-        if spec.health_key is None and spec.probe_url is None:  # the api-server itself
+        if spec.name == "api-server":
             healthy = health is not None
             status.detail = "" if healthy else "not answering /api/v2/monitor/health"
         elif spec.health_key is not None:
@@ -251,11 +271,13 @@ class LocalBackend:
                 status.detail = "health unknown: the api-server is not answering"
             elif not healthy:
                 status.detail = f"health: {component.get('status') or 'no heartbeat yet'}"
-        elif spec.name == "exporter":
-            healthy, status.detail = self._exporter_flow(spec.probe_url)
-        else:
+        elif spec.check is not None:
+            healthy, status.detail = spec.check()
+        elif spec.probe_url is not None:
             healthy = self._probe(spec.probe_url)
             status.detail = "" if healthy else f"not answering {spec.probe_url}"
+        else:
+            healthy = True  # nothing to ask: a live process is all we know
         status.state = "healthy" if healthy else not_ready
         return status
 
@@ -285,7 +307,7 @@ class LocalBackend:
             probed = {
                 spec.name: pool.submit(self._service_status, spec, records[spec.name], {}, waiting=waiting)
                 for spec in specs
-                if spec.probe_url is not None
+                if spec.probe_url is not None or spec.check is not None
             }
             health_data = health.result() if health is not None else None
             return [
@@ -313,6 +335,10 @@ class LocalBackend:
         from mlflowctl.backends.airflow_env import local_environment
         from mlflowctl.secrets import load_or_create
 
+        if sys.platform == "win32":
+            raise NotAvailableError(
+                "Airflow does not run natively on Windows", hint="run mlwf inside WSL, or use --backend docker"
+            )
         report = progress or (lambda _message, _services: None)
         self.home.mkdir(parents=True, exist_ok=True)
         secrets = load_or_create(self.home)
@@ -331,7 +357,8 @@ class LocalBackend:
             self._clean_leftovers(spec)
         check_free([need for spec in to_start for need in spec.ports])
 
-        env = local_environment(self.config, secrets)
+        plugin = self._executor_plugin()
+        env = local_environment(self.config, secrets, **(plugin.environment(self) if plugin else {}))
         env["PATH"] = f"{runtime.bin_dir}:{env.get('PATH', '')}"
         for folder in ("data", "airflow", "logs"):
             (self.home / folder).mkdir(exist_ok=True)
