@@ -61,13 +61,16 @@ class ServiceSpec:
     env: dict[str, str] | None = None  # None: the stack's Airflow environment
     airflow_args: list[str] | None = None  # an Airflow component: `airflow <args>`, forked by the launcher
     prepare: Callable[[], None] | None = None  # runs before the service starts (writes its config)
+    ready: Callable[[], None] | None = None  # blocks after the start until it serves (a database before migrate)
 
 
 class LocalBackend:
     name = "local"
 
     def __init__(self, config: Config, *, runtime=None) -> None:
-        self.config = config
+        from mlflowctl.backends.executors import effective_config
+
+        self.config = effective_config(config)  # the executor and workers the stack was started with
         self.home = config.home_dir
         self.run_dir = self.home / "run"
         self.logs_dir = self.home / "logs"
@@ -339,6 +342,9 @@ class LocalBackend:
             raise NotAvailableError(
                 "Airflow does not run natively on Windows", hint="run mlwf inside WSL, or use --backend docker"
             )
+        from mlflowctl.backends.executors import check_switch, write_record
+
+        check_switch(self.config)
         report = progress or (lambda _message, _services: None)
         self.home.mkdir(parents=True, exist_ok=True)
         secrets = load_or_create(self.home)
@@ -360,6 +366,7 @@ class LocalBackend:
         plugin = self._executor_plugin()
         env = local_environment(self.config, secrets, **(plugin.environment(self) if plugin else {}))
         env["PATH"] = f"{runtime.bin_dir}:{env.get('PATH', '')}"
+        write_record(self.home, executor=self.config.executor, workers=self.config.workers)
         for folder in ("data", "airflow", "logs"):
             (self.home / folder).mkdir(exist_ok=True)
         # Migrate only when no Airflow component runs (never under a live scheduler).
@@ -377,6 +384,9 @@ class LocalBackend:
                     )
                     processes.write_pid_file(self._pid_file(spec.name), record)
                     started[spec.name] = popen
+                    if spec.ready is not None:
+                        report(f"waiting for {spec.name}", [])
+                        spec.ready()
             airflow_specs = [spec for spec in to_start if spec.airflow_args is not None]
             if os.environ.get("MLWF_LAUNCHER", "1") == "0":
                 self._start_one_by_one(airflow_specs, env, runtime, migrate, started, report)
@@ -570,6 +580,10 @@ class LocalBackend:
         if strays:
             status.notes.append(f"stopped {len(strays)} stray process(es) of this stack")
         if volumes and self.home.exists():
+            plugin = self._executor_plugin()
+            removed = plugin.remove_data(self.config) if plugin is not None else None
+            if removed:
+                status.notes.append(removed)
             shutil.rmtree(self.home)
             status.notes.append(f"deleted {self.home}")
         return status

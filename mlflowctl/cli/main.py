@@ -12,7 +12,7 @@ from typing import Callable
 
 import typer
 
-from mlflowctl.cli import health, runs, stack, web
+from mlflowctl.cli import health, runs, scale, stack, web
 from mlflowctl.errors import MlwfError
 
 app = typer.Typer(
@@ -48,7 +48,7 @@ def register(module) -> None:
         app.command(name)(with_error_handling(function))
 
 
-for _module in (stack, runs, health, web):
+for _module in (stack, runs, health, web, scale):
     register(_module)
 
 
