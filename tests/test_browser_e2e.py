@@ -40,7 +40,7 @@ CHROMIUM_FLAGS = (
 #: Pages on a 2-core machine shared with other stacks can take long: explicit waits, no sleeps.
 UI_WAIT_S = 120
 #: The whole pipeline on breast_cancer, possibly behind the scheduled run that unpausing creates.
-RUN_TIMEOUT_S = 1200
+RUN_TIMEOUT_S = 1800
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow, pytest.mark.usefixtures("chromium")]
 
