@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
-from typing import Annotated, Mapping, Optional
+from typing import Annotated, Mapping
 from urllib.parse import urlsplit
 
 import typer
