@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from test_exporter_prometheus import Prometheus
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -34,26 +35,16 @@ DASHBOARDS = Path(__file__).resolve().parents[1] / "stack" / "grafana" / "dashbo
 # -- helpers --------------------------------------------------------------------------------
 
 
-class Prom:
-    """The stack's Prometheus, asked over its HTTP API with plain httpx."""
+class Prom(Prometheus):
+    """The stack's Prometheus (started by `mlwf up`, not here), asked over its HTTP API
+    with the exporter tests' plain helpers, not with mlwf's client."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int) -> None:  # noqa: super().__init__ would start one
         self.url = f"http://127.0.0.1:{port}"
 
-    def query(self, expr: str) -> list[dict]:
-        body = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=10).json()
-        assert body["status"] == "success", (expr, body)
-        return body["data"]["result"]
-
     def wait_for(self, expr: str, check=bool, timeout: float = 90) -> list[dict]:
-        """Poll until `check(result)`: scrapes and rule evaluations come every 10 s."""
-        deadline = time.monotonic() + timeout
-        while True:
-            result = self.query(expr)
-            if check(result):
-                return result
-            assert time.monotonic() < deadline, f"{expr} -> {result}"
-            time.sleep(1)
+        # Scrapes and rule evaluations come every 10 s on the stack (1 s in the exporter tests).
+        return super().wait_for(expr, check, timeout)
 
 
 def values(result: list[dict], label: str) -> dict[str, float]:
