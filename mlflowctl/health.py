@@ -248,6 +248,7 @@ class _Gathered:
     import_errors: list | MlwfError | None = None
     prometheus: str = "ok"
     api: str = "ok"
+    workers: int | None = None
 
 
 def _outcome(future: Future) -> Any:
@@ -526,9 +527,14 @@ def _scheduler(got: _Gathered, report: HealthReport) -> list[Row]:
 
 
 def _executor(got: _Gathered) -> list[Row]:
-    if got.prometheus != "ok":
-        return [_unknown("executor", f"Prometheus: {got.prometheus}")]
     rows: list[Row] = []
+    if got.workers is not None:
+        sev = rules.OK if got.workers > 0 else rules.CRITICAL
+        detail = f"{got.workers} live Celery worker(s)" + ("" if got.workers else ": queued tasks will wait")
+        rows.append(Row("executor", "celery workers", sev, got.workers, detail=detail, source="stack",
+                        rule="celery_workers", threshold=1))
+    if got.prometheus != "ok":
+        return [*rows, _unknown("executor", f"Prometheus: {got.prometheus}")]
     open_slots = _by(got.instant.get("open_slots"), "executor_class_name")
     queued = _by(got.instant.get("queued_tasks"), "executor_class_name")
     running = _by(got.instant.get("running_tasks"), "executor_class_name")
@@ -538,9 +544,9 @@ def _executor(got: _Gathered) -> list[Row]:
         q = queued.get(key)
         detail = f"open slots {_n(open_slots.get(key))}, running {_n(running.get(key))}, queued {_n(q)}"
         if "celery" in label.lower():
-            detail += " (the Celery queue); workers are not reported by Airflow's metrics: `mlwf status`"
+            detail += " (queued = the Celery queue)"
         rows.append(Row("executor", label, INFO, q, detail=detail, source="prometheus"))
-    if not rows:
+    if not any(row.source == "prometheus" for row in rows):
         rows.append(Row("executor", "executor", UNKNOWN, None, source="prometheus", detail="no executor metrics yet"))
     pool_open = _by(got.instant.get("pool_open"), "pool_name")
     pool_running = _by(got.instant.get("pool_running"), "pool_name")
@@ -640,8 +646,12 @@ def collect(
     *,
     window: str = "1h",
     now: Callable[[], dt.datetime] | None = None,
+    workers: Callable[[], int | None] | None = None,
 ) -> HealthReport:
-    """One health report; raises only on bad input, bad credentials, or when no source answered."""
+    """One health report; raises only on bad input, bad credentials, or when no source answered.
+
+    `workers` counts the live Celery workers where the stack can tell (None: no Celery
+    workers known); Airflow's metrics do not report them."""
     import time
 
     seconds = parse_window(window)
@@ -662,6 +672,7 @@ def collect(
             f"({report.prometheus_url}: {got.prometheus}) answered",
             hint="is the stack up? `mlwf status`, `mlwf up`, or pass --url / --prometheus-url",
         )
+    got.workers = workers() if workers is not None else None
     judge(got, report, moment)
     report.elapsed_seconds = time.perf_counter() - started
     return report

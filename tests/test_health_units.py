@@ -292,3 +292,28 @@ def test_watch_refreshes_until_ctrl_c_then_exits_by_the_last_report(fed_promethe
         assert reports[1]["generated_at"] >= reports[0]["generated_at"]
     else:
         assert out.count("health: ") >= 2 and "Durations by task" in out
+
+
+def test_celery_workers_are_counted_from_the_stacks_pid_files(fed_prometheus, tmp_path):
+    import json
+    import os
+
+    import psutil
+
+    from mlflowctl.cli.health import _live_workers
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert _live_workers(tmp_path) is None  # no Celery workers: no row
+    me = psutil.Process()
+    (run / "worker-1.pid").write_text(json.dumps({"pid": os.getpid(), "create_time": me.create_time()}))
+    (run / "worker-2.pid").write_text(json.dumps({"pid": os.getpid(), "create_time": me.create_time() - 100}))
+    assert _live_workers(tmp_path) == 1  # the second record names a pid reused since
+
+    with PrometheusClient(fed_prometheus.url) as client:
+        for count, status in ((1, "ok"), (0, "critical")):
+            report = health.collect(None, client, workers=lambda: count)
+            row = next(r for r in report.section("executor") if r.name == "celery workers")
+            assert (row.status, row.value) == (status, count)
+        report = health.collect(None, client)
+        assert not [r for r in report.section("executor") if r.name == "celery workers"]

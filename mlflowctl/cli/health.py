@@ -51,7 +51,17 @@ def _clients(url: str | None, user: str | None, home: str | None, prometheus_url
         retry_for=API_RETRY_S,
     )
     prometheus = PrometheusClient(prometheus_url or f"http://127.0.0.1:{config.prometheus_port}")
-    return airflow, prometheus
+    return airflow, prometheus, lambda: _live_workers(config.home_dir)
+
+
+def _live_workers(home) -> int | None:
+    """Live Celery workers of a local stack (its worker-*.pid files); None when it runs none."""
+    files = list((home / "run").glob("worker-*.pid"))
+    if not files:
+        return None
+    from mlflowctl.backends.processes import read_pid_file
+
+    return sum(1 for path in files if (record := read_pid_file(path)) is not None and record.process() is not None)
 
 
 def _json_line(report: HealthReport, *, indent: int | None) -> None:
@@ -81,7 +91,7 @@ def health(
         typer.Option(
             "--prometheus-url",
             envvar=PROMETHEUS_ENV,
-            help=f"Prometheus, default http://127.0.0.1:<prometheus_port> (env {PROMETHEUS_ENV}).",
+            help="Prometheus, default http://127.0.0.1:<prometheus_port>.",
             show_default=False,
         ),
     ] = None,
@@ -100,12 +110,15 @@ def health(
     if fail_on is not None and fail_on.lower() not in service.FAIL_ON:
         raise UsageError(f"--fail-on {fail_on!r}: use warning or critical")
     fail_on = fail_on.lower() if fail_on else None
-    airflow, prometheus = _clients(url, user, home, prometheus_url)
+    airflow, prometheus, workers = _clients(url, user, home, prometheus_url)
+    def collect() -> HealthReport:
+        return service.collect(airflow, prometheus, window=window, workers=workers)
+
     with airflow, prometheus:
         if watch:
-            report = _watch(service, airflow, prometheus, window, interval, as_json)
+            report = _watch(collect, interval, as_json)
         else:
-            report = service.collect(airflow, prometheus, window=window)
+            report = collect()
             if as_json:
                 _json_line(report, indent=2)
             else:
@@ -118,16 +131,16 @@ def health(
         raise error
 
 
-def _watch(service, airflow, prometheus, window: str, interval: float, as_json: bool) -> HealthReport:
+def _watch(collect, interval: float, as_json: bool) -> HealthReport:
     """Refresh until Ctrl-C; returns the last report (its exit rule applies). JSON: one line per refresh."""
     report = None
     try:
-        report = service.collect(airflow, prometheus, window=window)
+        report = collect()
         if as_json:
             while True:
                 _json_line(report, indent=None)
                 time.sleep(interval)
-                report = service.collect(airflow, prometheus, window=window)
+                report = collect()
         from rich.live import Live
 
         from mlflowctl.render.console import stdout
@@ -136,7 +149,7 @@ def _watch(service, airflow, prometheus, window: str, interval: float, as_json: 
         with Live(report_view(report), console=stdout(), auto_refresh=False, transient=False) as live:
             while True:
                 time.sleep(interval)
-                report = service.collect(airflow, prometheus, window=window)
+                report = collect()
                 live.update(report_view(report), refresh=True)
     except KeyboardInterrupt:
         if report is None:  # stopped before the first report came
