@@ -34,6 +34,7 @@ MIN_FILE_PROCESS_SECONDS = 10  # how often one DAG file is parsed again (CPU on 
 SCHEDULER_IDLE_SLEEP_SECONDS = 0.2
 STATSD_PREFIX = "airflow"
 SCHEDULER_HEALTH_PORT = 8974
+CELERY_HEARTBEAT_TIMEOUT_SECONDS = 60  # a dead Celery worker's tasks are failed/retried after this
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 
 
@@ -131,6 +132,11 @@ def airflow_env(
             raise ValueError("the celery executor needs a broker_url")
         env["AIRFLOW__CELERY__BROKER_URL"] = broker_url
         env["AIRFLOW__CELERY__RESULT_BACKEND"] = result_backend or celery_result_backend(database_url)
+        # A worker that dies (killed, its machine lost) leaves its tasks "running": the scheduler
+        # fails (and retries) them after this many seconds without a heartbeat (default 300).
+        env["AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT"] = str(CELERY_HEARTBEAT_TIMEOUT_SECONDS)
+        # No stale-bundle cleanup process per worker (~50 MiB each): the DAG bundle is a local folder.
+        env["AIRFLOW__DAG_PROCESSOR__STALE_BUNDLE_CLEANUP_INTERVAL"] = "0"
     env.update(extra or {})
     return env
 

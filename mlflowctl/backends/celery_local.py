@@ -468,27 +468,33 @@ def environment(backend: "LocalBackend") -> dict[str, str]:
 def worker_tasks(record) -> tuple[int, int] | None:
     """(pool processes, tasks running) of a live worker, from its process tree.
 
-    Cheap (no broker round trip; `celery inspect active` takes a second or more): each
-    Airflow task runs in a process the task supervisor forks inside a pool process, so a
-    pool process with a child is a running task.
+    Cheap (no broker round trip; `celery inspect active` broadcasts and waits a second or
+    more): a pool process is titled `[celeryd: w1@host:ForkPoolWorker-N]` while idle and
+    `airflow supervisor: <task id>` once it supervised a task (the title stays); a task runs
+    while that pool process has a live child (the task process the supervisor forked).
     """
     import psutil
 
     process = record.process() if record is not None else None
     if process is None:
         return None
+    pool = running = 0
     try:
-        pool = process.children()
-        running = 0
-        for child in pool:
-            try:
-                if child.children():
-                    running += 1
-            except psutil.Error:
-                continue
+        children = process.children()
     except psutil.Error:
         return None
-    return len(pool), running
+    for child in children:
+        try:
+            title = " ".join(child.cmdline())
+            if "ForkPoolWorker" in title:
+                pool += 1
+            elif "supervisor:" in title:  # the title stays after the task: a live child is the proof
+                pool += 1
+                if any(grandchild.status() != psutil.STATUS_ZOMBIE for grandchild in child.children()):
+                    running += 1
+        except psutil.Error:
+            continue
+    return pool, running
 
 
 def worker_check(record) -> tuple[bool, str]:
@@ -498,7 +504,7 @@ def worker_check(record) -> tuple[bool, str]:
     pool, running = counted
     if pool == 0:
         return False, "no pool processes yet"
-    return True, f"{running} task{'s' if running != 1 else ''} running, {pool} slots"
+    return True, f"{running} of {pool} slots busy ({running} task{'s' if running != 1 else ''} running)"
 
 
 def _warm_stop(backend: "LocalBackend", name: str, timeout: float) -> str:
