@@ -121,6 +121,13 @@ def _busy(service: dict) -> bool:
 def test_celery_up_spread_scale_kill_down(make_stack):
     stack = make_stack()
     shutil.copy(REPO / "tests" / "dags" / f"{DAG}_dag.py", stack.project / "dags")
+    try:
+        _scenario(stack)
+    finally:  # PostgreSQL's data may live outside the temporary project (root, 0700 parents)
+        stack.mlwf("down", "--volumes", "--yes", timeout=180)
+
+
+def _scenario(stack) -> None:
 
     # An existing SQLite stack is not moved to PostgreSQL: one clear line, exit 2, nothing started.
     sqlite = stack.home / "airflow" / "airflow.db"
