@@ -72,10 +72,27 @@ def make_project(root: Path) -> tuple[Path, dict[str, int], dict[str, str]]:
     return project, ports, env
 
 
+CPU_SPENT: list[float] = []  # CPU seconds (user+sys) of each timed command: less load-dependent than wall
+
+
 def timed(argv: list[str], **kwargs) -> tuple[float, subprocess.CompletedProcess]:
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     result = subprocess.run(argv, capture_output=True, text=True, **kwargs)
-    return time.perf_counter() - start, result
+    elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU_SPENT.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return elapsed, result
+
+
+def timed_cpu(argv: list[str], count: int, **kwargs) -> tuple[list[float], list[float]]:
+    walls, cpus = [], []
+    for _ in range(count):
+        walls.append(timed(argv, **kwargs)[0])
+        cpus.append(CPU_SPENT[-1])
+    return walls, cpus
 
 
 def stack_pss(home: str) -> int:
@@ -202,16 +219,17 @@ def main() -> None:
         results["standalone_s"] = standalone
 
         subprocess.run([MLWF, "up"], cwd=project, env=env, check=True, capture_output=True)
-        help_s = [timed([MLWF, "--help"], cwd=project, env=env)[0] for _ in range(5)]
-        status_s = [timed([MLWF, "status"], cwd=project, env=env)[0] for _ in range(5)]
+        help_s, help_cpu = timed_cpu([MLWF, "--help"], 5, cwd=project, env=env)
+        status_s, status_cpu = timed_cpu([MLWF, "status"], 5, cwd=project, env=env)
         af_env = clean_env() | {
             "AIRFLOW_HOME": str(Path(marker) / "airflow"),
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{Path(marker) / 'airflow' / 'airflow.db'}",
             "AIRFLOW__CORE__DAGS_FOLDER": str(project / "dags"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         }
-        dags_list_s = [timed([AIRFLOW, "dags", "list"], cwd=project, env=af_env)[0] for _ in range(3)]
+        dags_list_s, dags_list_cpu = timed_cpu([AIRFLOW, "dags", "list"], 3, cwd=project, env=af_env)
         results |= {"help_s": help_s, "status_s": status_s, "airflow_dags_list_s": dags_list_s}
+        results |= {"help_cpu_s": help_cpu, "status_cpu_s": status_cpu, "airflow_dags_list_cpu_s": dags_list_cpu}
         time.sleep(20)
         results["idle_pss_mib"] = stack_pss(marker) / 2**20
         subprocess.run([MLWF, "down"], cwd=project, env=env, check=True, capture_output=True)
@@ -230,6 +248,9 @@ def main() -> None:
         "mlwf --help median s": round(med(results["help_s"]), 3),
         "mlwf status median s": round(med(results["status_s"]), 3),
         "airflow dags list median s": round(med(results["airflow_dags_list_s"]), 2),
+        "mlwf --help CPU s": round(med(results["help_cpu_s"]), 3),
+        "mlwf status CPU s": round(med(results["status_cpu_s"]), 3),
+        "airflow dags list CPU s": round(med(results["airflow_dags_list_cpu_s"]), 2),
         "idle stack PSS MiB": round(results["idle_pss_mib"], 1),
         "airflow standalone idle PSS MiB": round(results["standalone_idle_pss_mib"], 1),
     }

@@ -19,10 +19,19 @@ plan = {"migrate": bool, "migrate_log": path,
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
 import sys
+
+
+PRELOAD = (
+    "airflow.utils.serve_logs.log_server",
+    "airflow.jobs.scheduler_job_runner",
+    "airflow.jobs.triggerer_job_runner",
+    "airflow.dag_processing.manager",
+)
 
 
 def _emit(**event) -> None:
@@ -79,6 +88,13 @@ def main() -> int:
     from airflow.cli import cli_parser
 
     cli_parser.get_parser()
+    # Shared by several components: the log server app (scheduler, triggerer; fastapi as in
+    # the api-server) and the job runners, which import most of each other's modules.
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except Exception:  # a preload is an optimisation only: the child imports it again
+            pass
     _emit(event="imported")
 
     if plan.get("migrate"):
