@@ -372,10 +372,14 @@ def broker_services(backend: "LocalBackend") -> list["ServiceSpec"]:
     c = backend.config
     specs = []
     if not c.database_url:
+        try:
+            argv = postgres_argv(c)
+        except MissingDependencyError:  # `status` and `down` still work; `up` says what is missing
+            argv = ["postgres"]
         specs.append(
             ServiceSpec(
                 "postgres",
-                postgres_argv(c),
+                argv,
                 port=c.postgres_port,
                 url=f"postgresql://127.0.0.1:{c.postgres_port}/{DATABASE}",
                 ports=[PortNeed("postgres", "postgres_port", c.postgres_port)],
@@ -387,7 +391,10 @@ def broker_services(backend: "LocalBackend") -> list["ServiceSpec"]:
             )
         )
     if not c.broker_url:
-        redis = find_redis()
+        try:
+            redis = find_redis()
+        except MissingDependencyError:
+            redis = "redis-server"
         config_path = c.home_dir / "redis" / "redis.conf"
         specs.append(
             ServiceSpec(
@@ -459,7 +466,14 @@ def after_airflow(backend: "LocalBackend") -> list["ServiceSpec"]:
 
 
 def environment(backend: "LocalBackend") -> dict[str, str]:
-    return urls(backend.config, _secrets(backend))
+    """Called by `up` before anything starts: a missing binary fails here, with nothing left half-up."""
+    config = backend.config
+    if not config.database_url:
+        find_postgres_bin()
+        _postgres_account()
+    if not config.broker_url:
+        find_redis()
+    return urls(config, _secrets(backend))
 
 
 # --------------------------------------------------------------------- workers

@@ -1,0 +1,184 @@
+#!/usr/bin/env python
+"""Celery scale-out (issue 7): 12 independent tasks of 2 s each, local executor vs Celery workers.
+
+One run on this machine, two temporary stacks on free ports (the tests' project copy):
+  1. the local executor at parallelism 4;
+  2. the Celery executor (mlwf's own PostgreSQL and Redis) at 1, 2 and 4 workers of
+     concurrency 2 (`mlwf scale workers N` between the measurements; parallelism 16 so the
+     scheduler is not the limit).
+Each configuration: one warm-up run (tasks sleep 0 s: the workers import the task code),
+then the measured run of `mlwf_fanout` (tests/dags) with conf {"sleep": 2}. Reported: the
+run's wall time (the run's start_date to end_date, as Airflow records them), tasks per
+minute, speed-up against 1 worker, and the idle memory (PSS) of each worker's process
+session, i.e. what one more worker costs.
+
+Targets: 4 workers >= 3x the throughput of 1 worker; each extra worker <= 250 MiB PSS idle.
+
+    .venv/bin/python bench/celery_bench.py [--markdown]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from conftest import Stack  # noqa: E402  (the tests' temporary project with free ports)
+
+DAG = "mlwf_fanout"
+TASKS = 12
+SLEEP_S = 2.0
+MIB = 1024 * 1024
+TARGET_SPEEDUP = 3.0
+TARGET_WORKER_PSS_MIB = 250
+
+
+def _headers(stack: Stack) -> dict[str, str]:
+    return {"Authorization": f"Bearer {stack.token()}"}
+
+
+def _run(stack: Stack, run_id: str, sleep: float) -> float:
+    """Trigger, wait, and return the run's duration (end_date - start_date) in seconds."""
+    headers = _headers(stack)
+    response = httpx.post(
+        f"{stack.url}/api/v2/dags/{DAG}/dagRuns",
+        json={"logical_date": None, "dag_run_id": run_id, "conf": {"sleep": sleep}},
+        headers=headers,
+        timeout=30,
+    )
+    response.raise_for_status()
+    deadline = time.monotonic() + 900
+    while True:
+        run = httpx.get(
+            f"{stack.url}/api/v2/dags/{DAG}/dagRuns/{quote(run_id, safe='')}", headers=headers, timeout=30
+        ).json()
+        if run["state"] in ("success", "failed"):
+            break
+        if time.monotonic() > deadline:
+            raise SystemExit(f"run {run_id} did not end in 900 s")
+        time.sleep(0.5)
+    if run["state"] != "success":
+        raise SystemExit(f"run {run_id} ended {run['state']}")
+    start = datetime.fromisoformat(run["start_date"])
+    end = datetime.fromisoformat(run["end_date"])
+    return (end - start).total_seconds()
+
+
+def _session_pss(sid: int) -> int:
+    total = 0
+    for process in psutil.process_iter():
+        try:
+            if os.getsid(process.pid) == sid:
+                total += process.memory_full_info().pss
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            continue
+    return total
+
+
+def _worker_pss(stack: Stack) -> dict[str, int]:
+    pss = {}
+    for path in sorted((stack.home / "run").glob("worker-*.pid")):
+        pss[path.stem] = _session_pss(int(json.loads(path.read_text())["pid"]))
+    return pss
+
+
+def _stack_pss(stack: Stack) -> int:
+    return sum(_session_pss(int(json.loads(p.read_text())["pid"])) for p in (stack.home / "run").glob("*.pid"))
+
+
+def _prepare(root: Path, **settings) -> Stack:
+    stack = Stack.create(root, **settings)
+    shutil.copy(REPO / "tests" / "dags" / f"{DAG}_dag.py", stack.project / "dags")
+    return stack
+
+
+def _start(stack: Stack, *args: str) -> None:
+    stack.up(*args)
+    stack.wait_for_dags([DAG], timeout=300)
+    httpx.patch(f"{stack.url}/api/v2/dags/{DAG}", json={"is_paused": False}, headers=_headers(stack), timeout=30)
+
+
+def _measure(stack: Stack, label: str) -> float:
+    _run(stack, f"warmup_{label}", 0)
+    seconds = _run(stack, f"bench_{label}", SLEEP_S)
+    print(f"{label}: {seconds:.1f} s", file=sys.stderr)
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    options = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="mlwf-celery-bench-"))
+    results: list[tuple[str, float]] = []
+    worker_pss: dict[int, dict[str, int]] = {}
+    stack_pss: dict[int, int] = {}
+    try:
+        local = _prepare(root / "local", parallelism=4)
+        _start(local)
+        try:
+            results.append(("local executor, parallelism 4", _measure(local, "local")))
+        finally:
+            local.mlwf("down", timeout=180)
+
+        celery = _prepare(root / "celery", parallelism=16)
+        _start(celery, "--executor", "celery", "--workers", "1")
+        try:
+            for workers in (1, 2, 4):
+                if workers > 1:
+                    scaled = celery.mlwf("scale", "workers", str(workers), "--timeout", "300", timeout=360)
+                    if scaled.returncode != 0:
+                        raise SystemExit(f"scale failed: {scaled.stderr}")
+                time.sleep(5)  # idle: pools started, nothing running
+                worker_pss[workers] = _worker_pss(celery)
+                stack_pss[workers] = _stack_pss(celery)
+                results.append((f"celery, {workers} worker{'s' if workers > 1 else ''} x 2", _measure(celery, f"c{workers}")))
+        finally:
+            celery.mlwf("down", "--volumes", "--yes", timeout=180)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    one_worker = dict(results)["celery, 1 worker x 2"]
+    rows = []
+    for label, seconds in results:
+        speedup = f"{one_worker / seconds:.2f}x" if label.startswith("celery") else "-"
+        rows.append((label, f"{seconds:.1f}", f"{TASKS / seconds * 60:.1f}", speedup))
+    per_worker = [pss / MIB for pss in worker_pss[4].values()]
+    extra = (stack_pss[4] - stack_pss[1]) / 3 / MIB
+    summary = {
+        "runs": [dict(zip(("config", "wall_s", "tasks_per_min", "speedup_vs_1_worker"), row)) for row in rows],
+        "worker_session_pss_mib_idle": {k: round(v / MIB) for k, v in worker_pss[4].items()},
+        "stack_pss_mib_idle": {str(k): round(v / MIB) for k, v in stack_pss.items()},
+        "extra_worker_pss_mib": round(extra),
+        "target_speedup_4_workers": TARGET_SPEEDUP,
+        "target_extra_worker_pss_mib": TARGET_WORKER_PSS_MIB,
+    }
+    if options.markdown:
+        print("| configuration | wall time (s) | tasks/min | speed-up vs 1 worker |")
+        print("|---|---:|---:|---:|")
+        for row in rows:
+            print("| " + " | ".join(row) + " |")
+        print()
+        print(
+            f"Idle PSS per worker session (4 workers): {', '.join(f'{v:.0f}' for v in per_worker)} MiB; "
+            f"whole stack idle {', '.join(f'{k} worker(s) {v / MIB:.0f} MiB' for k, v in stack_pss.items())}; "
+            f"one more worker costs {extra:.0f} MiB (target <= {TARGET_WORKER_PSS_MIB})."
+        )
+    else:
+        print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
