@@ -287,6 +287,8 @@ def watch_backfill(
 
 
 def resolve_run(client: AirflowClient, dag_id: str, run: str) -> DagRun:
+    if not run.strip():
+        raise UsageError("--run must be 'latest' or a run id, not empty")
     if run != "latest":
         return client.get_run(dag_id, run)
     runs = client.list_runs(dag_id, limit=1)
@@ -327,20 +329,39 @@ def follow_log(
     interval: float = 1.0,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Iterator[list[LogRecord]]:
-    """The log's records, then (with `follow`) the new ones until the task has ended."""
+    """The log's records, then (with `follow`) the new ones until the task has ended.
+
+    Airflow merges a running task's log sources by time, so a record can appear *before*
+    ones already shown (the task's stdout lags its structured log): new records are told
+    by content, not by position. After the task ends, one more read after `interval` picks
+    up the stragglers.
+    """
+    from collections import Counter
+
     run, task_id = target.run, target.task.task_id
-    seen = 0
+    shown: Counter = Counter()
+    ended_reads = 0
     while True:
-        task = find_task(client, run, task_id)
+        task = find_task(client, run, task_id) if follow else target.task
         try:
             records = client.task_log(run.dag_id, run.run_id, task_id, target.try_number)
         except NotFoundError:
             if not follow or task.done:
                 raise
             records = []  # not started yet: nothing to show so far
-        if len(records) > seen:
-            yield records[seen:]
-            seen = len(records)
-        if not follow or task.done:
+        seen: Counter = Counter()
+        fresh = []
+        for record in records:
+            seen[record] += 1
+            if seen[record] > shown[record]:
+                fresh.append(record)
+        shown |= seen
+        if fresh:
+            yield fresh
+        if not follow:
             return
+        if task.done:
+            ended_reads += 1
+            if ended_reads > 1:
+                return
         sleep(interval)

@@ -365,6 +365,31 @@ def test_no_password_and_no_terminal_gives_the_auth_exit_code_with_a_hint(stack,
     assert "hint: set MLWF_AIRFLOW_PASSWORD" in result.stderr
 
 
+def test_password_is_asked_for_on_a_terminal_and_the_token_cached(stack, tmp_path):
+    """No password anywhere but a terminal attached: a hidden prompt, then a cached token."""
+    master, slave = os.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLWF_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlflowctl", "dags", "--json", "--url", stack.url, "--home", str(tmp_path)],
+        stdin=slave, stdout=subprocess.PIPE, stderr=slave, env=env, cwd=str(tmp_path), start_new_session=True,
+    )
+    os.close(slave)
+    try:
+        seen, deadline = b"", time.monotonic() + 60
+        while b"password for admin" not in seen and time.monotonic() < deadline:
+            seen += os.read(master, 1024)
+        assert f"Airflow password for admin at {stack.url}".encode() in seen
+        os.write(master, stack.password.encode() + b"\n")
+        out, _ = process.communicate(timeout=120)
+    finally:
+        process.kill() if process.poll() is None else None
+        os.close(master)
+    assert process.returncode == 0
+    assert PIPELINE in {d["dag_id"] for d in json.loads(out)["dags"]}
+    assert stack.password.encode() not in seen  # not echoed
+    assert (tmp_path / "token.json").stat().st_mode & 0o777 == 0o600
+
+
 def test_unknown_dag_gives_the_not_found_exit_code(stack):
     for args in (
         ("trigger", "no_such_dag"),

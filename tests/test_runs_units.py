@@ -189,3 +189,24 @@ def test_poll_yields_until_finished_and_times_out_on_a_fake_clock():
                 interval=1, clock=clock, sleep=sleep)
     with pytest.raises(TimeoutExpired, match="late at 3"):
         list(late)
+
+
+def test_follow_shows_records_inserted_before_ones_already_shown_and_reads_once_more_after_the_end():
+    """Airflow merges a running task's log sources by time: a late stdout line can land mid-log."""
+    from mlflowctl.runs import LogTarget, follow_log
+
+    a, b, c, d = (LogRecord(e, f"2026-01-01T00:00:0{i}Z", "info") for i, e in enumerate("abcd"))
+    reads = iter([[a, b], [a, c, b], [a, c, b], [a, c, b, d]])  # c arrives late; d after the end
+    states = iter(["running", "running", "success", "success"])
+
+    class Server:  # a scripted server: the order a real one produces only by timing
+        def task_instances(self, dag_id, run_id):
+            return [TaskInstance("report", next(states), 1)]
+
+        def task_log(self, dag_id, run_id, task_id, try_number):
+            return next(reads)
+
+    run = DagRun("d", "r", "running")
+    target = LogTarget(run, TaskInstance("report", "running", 1), 1)
+    chunks = list(follow_log(Server(), target, follow=True, sleep=lambda s: None))
+    assert chunks == [[a, b], [c], [d]]
