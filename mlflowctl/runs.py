@@ -15,7 +15,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
-from mlflowctl.errors import NotFoundError, TimeoutExpired, UsageError
+from mlflowctl.errors import NotFoundError, TimeoutExpired, UnreachableError, UsageError
 
 if TYPE_CHECKING:  # the client module imports httpx: keep it out of `mlwf --help`
     from mlflowctl.api.airflow import AirflowClient, Backfill, Dag, DagImportError, DagRun, LogRecord, TaskInstance
@@ -24,6 +24,7 @@ T = TypeVar("T")
 REPROCESS = ("none", "failed", "completed")
 FAILED_TASK_STATES = frozenset({"failed", "upstream_failed"})
 LOG_TAIL_LINES = 20
+POLL_TOLERANCE_S = 120.0  # how long a wait rides out a server that stopped answering
 
 
 # -- input, checked before anything is sent -----------------------------------------------
@@ -144,13 +145,26 @@ def poll(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Iterator[T]:
-    """Yield `fetch(elapsed)` every `interval` s until `finished`; raise `late(last)` after `timeout` s."""
+    """Yield `fetch(elapsed)` every `interval` s until `finished`; raise `late(last)` after `timeout` s.
+
+    A wait outlives a busy server: a fetch that times out or finds the server unreachable is
+    tried again on the next round, unless no fetch has succeeded for `POLL_TOLERANCE_S`
+    (the first one must succeed: a wrong URL fails at once).
+    """
     started = clock()
+    last_ok: float | None = None
+    item = None
     while True:
-        item = fetch(clock() - started)
-        yield item
-        if finished(item):
-            return
+        try:
+            item = fetch(clock() - started)
+        except (TimeoutExpired, UnreachableError):
+            if last_ok is None or clock() - last_ok > POLL_TOLERANCE_S:
+                raise
+        else:
+            last_ok = clock()
+            yield item
+            if finished(item):
+                return
         if timeout is not None and clock() - started >= timeout:
             raise late(item)
         sleep(interval)

@@ -210,3 +210,44 @@ def test_follow_shows_records_inserted_before_ones_already_shown_and_reads_once_
     target = LogTarget(run, TaskInstance("report", "running", 1), 1)
     chunks = list(follow_log(Server(), target, follow=True, sleep=lambda s: None))
     assert chunks == [[a, b], [c], [d]]
+
+
+def test_poll_rides_out_a_busy_server_for_a_while_but_not_forever():
+    from mlflowctl.errors import TimeoutExpired, UnreachableError
+    from mlflowctl.runs import POLL_TOLERANCE_S, poll
+
+    now = [0.0]
+
+    def sleep(seconds):
+        now[0] += seconds
+
+    answers = iter([1, TimeoutExpired("slow"), UnreachableError("down"), 2])
+
+    def fetch(elapsed):
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert list(poll(fetch, lambda x: x == 2, lambda x: TimeoutExpired("late"), timeout=None, interval=1,
+                     clock=lambda: now[0], sleep=sleep)) == [1, 2]
+
+    def down_after_first(elapsed):
+        if elapsed > 0:
+            raise UnreachableError("down")
+        return 1
+
+    now[0] = 0.0
+    with pytest.raises(UnreachableError):
+        list(poll(down_after_first, lambda x: False, lambda x: TimeoutExpired("late"), timeout=None, interval=10,
+                  clock=lambda: now[0], sleep=sleep))
+    assert now[0] > POLL_TOLERANCE_S
+
+    def never(elapsed):
+        raise UnreachableError("wrong url")
+
+    now[0] = 0.0
+    with pytest.raises(UnreachableError):
+        list(poll(never, lambda x: False, lambda x: TimeoutExpired("late"), timeout=None, interval=1,
+                  clock=lambda: now[0], sleep=sleep))
+    assert now[0] == 0.0
