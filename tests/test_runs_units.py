@@ -251,3 +251,23 @@ def test_poll_rides_out_a_busy_server_for_a_while_but_not_forever():
         list(poll(never, lambda x: False, lambda x: TimeoutExpired("late"), timeout=None, interval=1,
                   clock=lambda: now[0], sleep=sleep))
     assert now[0] == 0.0
+
+
+def test_bad_input_is_refused_before_any_connection(tmp_path):
+    """Nothing listens at the URL: these must fail on their input, with exit 2, not exit 5."""
+    from typer.testing import CliRunner
+
+    from mlflowctl.cli.main import app
+
+    nowhere = ["--url", "http://127.0.0.1:9", "--home", str(tmp_path)]
+    cases = [
+        ["trigger", "d", "--conf", "{oops"],
+        ["trigger", "d", "--junit", str(tmp_path)],
+        ["backfill", "d", "--start-date", "2026-02-30", "--end-date", "2026-03-01"],
+        ["backfill", "d", "--start-date", "2026-03-02", "--end-date", "2026-03-01"],
+        ["backfill", "d", "--start-date", "2026-03-01", "--end-date", "2026-03-02", "--reprocess", "some"],
+        ["backfill", "d", "--start-date", "2026-03-01", "--end-date", "2026-03-02", "--max-active-runs", "0"],
+    ]
+    for args in cases:
+        result = CliRunner().invoke(app, [*args, *nowhere], env={"MLWF_AIRFLOW_PASSWORD": "x"})
+        assert result.exit_code == 2, (args, result.output)

@@ -155,6 +155,8 @@ def trigger(
     from mlflowctl.render import runs as render
 
     payload = service.parse_conf(conf)  # bad JSON is refused before anything is sent
+    if junit:
+        _check_writable(junit, "--junit")
     with connect(url, user, home) as client:
         run, unpaused = service.trigger(client, dag_id, payload, unpause=unpause)
         if unpaused is not None:
@@ -191,6 +193,16 @@ def trigger(
             f"run {run.run_id} of DAG {dag_id} ended {snapshot.run.state} (failed: {names})",
             hint=f"full log: mlwf logs {dag_id} TASK --run '{run.run_id}'",
         )
+
+
+def _check_writable(path: Path, flag: str) -> None:
+    """Refuse an output file that could not be written, before the run, not after it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{flag} {path}: cannot create its folder ({exc.strerror})") from None
+    if path.is_dir() or not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"{flag} {path}: not a writable file")
 
 
 def _watch(client, snapshots, *, live: bool):
