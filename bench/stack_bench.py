@@ -95,28 +95,26 @@ def timed_cpu(argv: list[str], count: int, **kwargs) -> tuple[list[float], list[
     return walls, cpus
 
 
-def stack_pss(home: str) -> int:
-    """PSS summed over every process in the sessions the stack's services lead."""
-    sessions = {json.loads(p.read_text())["pid"] for p in (Path(home) / "run").glob("*.pid")}
+def pss_where(keep) -> int:
+    """PSS summed over the live processes for which keep(pid) is true."""
     total = 0
     for process in psutil.process_iter():
         try:
-            if os.getsid(process.pid) in sessions:
+            if keep(process.pid):
                 total += process.memory_full_info().pss
         except (psutil.Error, ProcessLookupError):
             continue
     return total
+
+
+def stack_pss(home: str) -> int:
+    """Every process in the sessions the stack's services lead (their pid files)."""
+    sessions = {json.loads(p.read_text())["pid"] for p in (Path(home) / "run").glob("*.pid")}
+    return pss_where(lambda pid: os.getsid(pid) in sessions)
 
 
 def group_pss(pgid: int) -> int:
-    total = 0
-    for process in psutil.process_iter():
-        try:
-            if os.getpgid(process.pid) == pgid:
-                total += process.memory_full_info().pss
-        except (psutil.Error, ProcessLookupError):
-            continue
-    return total
+    return pss_where(lambda pid: os.getpgid(pid) == pgid)
 
 
 # ------------------------------------------------------------------ airflow standalone

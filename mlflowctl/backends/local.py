@@ -39,6 +39,7 @@ MONITORING = "monitoring"
 POOLS = {"ml_training": (1, "model training, one at a time (ml_pipeline_dag)")}
 DEFAULT_TIMEOUT = 120.0
 LOG_TAIL_LINES = 25
+EXCLUDE_FILE = "excluded.json"  # in run/: what the last `up` left out, so `status` ignores it
 __all__ = ["LocalBackend", "StartFailed", "LOG_TAIL_LINES"]
 LAUNCHER = Path(__file__).with_name("launcher.py")
 # Run launcher.py by path without putting its folder on sys.path (it would shadow `select`).
@@ -323,8 +324,15 @@ class LocalBackend:
     # ----------------------------------------------------------------- status
 
     def status(self) -> StackStatus:
-        specs = self.services()
+        """The services of the stack as last started: groups `up --exclude`d are left out."""
+        specs = self.services(self._recorded_exclude())
         return StackStatus(backend=self.name, services=self._snapshot(specs))
+
+    def _recorded_exclude(self) -> frozenset[str]:
+        try:
+            return frozenset(json.loads((self.run_dir / EXCLUDE_FILE).read_text()))
+        except (OSError, ValueError, TypeError):
+            return frozenset()
 
     # ----------------------------------------------------------------- up
 
@@ -352,6 +360,8 @@ class LocalBackend:
         specs = self.services(exclude)
         notes: list[str] = []
 
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / EXCLUDE_FILE).write_text(json.dumps(sorted(exclude)))
         running = {spec.name for spec in specs if self._live(spec) is not None}
         to_start = [spec for spec in specs if spec.name not in running]
         if not to_start:

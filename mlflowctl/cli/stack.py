@@ -155,6 +155,8 @@ def status(
 
     from concurrent.futures import ThreadPoolExecutor
 
+    # As in `mlwf health`: httpcore's optional trio import costs ~80 ms CPU and is never used here.
+    sys.modules.setdefault("trio", None)  # type: ignore[arg-type]
     config = _config(backend=backend, home=home, airflow_url=url, airflow_user=user)
     chosen = _backend(config, announce=False)
     with ThreadPoolExecutor(max_workers=2) as pool:  # the DAGs table does not wait for the probes
