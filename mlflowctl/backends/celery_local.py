@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import glob
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -558,9 +557,8 @@ def scale(backend: "LocalBackend", workers: int, *, progress=None, timeout: floa
             "scaling workers needs the celery executor: this stack runs the local executor "
             "(start one with `mlwf up --executor celery`)"
         )
-    if processes.read_pid_file(backend.run_dir / "scheduler.pid") is None or backend._live(
-        next(s for s in backend.services() if s.name == "scheduler")
-    ) is None:
+    scheduler = processes.read_pid_file(backend.run_dir / "scheduler.pid")  # kept when stale: `up` cleans its session
+    if scheduler is None or scheduler.process() is None:
         raise StackDownError("the stack is not running", hint="start it with `mlwf up --executor celery`")
     report = progress or (lambda _message, _services: None)
     extra = [i for i in worker_indices(backend) if i > workers]
@@ -572,7 +570,8 @@ def scale(backend: "LocalBackend", workers: int, *, progress=None, timeout: floa
             stopped = dict(zip(names, pool.map(lambda n: _warm_stop(backend, n, drain_timeout), names)))
     write_record(config.home_dir, workers=workers)
     backend.config = dataclasses.replace(config, workers=workers)
-    status = backend.up(progress=progress, timeout=timeout)
+    # Start the missing workers, leaving out what the stack's last `up --exclude` left out.
+    status = backend.up(exclude=backend._recorded_exclude(), progress=progress, timeout=timeout)
     status.notes = [n for n in status.notes if "nothing changed" not in n]
     for name, outcome in stopped.items():
         status.notes.append(f"{name}: {outcome}")
