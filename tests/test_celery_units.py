@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import free_ports, port_open
+from conftest import MLWF, free_ports, port_open
 from mlflowctl.backends import celery_local, executors
 from mlflowctl.config import load_config
 from mlflowctl.errors import MissingDependencyError, UsageError
@@ -132,3 +132,25 @@ def test_own_postgres_initialises_serves_the_password_and_stops_fast(tmp_path):
             os.killpg(server.pid, signal.SIGKILL)
     assert not port_open(port)
     assert celery_local.remove_data(config) in (None, f"deleted {base}")
+
+
+def _mlwf(tmp_path, *args):
+    project = tmp_path / "project"
+    project.mkdir(exist_ok=True)
+    (project / "mlwf.toml").write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLWF_", "AIRFLOW__"))}
+    env.update({"MLWF_HOME": str(tmp_path / "home"), "MLWF_BACKEND": "local"})
+    return subprocess.run([MLWF, *args], cwd=project, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_scale_refuses_what_it_cannot_do(tmp_path):
+    wrong = _mlwf(tmp_path, "scale", "schedulers", "2")
+    assert wrong.returncode == 2 and "only `mlwf scale workers N`" in wrong.stderr
+    zero = _mlwf(tmp_path, "scale", "workers", "0")
+    assert zero.returncode == 2 and "at least 1" in zero.stderr
+    local = _mlwf(tmp_path, "scale", "workers", "2")
+    assert local.returncode == 2 and "needs the celery executor" in local.stderr
+    executors.write_record(tmp_path / "home", executor="celery", workers=2)
+    down = _mlwf(tmp_path, "scale", "workers", "3")
+    assert down.returncode == 8 and "not running" in down.stderr
+    assert [line for line in down.stderr.splitlines() if line.startswith("error:")] == ["error: the stack is not running"]
