@@ -90,6 +90,7 @@ def test_own_redis_needs_its_password_and_keeps_nothing(tmp_path):
             time.sleep(0.1)
         assert celery_local.redis_ping(port, "wrong") == (False, "refused the password")
         assert celery_local.queue_length(celery_local.broker_url(config, secrets)) == 0
+        assert celery_local._redis_status(config, secrets) == (True, "0 tasks queued")
         assert celery_local.queue_length(f"redis://127.0.0.1:{port}/0") is None  # no password: refused
     finally:
         os.killpg(server.pid, signal.SIGTERM)

@@ -325,6 +325,15 @@ def queue_length(url: str, queue: str = "default", timeout: float = 1.0) -> int 
     return int(last[1:]) if last.startswith(b":") else None
 
 
+def _redis_status(config: Config, secrets: "Secrets") -> tuple[bool, str]:
+    """Healthy when it answers PING with our password; the detail says how many tasks wait in the queue."""
+    healthy, detail = redis_ping(config.redis_port, redis_password(secrets))
+    if not healthy:
+        return healthy, detail
+    waiting = queue_length(broker_url(config, secrets))
+    return True, "" if waiting is None else f"{waiting} task{'s' if waiting != 1 else ''} queued"
+
+
 def _resp(parts: list[str]) -> bytes:
     out = f"*{len(parts)}\r\n"
     for part in parts:
@@ -404,7 +413,7 @@ def broker_services(backend: "LocalBackend") -> list["ServiceSpec"]:
                 ports=[PortNeed("redis", "redis_port", c.redis_port)],
                 prepare=lambda: write_redis_config(c, _secrets(backend)),
                 ready=lambda: _ready(backend, "redis", lambda: redis_ping(c.redis_port, redis_password(_secrets(backend)))[0]),
-                check=lambda: redis_ping(c.redis_port, redis_password(_secrets(backend))),
+                check=lambda: _redis_status(c, _secrets(backend)),
             )
         )
     return specs
