@@ -188,7 +188,7 @@ def _dags(config):
 
     password = os.environ.get("MLWF_AIRFLOW_PASSWORD") or read_admin_password(config.home_dir)
     if not password:
-        return None, f"no password: set MLWF_AIRFLOW_PASSWORD or run in the project whose stack this is"
+        return None, "no password: set MLWF_AIRFLOW_PASSWORD or run in the project whose stack this is"
     try:
         return dag_overview(config.api_url, config.airflow_user, password, home=config.home_dir), None
     except MlwfError as exc:
