@@ -6,7 +6,9 @@ a message saying so. The page elements used are the Airflow 3.3 React UI's own
 `data-testid`s and the login form's field names, read from the real pages.
 
 The run is triggered with the UI's trigger button and then watched through the REST API;
-screenshots of the DAG list and of the finished run's grid go to docs/screenshots/.
+screenshots of the DAG list and of the finished run's grid go to tests/artifacts/screenshots/
+(git-ignored, so a test run never dirties the checkout); with MLWF_UPDATE_SCREENSHOTS=1 they
+replace the README's pictures in docs/screenshots/.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from urllib.parse import quote, unquote
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SCREENSHOTS = REPO / "docs" / "screenshots"
+SCREENSHOTS = REPO / ("docs" if os.environ.get("MLWF_UPDATE_SCREENSHOTS") == "1" else "tests/artifacts") / "screenshots"
 PIPELINE = "ml_pipeline_dag"
 DAGS = ("ml_pipeline_dag", "monitoring_dag")
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
