@@ -112,11 +112,8 @@ def _json_default(value: Any) -> Any:
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def write_parquet(df: pd.DataFrame, path: str | os.PathLike[str]) -> str:
