@@ -23,5 +23,5 @@ fi
 
 command -v uv >/dev/null || python3 -m pip install -q uv
 [ -x .venv/bin/python ] || uv venv -q .venv --python 3.11
-uv pip install -q --python .venv/bin/python -e ".[pipeline,test]"
+uv pip install -q --python .venv/bin/python -c requirements/constraints.txt -e ".[pipeline,test]"
 echo "setup: ready (.venv/bin/mlwf)"
