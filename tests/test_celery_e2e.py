@@ -142,7 +142,7 @@ def _scenario(stack) -> None:
     stack.up("--executor", "celery", "--workers", "2")
     code, services = _status(stack)
     assert code == 0, services
-    for name in ("postgres", "redis", "api-server", "scheduler", "worker-1", "worker-2"):
+    for name in ("postgres", "redis", "api-server", "scheduler", "worker-1", "worker-2", "spawner"):
         assert services[name]["state"] == "healthy", services[name]
     assert "worker-3" not in services
     assert services["redis"]["port"] == stack.ports["redis_port"]
@@ -170,6 +170,8 @@ def _scenario(stack) -> None:
     assert scaled.returncode == 0, scaled.stdout + scaled.stderr
     code, services = _status(stack)
     assert services["worker-3"]["state"] == "healthy", services["worker-3"]
+    spawned = (stack.home / "logs" / "spawner.log").read_text()
+    assert f"forked worker-3 (pid {services['worker-3']['pid']})" in spawned, spawned
     _trigger(stack, "three_workers", sleep=3)
     assert _wait_run(stack, "three_workers") == "success"
     assert "w3" in _workers(_hostnames(stack, "three_workers"))
@@ -192,16 +194,22 @@ def _scenario(stack) -> None:
     assert _wait_run(stack, "worker_killed") == "success"  # retried on the others
     assert _workers(_hostnames(stack, "worker_killed")) <= {"w1", "w2", "w3"}
 
-    # Scale back to 2: the dead worker's pid file and leftovers go, the stack is healthy again.
+    # Scale back to 2: the dead worker's pid file and leftovers go, the stack is healthy again;
+    # a killed spawner is started again (from a new launcher).
+    killed_socket = Path((stack.home / "run" / "spawner.socket").read_text())
+    os.kill(services["spawner"]["pid"], signal.SIGKILL)
     scaled = stack.mlwf("scale", "workers", "2", timeout=260)
     assert scaled.returncode == 0, scaled.stdout + scaled.stderr
     code, services = _status(stack)
     assert code == 0 and "worker-3" not in services, services
+    socket_folder = Path((stack.home / "run" / "spawner.socket").read_text()).parent
+    assert socket_folder.is_dir() and not killed_socket.parent.exists()
 
     record = json.loads((stack.home / "executor.json").read_text())
     postgres_data = Path(record["postgres_dir"])
     assert (postgres_data / "data" / "PG_VERSION").is_file()
     stack.down_and_check()  # no process of any session, no Airflow port
+    assert not socket_folder.exists(), "the spawner left its socket folder"
     for name in ("redis_port", "postgres_port"):
         assert not port_open(stack.ports[name]), f"{name} still open after down"
 

@@ -299,3 +299,52 @@ def test_backend_services_and_groups(tmp_path):
     names = [s.name for s in backend.services()]
     assert names[:4] == ["api-server", "scheduler", "dag-processor", "triggerer"]
     assert all(s.group != "monitoring" for s in backend.services(frozenset({"monitoring"})))
+
+
+# ------------------------------------------------------------------ launcher
+
+
+def _launcher_module():
+    import importlib.util
+
+    from mlflowctl.backends.local import LAUNCHER
+
+    spec = importlib.util.spec_from_file_location("mlwf_launcher", LAUNCHER)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_launcher_preloads_only_what_the_planned_components_use():
+    launcher = _launcher_module()
+    scale = {"services": [{"name": "worker-3", "args": ["celery", "worker", "-H", "w3@%h"]}]}
+    whole = {"services": [{"name": n, "args": [n]} for n in ("api-server", "scheduler", "dag-processor", "triggerer")]}
+
+    assert launcher.preloads(scale) == list(launcher.PRELOAD["celery"])
+    modules = launcher.preloads(whole)
+    assert "airflow.jobs.scheduler_job_runner" in modules and "airflow.dag_processing.manager" in modules
+    assert len(modules) == len(set(modules)), "the log server, shared by two components, is imported once"
+    assert not any("celery" in name for name in modules)
+
+
+def test_every_launcher_preload_names_an_importable_module():
+    """The launcher skips a preload that fails to import, so a stale name would only cost speed silently."""
+    names = sorted({name for names in _launcher_module().PRELOAD.values() for name in names})
+    code = "import importlib, sys\nfor name in sys.argv[1:]: importlib.import_module(name)"
+    result = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_spawner_refuses_a_plan_made_for_another_airflow_environment():
+    """Its children would inherit the settings it started with, not the ones asked for."""
+    import socket
+
+    launcher = _launcher_module()
+    client, served = socket.socketpair()
+    with client, served:
+        request = {"env": "digest-of-other-settings", "services": [{"name": "worker-9", "args": ["version"], "log": "/dev/null"}]}
+        client.sendall((json.dumps(request) + "\n").encode())
+        launcher._answer(served, served, "digest-of-the-stack")
+        client.settimeout(5)
+        reply = [json.loads(line) for line in client.recv(4096).decode().splitlines()]
+    assert reply == [{"event": "refused", "reason": "another Airflow environment"}]

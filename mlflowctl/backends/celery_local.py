@@ -13,6 +13,9 @@
     worker-<i>   `airflow celery worker -H w<i>@%h --skip-serve-logs`: distinct Celery
                  hostnames; no log server (the task logs are files on this machine that
                  the api-server reads directly; two log servers would clash on 8793)
+    spawner      the launcher's fork server: `scale` forks new workers from it, so they
+                 share Airflow's imported pages with the rest of the stack (see
+                 launcher.py); when it is gone, `scale` uses a new launcher
 
 The stack's executor and worker count are recorded in <home>/executor.json, so `status`,
 `down` and `scale` see the stack as it was started, whatever the config says now.
@@ -430,7 +433,6 @@ def worker_services(backend: "LocalBackend") -> list["ServiceSpec"]:
             "--concurrency", str(WORKER_CONCURRENCY), "--skip-serve-logs",
         ]
         spec = backend._airflow_service(name, args)
-        spec.extra_env = {"MLWF_WORKER_NAME": f"w{index}"}
         spec.check = lambda name=name: worker_check(processes.read_pid_file(backend.run_dir / f"{name}.pid"))
         specs.append(spec)
     return specs
@@ -470,7 +472,7 @@ def before_airflow(backend: "LocalBackend") -> list["ServiceSpec"]:
 
 
 def after_airflow(backend: "LocalBackend") -> list["ServiceSpec"]:
-    return worker_services(backend)
+    return [*worker_services(backend), *backend.spawner_services()]
 
 
 def environment(backend: "LocalBackend") -> dict[str, str]:

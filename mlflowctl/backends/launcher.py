@@ -14,11 +14,13 @@ JSON line per event on stdout, waits for nothing but the migration, and exits.
 
 Usage (by mlwf): <runtime python> launcher.py '<json plan>'
 plan = {"migrate": bool, "migrate_log": path,
-        "services": [{"name": str, "args": [str], "log": path}]}
+        "services": [{"name": str, "args": [str], "log": path}],
+        "spawner": {"name": str, "log": path, "env": digest} (optional, see _start_spawner)}
 """
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
 import os
@@ -26,23 +28,42 @@ import signal
 import sys
 
 
-PRELOAD = (
-    "airflow.utils.serve_logs.log_server",
-    "airflow.jobs.scheduler_job_runner",
-    "airflow.jobs.triggerer_job_runner",
-    "airflow.dag_processing.manager",
-)
+# What each component imports beyond Airflow's core and CLI, imported here only for the
+# components of this plan: every page the launcher imports is in each child's memory, so a
+# lone Celery worker added by `mlwf scale` must not carry the scheduler's modules.
+PRELOAD = {
+    "scheduler": ("airflow.utils.serve_logs.log_server", "airflow.jobs.scheduler_job_runner"),
+    "triggerer": ("airflow.utils.serve_logs.log_server", "airflow.jobs.triggerer_job_runner"),
+    "dag-processor": ("airflow.dag_processing.manager",),
+    "celery": (
+        "airflow.providers.celery.executors.celery_executor_utils",
+        "airflow.providers.celery.cli.celery_command",
+    ),
+}
+
+
+def preloads(plan: dict) -> list[str]:
+    """The modules the plan's components share, in first-needed order, without repeats."""
+    modules: dict[str, None] = {}
+    for service in plan["services"]:
+        modules.update(dict.fromkeys(PRELOAD.get(service["args"][0], ())))
+    return list(modules)
+
+
+_events = None  # the event channel: the launcher's original stdout, kept from what imports print
 
 
 def _emit(**event) -> None:
-    sys.stdout.write(json.dumps(event) + "\n")
-    sys.stdout.flush()
+    _events.write(json.dumps(event) + "\n")
+    _events.flush()
 
 
-def _child(args: list[str], log: str, *, new_session: bool) -> None:
+def _child(args: list[str], log: str, *, new_session: bool, inherited: tuple[int, ...] = ()) -> None:
     """In the forked child: detach, redirect, run `airflow <args>`, never return."""
     code = 1
     try:
+        for fd in inherited:  # the event pipe (else mlwf waits for every child to close it), sockets
+            os.close(fd)
         if new_session:
             os.setsid()
         signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -80,7 +101,12 @@ def _child(args: list[str], log: str, *, new_session: bool) -> None:
 
 
 def main() -> int:
+    global _events
     plan = json.loads(sys.argv[1])
+    # Airflow's and Celery's modules log to stdout when imported: send that to the launcher's
+    # log (stderr) and keep a private copy of stdout for the events.
+    _events = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
     # The imports every component needs: paid once here, shared by every fork.
     import airflow  # noqa: F401  (configures settings and the ORM)
     import airflow.__main__  # noqa: F401
@@ -88,19 +114,22 @@ def main() -> int:
     from airflow.cli import cli_parser
 
     cli_parser.get_parser()
-    # Shared by several components: the log server app (scheduler, triggerer; fastapi as in
-    # the api-server) and the job runners, which import most of each other's modules.
-    for name in PRELOAD:
+    for name in preloads(plan):
         try:
             importlib.import_module(name)
         except Exception:  # a preload is an optimisation only: the child imports it again
             pass
+    # Keep the imported objects out of the children's garbage collections: a full collection
+    # writes to every tracked object's header, which copies each shared page into each child
+    # (copy-on-write) and undoes the sharing. No gc.collect() first: it costs ~0.25 s of
+    # start-up to free a little import garbage.
+    gc.freeze()
     _emit(event="imported")
 
     if plan.get("migrate"):
         pid = os.fork()
         if pid == 0:
-            _child(["db", "migrate"], plan["migrate_log"], new_session=False)
+            _child(["db", "migrate"], plan["migrate_log"], new_session=False, inherited=(_events.fileno(),))
         _, status = os.waitpid(pid, 0)
         code = os.waitstatus_to_exitcode(status)
         if code != 0:
@@ -111,9 +140,108 @@ def main() -> int:
     for service in plan["services"]:
         pid = os.fork()
         if pid == 0:
-            _child(service["args"], service["log"], new_session=True)
+            _child(service["args"], service["log"], new_session=True, inherited=(_events.fileno(),))
         _emit(event="started", name=service["name"], pid=pid)
+    if plan.get("spawner"):
+        _start_spawner(plan["spawner"])
     return 0
+
+
+# --------------------------------------------------------------------- the spawner
+# With the Celery executor, `mlwf scale` adds workers to a running stack. A worker forked from
+# a fresh launcher shares its imported pages with nobody but its own pool processes; one
+# forked from this spawner, a child of the launcher that started the stack, shares them with
+# every component, as the workers started by `up` do. It waits on a Unix socket in a private
+# (0700) directory for a plan of services, forks them as the launcher does and answers with
+# the same events; it refuses a plan made for another Airflow environment.
+
+
+def _start_spawner(spec: dict) -> None:
+    import socket
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="mlwf-spawner-")  # short: a socket path has ~100 bytes
+    path = os.path.join(folder, "socket")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(8)
+    pid = os.fork()
+    if pid == 0:
+        _serve(server, folder, spec)
+    server.close()
+    _emit(event="started", name=spec["name"], pid=pid, socket=path)
+
+
+def _serve(server, folder: str, spec: dict) -> None:
+    """In the forked spawner: answer plans until SIGTERM, never return."""
+    import shutil
+
+    try:
+        os.close(_events.fileno())
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        out = os.open(spec["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+
+        def stop(_signum, _frame):
+            shutil.rmtree(folder, ignore_errors=True)
+            os._exit(0)
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        print(f"spawner pid {os.getpid()} listening on {folder}/socket", flush=True)
+        while True:
+            connection, _ = server.accept()
+            with connection:
+                _answer(connection, server, spec["env"])
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        os._exit(1)
+
+
+def _answer(connection, server, env: str) -> None:
+    """One request: {"env": digest, "services": [...]} -> one event line per service."""
+    reply = connection.makefile("w")
+    try:
+        request = json.loads(connection.makefile().readline())
+        if request.get("env") != env:
+            reply.write(json.dumps({"event": "refused", "reason": "another Airflow environment"}) + "\n")
+            return
+        for service in request["services"]:
+            pid = _fork_orphan(service, inherited=(server.fileno(), connection.fileno()))
+            print(f"forked {service['name']} (pid {pid})", flush=True)
+            reply.write(json.dumps({"event": "started", "name": service["name"], "pid": pid}) + "\n")
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        print(f"bad request: {error}", flush=True)
+    finally:
+        try:
+            reply.close()
+        except OSError:
+            pass
+
+
+def _fork_orphan(service: dict, inherited: tuple[int, ...]) -> int:
+    """Fork the service through a short-lived middle process, so that, as with the launcher,
+    the service is nobody's child (no zombies here, no signals to the spawner when it ends)."""
+    read_end, write_end = os.pipe()
+    middle = os.fork()
+    if middle == 0:
+        os.close(read_end)
+        pid = os.fork()
+        if pid == 0:
+            _child(service["args"], service["log"], new_session=True, inherited=(*inherited, write_end))
+        os.write(write_end, str(pid).encode())
+        os._exit(0)
+    os.close(write_end)
+    os.waitpid(middle, 0)
+    with os.fdopen(read_end) as pipe:
+        return int(pipe.read())
 
 
 if __name__ == "__main__":

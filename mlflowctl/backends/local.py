@@ -43,6 +43,7 @@ EXCLUDE_FILE = "excluded.json"  # in run/: what the last `up` left out, so `stat
 __all__ = ["LocalBackend", "StartFailed", "LOG_TAIL_LINES"]
 LAUNCHER = Path(__file__).with_name("launcher.py")
 # Run launcher.py by path without putting its folder on sys.path (it would shadow `select`).
+SPAWNER = "spawner"
 LAUNCH_CODE = "import runpy, sys; sys.path.pop(0); sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
 
 
@@ -61,6 +62,7 @@ class ServiceSpec:
     ports: list[PortNeed] = field(default_factory=list)
     env: dict[str, str] | None = None  # None: the stack's Airflow environment
     airflow_args: list[str] | None = None  # an Airflow component: `airflow <args>`, forked by the launcher
+    spawner: bool = False  # the launcher's fork server for later components (see launcher.py)
     prepare: Callable[[], None] | None = None  # runs before the service starts (writes its config)
     ready: Callable[[], None] | None = None  # blocks after the start until it serves (a database before migrate)
 
@@ -132,6 +134,32 @@ class LocalBackend:
     def _airflow_service(self, name: str, args: list[str], **details) -> ServiceSpec:
         airflow = self._runtime.airflow if self._runtime is not None else "airflow"
         return ServiceSpec(name, [airflow, *args], airflow_args=args, **details)
+
+    def spawner_services(self) -> list[ServiceSpec]:
+        """The spawner, for stacks that add Airflow processes later (Celery workers by `scale`)."""
+        if _one_by_one():
+            return []
+        python = self._runtime.python if self._runtime is not None else "python"
+        return [ServiceSpec(SPAWNER, [python, str(LAUNCHER), "spawner"], spawner=True, check=self._spawner_check)]
+
+    def _spawner_check(self) -> tuple[bool, str]:
+        path = self._spawner_socket()
+        if path is None or not path.exists():
+            return False, "its socket is gone: `mlwf scale` starts workers from a new launcher"
+        return True, "forks the workers `mlwf scale` adds"
+
+    def _forget_spawner_socket(self) -> None:
+        """Remove the recorded socket's folder: a spawner that was killed could not."""
+        path = self._spawner_socket()
+        if path is not None and path.parent.name.startswith("mlwf-spawner-"):
+            shutil.rmtree(path.parent, ignore_errors=True)
+        (self.run_dir / f"{SPAWNER}.socket").unlink(missing_ok=True)
+
+    def _spawner_socket(self) -> Path | None:
+        try:
+            return Path((self.run_dir / f"{SPAWNER}.socket").read_text().strip())
+        except OSError:
+            return None
 
     def _executor_plugin(self):
         """The module adding an executor's services and settings; None for the local executor.
@@ -397,8 +425,8 @@ class LocalBackend:
                     if spec.ready is not None:
                         report(f"waiting for {spec.name}", [])
                         spec.ready()
-            airflow_specs = [spec for spec in to_start if spec.airflow_args is not None]
-            if os.environ.get("MLWF_LAUNCHER", "1") == "0":
+            airflow_specs = [spec for spec in to_start if spec.airflow_args is not None or spec.spawner]
+            if _one_by_one():
                 self._start_one_by_one(airflow_specs, env, runtime, migrate, started, report)
             else:
                 self._launch(airflow_specs, env, runtime, migrate, started, report)
@@ -433,12 +461,22 @@ class LocalBackend:
         )
 
     def _launch(self, specs: list[ServiceSpec], env, runtime, migrate: bool, started: dict, report: Progress) -> None:
-        """Fork the Airflow components from one pre-imported interpreter (see launcher.py)."""
-        plan = {
-            "migrate": migrate,
-            "migrate_log": str(self._log_file("migrate")),
-            "services": [{"name": s.name, "args": s.airflow_args, "log": str(self._log_file(s.name))} for s in specs],
-        }
+        """Fork the Airflow components from one pre-imported interpreter (see launcher.py): the
+        stack's spawner when it runs, else a new launcher."""
+        services = [
+            {"name": s.name, "args": s.airflow_args, "log": str(self._log_file(s.name))} for s in specs if not s.spawner
+        ]
+        digest = _airflow_env_digest(env)
+        if not migrate and not any(s.spawner for s in specs):
+            for event in self._ask_spawner({"env": digest, "services": services}):
+                self._record_started(specs, event, started)
+            services = [service for service in services if service["name"] not in started]
+            if not services:
+                return
+        plan = {"migrate": migrate, "migrate_log": str(self._log_file("migrate")), "services": services}
+        spawner = next((s for s in specs if s.spawner), None)
+        if spawner is not None:
+            plan["spawner"] = {"name": spawner.name, "log": str(self._log_file(spawner.name)), "env": digest}
         report("loading Airflow", [])
         launcher_log = self._log_file("launcher")
         with open(launcher_log, "ab") as errors:
@@ -464,14 +502,7 @@ class LocalBackend:
                 elif kind == "migrate_failed":
                     raise self._migration_failed(event["code"])
                 elif kind == "started":
-                    pid = event["pid"]
-                    try:
-                        created = psutil.Process(pid).create_time()
-                    except psutil.Error:
-                        created = time.time()  # already gone: the wait below reports it
-                    command = [runtime.airflow, *next(s.airflow_args for s in specs if s.name == event["name"])]
-                    processes.write_pid_file(self._pid_file(event["name"]), processes.PidRecord(pid, created, command))
-                    started[event["name"]] = None
+                    self._record_started(specs, event, started)
         finally:
             code = launcher.wait()
         if code != 0 or len([s for s in specs if s.name in started]) != len(specs):
@@ -480,6 +511,43 @@ class LocalBackend:
                 service="launcher",
                 log_tail=tail_lines(launcher_log, LOG_TAIL_LINES),
             )
+
+    def _record_started(self, specs: list[ServiceSpec], event: dict, started: dict) -> None:
+        """A launcher's or the spawner's `started` event: write the service's pid file."""
+        pid = event["pid"]
+        try:
+            created = psutil.Process(pid).create_time()
+        except psutil.Error:
+            created = time.time()  # already gone: the wait for health reports it
+        spec = next(s for s in specs if s.name == event["name"])
+        processes.write_pid_file(self._pid_file(spec.name), processes.PidRecord(pid, created, spec.argv))
+        if event.get("socket"):
+            self._forget_spawner_socket()
+            (self.run_dir / f"{SPAWNER}.socket").write_text(event["socket"])
+        started[spec.name] = None
+
+    def _ask_spawner(self, request: dict) -> list[dict]:
+        """The services the running spawner forked for this request; none when there is no
+        spawner, it is unreachable, or it runs another Airflow environment."""
+        import socket
+
+        path = self._spawner_socket()
+        record = processes.read_pid_file(self._pid_file(SPAWNER))
+        if path is None or record is None or record.process() is None:
+            return []
+        events = []
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+                connection.settimeout(30)
+                connection.connect(str(path))
+                connection.sendall((json.dumps(request) + "\n").encode())
+                for line in connection.makefile():
+                    event = json.loads(line)
+                    if event.get("event") == "started":
+                        events.append(event)
+        except (OSError, ValueError):
+            pass  # what it started is recorded; a new launcher starts the rest
+        return events
 
     def _start_one_by_one(self, specs, env, runtime, migrate: bool, started: dict, report: Progress) -> None:
         """One `airflow <component>` process each (MLWF_LAUNCHER=0): slower, for comparison."""
@@ -581,6 +649,7 @@ class LocalBackend:
         processes.kill_processes(strays)
         for spec in specs:
             self._pid_file(spec.name).unlink(missing_ok=True)
+        self._forget_spawner_socket()
         status = StackStatus(backend=self.name, services=self._snapshot(specs))
         if not records:
             status.notes.append("nothing was running")
@@ -614,6 +683,20 @@ class LocalBackend:
         return follow_logs(
             {name: self._log_file(name) for name in chosen}, tail=tail, follow=follow, prefix=prefix
         )
+
+
+def _one_by_one() -> bool:
+    """MLWF_LAUNCHER=0: one `airflow <component>` process each, no launcher (slower; to compare)."""
+    return os.environ.get("MLWF_LAUNCHER", "1") == "0"
+
+
+def _airflow_env_digest(env: dict[str, str]) -> str:
+    """What the spawner's children inherit and Airflow reads: a spawner started under other
+    settings refuses the request."""
+    import hashlib
+
+    relevant = sorted((k, v) for k, v in env.items() if k.startswith("AIRFLOW") or k == "PYTHONPATH")
+    return hashlib.sha256(json.dumps(relevant).encode()).hexdigest()
 
 
 def tail_lines(path: Path, count: int) -> list[str]:
