@@ -32,6 +32,12 @@ EXECUTOR_CLASSES = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
 DAG_REFRESH_SECONDS = 5  # how often the DAG folder is scanned for new files
 MIN_FILE_PROCESS_SECONDS = 10  # how often one DAG file is parsed again (CPU on a laptop)
 SCHEDULER_IDLE_SLEEP_SECONDS = 0.2
+# A task's supervisor (in a LocalExecutor or Celery worker) sleeps up to this long between
+# looks at its task process; when the process's last socket closes just before it exits, the
+# supervisor sees the exit only at its next wake-up, and the executor slot stays taken until
+# then (Airflow's default of 5 s cost up to 5 s per task). Also how often a running task
+# heartbeats: one small API call per second per running task.
+TASK_SUPERVISOR_WAKEUP_SECONDS = 1
 STATSD_PREFIX = "airflow"
 SCHEDULER_HEALTH_PORT = 8974
 CELERY_HEARTBEAT_TIMEOUT_SECONDS = 60  # a dead Celery worker's tasks are failed/retried after this
@@ -110,6 +116,7 @@ def airflow_env(
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": str(DAG_REFRESH_SECONDS),
         "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": str(MIN_FILE_PROCESS_SECONDS),
         "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": str(SCHEDULER_IDLE_SLEEP_SECONDS),
+        "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": str(TASK_SUPERVISOR_WAKEUP_SECONDS),
         "AIRFLOW__METRICS__STATSD_ON": "True",
         "AIRFLOW__METRICS__STATSD_HOST": statsd_host,
         "AIRFLOW__METRICS__STATSD_PORT": str(config.statsd_port if statsd_port is None else statsd_port),
