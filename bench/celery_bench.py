@@ -43,6 +43,7 @@ SLEEP_S = 2.0
 MIB = 1024 * 1024
 TARGET_SPEEDUP = 3.0
 TARGET_WORKER_PSS_MIB = 250
+IDLE_S = 10
 
 
 def _headers(stack: Stack) -> dict[str, str]:
@@ -76,26 +77,53 @@ def _run(stack: Stack, run_id: str, sleep: float) -> float:
     return (end - start).total_seconds()
 
 
-def _session_pss(sid: int) -> int:
-    total = 0
+def _stack_processes(stack: Stack) -> list[psutil.Process]:
+    """Every process of the stack: each service's session and descendants (PostgreSQL's backends
+    leave the postmaster's session)."""
+    leaders = [int(json.loads(p.read_text())["pid"]) for p in (stack.home / "run").glob("*.pid")]
+    found: dict[int, psutil.Process] = {}
     for process in psutil.process_iter():
         try:
-            if os.getsid(process.pid) == sid:
-                total += process.memory_full_info().pss
-        except (psutil.Error, ProcessLookupError, PermissionError):
+            if os.getsid(process.pid) in leaders:
+                found[process.pid] = process
+        except (ProcessLookupError, PermissionError):
+            continue
+    for process in list(found.values()):
+        try:
+            found.update((child.pid, child) for child in process.children(recursive=True))
+        except psutil.Error:
+            continue
+    return list(found.values())
+
+
+def _pss(processes: list[psutil.Process]) -> int:
+    total = 0
+    for process in processes:
+        try:
+            total += process.memory_full_info().pss
+        except psutil.Error:
             continue
     return total
 
 
 def _worker_pss(stack: Stack) -> dict[str, int]:
+    """PSS of each worker's process session (main process + pool processes)."""
     pss = {}
     for path in sorted((stack.home / "run").glob("worker-*.pid")):
-        pss[path.stem] = _session_pss(int(json.loads(path.read_text())["pid"]))
+        sid = int(json.loads(path.read_text())["pid"])
+        members = []
+        for process in psutil.process_iter():
+            try:
+                if os.getsid(process.pid) == sid:
+                    members.append(process)
+            except (ProcessLookupError, PermissionError):
+                continue
+        pss[path.stem] = _pss(members)
     return pss
 
 
 def _stack_pss(stack: Stack) -> int:
-    return sum(_session_pss(int(json.loads(p.read_text())["pid"])) for p in (stack.home / "run").glob("*.pid"))
+    return _pss(_stack_processes(stack))
 
 
 def _prepare(root: Path, **settings) -> Stack:
@@ -110,8 +138,31 @@ def _start(stack: Stack, *args: str) -> None:
     httpx.patch(f"{stack.url}/api/v2/dags/{DAG}", json={"is_paused": False}, headers=_headers(stack), timeout=30)
 
 
+def _scale(stack: Stack, workers: int) -> None:
+    scaled = stack.mlwf("scale", "workers", str(workers), "--timeout", "300", timeout=360)
+    if scaled.returncode != 0:
+        raise SystemExit(f"scale failed: {scaled.stderr}")
+
+
+def _wait_idle(stack: Stack, timeout: float = 120) -> None:
+    """Until no worker runs a task: a run counts as ended when its tasks have reported their
+    state, while their supervisors may still hold the worker's slots a moment longer."""
+    from mlflowctl.backends.celery_local import worker_tasks
+    from mlflowctl.backends.processes import read_pid_file
+
+    deadline = time.monotonic() + timeout
+    while any(
+        (counted := worker_tasks(read_pid_file(path))) is not None and counted[1] > 0
+        for path in (stack.home / "run").glob("worker-*.pid")
+    ):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"workers still busy {timeout:.0f} s after the warm-up")
+        time.sleep(0.2)
+
+
 def _measure(stack: Stack, label: str) -> float:
     _run(stack, f"warmup_{label}", 0)
+    _wait_idle(stack)
     seconds = _run(stack, f"bench_{label}", SLEEP_S)
     print(f"{label}: {seconds:.1f} s", file=sys.stderr)
     return seconds
@@ -123,7 +174,7 @@ def main() -> None:
     options = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="mlwf-celery-bench-"))
     results: list[tuple[str, float]] = []
-    worker_pss: dict[int, dict[str, int]] = {}
+    worker_pss: dict[str, int] = {}
     stack_pss: dict[int, int] = {}
     try:
         local = _prepare(root / "local", parallelism=4)
@@ -138,13 +189,16 @@ def main() -> None:
         try:
             for workers in (1, 2, 4):
                 if workers > 1:
-                    scaled = celery.mlwf("scale", "workers", str(workers), "--timeout", "300", timeout=360)
-                    if scaled.returncode != 0:
-                        raise SystemExit(f"scale failed: {scaled.stderr}")
-                time.sleep(5)  # idle: pools started, nothing running
-                worker_pss[workers] = _worker_pss(celery)
-                stack_pss[workers] = _stack_pss(celery)
+                    _scale(celery, workers)
                 results.append((f"celery, {workers} worker{'s' if workers > 1 else ''} x 2", _measure(celery, f"c{workers}")))
+            # Idle memory, once every worker has run tasks and the rest of the stack has seen
+            # the same runs: the stack at 4 workers, then at 1 after a warm shutdown of three.
+            time.sleep(IDLE_S)
+            worker_pss = _worker_pss(celery)
+            stack_pss[4] = _stack_pss(celery)
+            _scale(celery, 1)
+            time.sleep(IDLE_S)
+            stack_pss[1] = _stack_pss(celery)
         finally:
             celery.mlwf("down", "--volumes", "--yes", timeout=180)
     finally:
@@ -155,11 +209,11 @@ def main() -> None:
     for label, seconds in results:
         speedup = f"{one_worker / seconds:.2f}x" if label.startswith("celery") else "-"
         rows.append((label, f"{seconds:.1f}", f"{TASKS / seconds * 60:.1f}", speedup))
-    per_worker = [pss / MIB for pss in worker_pss[4].values()]
+    per_worker = [pss / MIB for pss in worker_pss.values()]
     extra = (stack_pss[4] - stack_pss[1]) / 3 / MIB
     summary = {
         "runs": [dict(zip(("config", "wall_s", "tasks_per_min", "speedup_vs_1_worker"), row)) for row in rows],
-        "worker_session_pss_mib_idle": {k: round(v / MIB) for k, v in worker_pss[4].items()},
+        "worker_session_pss_mib_idle": {k: round(v / MIB) for k, v in worker_pss.items()},
         "stack_pss_mib_idle": {str(k): round(v / MIB) for k, v in stack_pss.items()},
         "extra_worker_pss_mib": round(extra),
         "target_speedup_4_workers": TARGET_SPEEDUP,
