@@ -48,6 +48,16 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def _module_names(value: Any) -> tuple[str, ...]:
+    """A list (project file) or a comma-separated string (MLWF_TASK_PRELOAD) of module names."""
+    names = value.split(",") if isinstance(value, str) else list(value)
+    names = [str(name).strip() for name in names if str(name).strip()]
+    for name in names:
+        if not all(part.isidentifier() for part in name.split(".")):
+            raise ValueError(f"{name!r} is not a module name")
+    return tuple(names)
+
+
 def _setting(default: Any, parse=_text, *, secret: bool = False, help: str = ""):
     return field(default=default, metadata={"parse": parse, "secret": secret, "help": help})
 
@@ -70,6 +80,9 @@ class Config:
     parallelism: int = _setting(4, _positive)
     executor: str = _setting("local", _choice(EXECUTORS))
     workers: int = _setting(2, _positive, help="Celery workers")
+    task_preload: tuple[str, ...] = _setting(
+        (), _module_names, help="libraries imported once, before tasks start, instead of by every task"
+    )
     dags_dir: str = _setting("dags")
     tasks_dir: str = _setting("src", help="folder put on the components' path")
     broker_url: str = _setting("", secret=True, help="use this broker instead of mlwf's Redis")

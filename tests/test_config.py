@@ -73,3 +73,13 @@ def test_secrets_generated_once_and_private(tmp_path):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600
     assert secrets.read_admin_password(tmp_path) == first.admin_password
     assert secrets.read_admin_password(tmp_path / "nowhere") is None
+
+
+def test_task_preload_from_the_project_file_or_a_comma_separated_variable(tmp_path):
+    (tmp_path / "mlwf.toml").write_text('task_preload = ["pandas", "sklearn.ensemble"]\n')
+    assert load_config(cwd=tmp_path, environ={}).task_preload == ("pandas", "sklearn.ensemble")
+    from_env = load_config(cwd=tmp_path, environ={"MLWF_TASK_PRELOAD": " numpy, scipy.special ,"})
+    assert from_env.task_preload == ("numpy", "scipy.special")
+    assert from_env.sources["task_preload"] == "MLWF_TASK_PRELOAD"
+    with pytest.raises(UsageError, match="'numpy; rm' is not a module name"):
+        load_config(cwd=tmp_path, environ={"MLWF_TASK_PRELOAD": "numpy; rm"})

@@ -99,3 +99,12 @@ def test_failed_migration_shows_its_log(make_stack, tmp_path):
     assert result.returncode == 9, result.stderr
     assert "airflow db migrate" in result.stderr and "last lines of migrate's log" in result.stderr
     assert stack_processes(stack.home, project=stack.project) == []
+
+
+def test_task_preload_that_cannot_be_imported_stops_up_with_its_name(make_stack):
+    """A misspelt library would otherwise cost every task its imports, silently."""
+    stack = make_stack()
+    result = stack.mlwf("up", "--exclude", "monitoring", env={"MLWF_TASK_PRELOAD": "pandas,no_such_library_xyz"}, timeout=180)
+    assert result.returncode == 9, result.stderr  # the scheduler exited while starting
+    assert "task_preload: cannot import 'no_such_library_xyz'" in result.stderr, result.stderr
+    assert stack_processes(stack.home, project=stack.project) == []

@@ -14,7 +14,7 @@ JSON line per event on stdout, waits for nothing but the migration, and exits.
 
 Usage (by mlwf): <runtime python> launcher.py '<json plan>'
 plan = {"migrate": bool, "migrate_log": path,
-        "services": [{"name": str, "args": [str], "log": path}],
+        "services": [{"name": str, "args": [str], "log": path}], "task_preload": [module],
         "spawner": {"name": str, "log": path, "env": digest} (optional, see _start_spawner)}
 """
 
@@ -58,7 +58,9 @@ def _emit(**event) -> None:
     _events.flush()
 
 
-def _child(args: list[str], log: str, *, new_session: bool, inherited: tuple[int, ...] = ()) -> None:
+def _child(
+    args: list[str], log: str, *, new_session: bool, inherited: tuple[int, ...] = (), preload: tuple[str, ...] = ()
+) -> None:
     """In the forked child: detach, redirect, run `airflow <args>`, never return."""
     code = 1
     try:
@@ -75,6 +77,10 @@ def _child(args: list[str], log: str, *, new_session: bool, inherited: tuple[int
         os.dup2(out, 2)
         os.close(null)
         os.close(out)
+        failed = _import_all(preload)
+        if failed:
+            print(failed, file=sys.stderr, flush=True)
+            return
         sys.argv = ["airflow", *args]
         try:  # `ps` shows `airflow scheduler`, not the launcher's command line
             from setproctitle import setproctitle
@@ -100,6 +106,34 @@ def _child(args: list[str], log: str, *, new_session: bool, inherited: tuple[int
             os._exit(code)
 
 
+def _task_modules(plan: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The plan's task_preload, split into (here, for the scheduler): imported where task
+    processes are forked from, so that every task starts with them. Celery workers fork tasks:
+    the launcher imports them once for all workers (and the spawner). The LocalExecutor's
+    workers are forked by the scheduler: only the scheduler imports them, after its fork,
+    while the other components start."""
+    modules = tuple(plan.get("task_preload") or ())
+    if any(service["args"][0] == "celery" for service in plan["services"]):
+        return modules, ()
+    return (), modules
+
+
+def _import_all(names: tuple[str, ...]) -> str | None:
+    """Import each module; the first failure as a one-line message (a task_preload typo must
+    not silently cost every task its imports). Import-time warnings are not the component's
+    business (skops alone warns ~1000 times while it scans Airflow's deprecated modules)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in names:
+            try:
+                importlib.import_module(name)
+            except Exception as error:
+                return f"mlwf: task_preload: cannot import {name!r}: {type(error).__name__}: {error}"
+    return None
+
+
 def main() -> int:
     global _events
     plan = json.loads(sys.argv[1])
@@ -119,6 +153,11 @@ def main() -> int:
             importlib.import_module(name)
         except Exception:  # a preload is an optimisation only: the child imports it again
             pass
+    here, for_scheduler = _task_modules(plan)
+    failed = _import_all(here)
+    if failed:
+        print(failed, file=sys.stderr, flush=True)
+        return 4
     # Keep the imported objects out of the children's garbage collections: a full collection
     # writes to every tracked object's header, which copies each shared page into each child
     # (copy-on-write) and undoes the sharing. No gc.collect() first: it costs ~0.25 s of
@@ -140,7 +179,8 @@ def main() -> int:
     for service in plan["services"]:
         pid = os.fork()
         if pid == 0:
-            _child(service["args"], service["log"], new_session=True, inherited=(_events.fileno(),))
+            preload = for_scheduler if service["args"][0] == "scheduler" else ()
+            _child(service["args"], service["log"], new_session=True, inherited=(_events.fileno(),), preload=preload)
         _emit(event="started", name=service["name"], pid=pid)
     if plan.get("spawner"):
         _start_spawner(plan["spawner"])

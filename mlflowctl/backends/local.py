@@ -466,14 +466,20 @@ class LocalBackend:
         services = [
             {"name": s.name, "args": s.airflow_args, "log": str(self._log_file(s.name))} for s in specs if not s.spawner
         ]
-        digest = _airflow_env_digest(env)
+        task_preload = list(self.config.task_preload)
+        digest = _airflow_env_digest(env, task_preload)
         if not migrate and not any(s.spawner for s in specs):
             for event in self._ask_spawner({"env": digest, "services": services}):
                 self._record_started(specs, event, started)
             services = [service for service in services if service["name"] not in started]
             if not services:
                 return
-        plan = {"migrate": migrate, "migrate_log": str(self._log_file("migrate")), "services": services}
+        plan = {
+            "migrate": migrate,
+            "migrate_log": str(self._log_file("migrate")),
+            "services": services,
+            "task_preload": task_preload,
+        }
         spawner = next((s for s in specs if s.spawner), None)
         if spawner is not None:
             plan["spawner"] = {"name": spawner.name, "log": str(self._log_file(spawner.name)), "env": digest}
@@ -690,13 +696,13 @@ def _one_by_one() -> bool:
     return os.environ.get("MLWF_LAUNCHER", "1") == "0"
 
 
-def _airflow_env_digest(env: dict[str, str]) -> str:
-    """What the spawner's children inherit and Airflow reads: a spawner started under other
-    settings refuses the request."""
+def _airflow_env_digest(env: dict[str, str], task_preload: list[str]) -> str:
+    """What the spawner's children inherit: the settings Airflow reads and the modules it
+    imported; a spawner started with others refuses the request."""
     import hashlib
 
     relevant = sorted((k, v) for k, v in env.items() if k.startswith("AIRFLOW") or k == "PYTHONPATH")
-    return hashlib.sha256(json.dumps(relevant).encode()).hexdigest()
+    return hashlib.sha256(json.dumps([relevant, task_preload]).encode()).hexdigest()
 
 
 def tail_lines(path: Path, count: int) -> list[str]:

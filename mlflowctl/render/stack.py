@@ -86,7 +86,8 @@ def config_table(items: list[tuple[str, Any, str, bool]]) -> Table:
     for column in ("setting", "value", "from"):
         table.add_column(column, overflow="fold")
     for name, value, source, secret in items:
-        table.add_row(name, mask(value) if secret else str(value), source)
+        shown = ", ".join(value) if isinstance(value, tuple) else str(value)
+        table.add_row(name, mask(value) if secret else shown, source)
     return table
 
 
