@@ -67,7 +67,10 @@ def make_project(root: Path) -> tuple[Path, dict[str, int], dict[str, str]]:
     for folder in ("dags", "src"):
         shutil.copytree(REPO / folder, project / folder, ignore=shutil.ignore_patterns("__pycache__"))
     ports = {name: free_port() for name in PORTS}
-    (project / "mlwf.toml").write_text("".join(f"{k} = {v}\n" for k, v in ports.items()))
+    sys.path.insert(0, str(REPO / "tests"))
+    from conftest import write_settings  # the project's own settings, as the tests use them
+
+    write_settings(project / "mlwf.toml", ports)
     env = clean_env() | {"MLWF_BACKEND": "local", "MLWF_HOME": str(project / ".mlwf")}
     return project, ports, env
 

@@ -32,6 +32,9 @@ EXECUTOR_CLASSES = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
 DAG_REFRESH_SECONDS = 5  # how often the DAG folder is scanned for new files
 MIN_FILE_PROCESS_SECONDS = 10  # how often one DAG file is parsed again (CPU on a laptop)
 SCHEDULER_IDLE_SLEEP_SECONDS = 0.2
+# The scheduler's job heartbeat, also its StatsD `scheduler_heartbeat`, which the exporter's
+# health waits for: the first one comes this long after the scheduler starts (default 5 s).
+SCHEDULER_HEARTBEAT_SECONDS = 2
 # A task's supervisor (in a LocalExecutor or Celery worker) sleeps up to this long between
 # looks at its task process; when the process's last socket closes just before it exits, the
 # supervisor sees the exit only at its next wake-up, and the executor slot stays taken until
@@ -116,6 +119,7 @@ def airflow_env(
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": str(DAG_REFRESH_SECONDS),
         "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": str(MIN_FILE_PROCESS_SECONDS),
         "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": str(SCHEDULER_IDLE_SLEEP_SECONDS),
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": str(SCHEDULER_HEARTBEAT_SECONDS),
         "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": str(TASK_SUPERVISOR_WAKEUP_SECONDS),
         "AIRFLOW__METRICS__STATSD_ON": "True",
         "AIRFLOW__METRICS__STATSD_HOST": statsd_host,

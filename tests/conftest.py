@@ -93,6 +93,15 @@ def port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def write_settings(path: Path, settings: dict) -> None:
+    """An mlwf.toml with the repository's [tool.mlwf] settings (a copy runs what users run),
+    overridden by `settings`."""
+    import tomllib
+
+    merged = {**tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["mlwf"], **settings}
+    path.write_text("".join(f"{name} = {json.dumps(value)}\n" for name, value in merged.items()))
+
+
 @dataclass
 class Stack:
     """A project copy with its own mlwf.toml, state directory and ports."""
@@ -121,9 +130,7 @@ class Stack:
                     REPO / folder, project / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
                 )
         ports = dict(zip(PORT_SETTINGS, free_ports(len(PORT_SETTINGS))))
-        lines = [f"{name} = {port}" for name, port in ports.items()]
-        lines += [f"{name} = {json.dumps(value)}" for name, value in settings.items()]
-        (project / "mlwf.toml").write_text("\n".join(lines) + "\n")
+        write_settings(project / "mlwf.toml", {**ports, **settings})
         home = project / ".mlwf"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("MLWF_", "AIRFLOW__", "AIRFLOW_CONN_"))}
         env.update(
