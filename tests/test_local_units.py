@@ -353,8 +353,8 @@ def test_spawner_refuses_a_plan_made_for_another_airflow_environment():
 def test_task_modules_are_imported_where_tasks_are_forked():
     launcher = _launcher_module()
     modules = ["pandas", "sklearn.ensemble"]
-    local = {"services": [{"args": ["scheduler"]}, {"args": ["api-server"]}], "task_preload": modules}
-    celery = {"services": [{"args": ["scheduler"]}, {"args": ["celery", "worker"]}], "task_preload": modules}
+    local = {"executor": "local", "task_preload": modules}
+    celery = {"executor": "celery", "task_preload": modules}
     assert launcher._task_modules(local) == ((), tuple(modules))  # by the scheduler, for its LocalExecutor
     assert launcher._task_modules(celery) == (tuple(modules), ())  # once, shared by every worker
     assert launcher._import_all(("json", "no_such_library_xyz")).startswith(

@@ -14,7 +14,8 @@ JSON line per event on stdout, waits for nothing but the migration, and exits.
 
 Usage (by mlwf): <runtime python> launcher.py '<json plan>'
 plan = {"migrate": bool, "migrate_log": path,
-        "services": [{"name": str, "args": [str], "log": path}], "task_preload": [module],
+        "services": [{"name": str, "args": [str], "log": path}],
+        "executor": "local" | "celery", "task_preload": [module],
         "spawner": {"name": str, "log": path, "env": digest} (optional, see _start_spawner)}
 """
 
@@ -113,9 +114,7 @@ def _task_modules(plan: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
     workers are forked by the scheduler: only the scheduler imports them, after its fork,
     while the other components start."""
     modules = tuple(plan.get("task_preload") or ())
-    if any(service["args"][0] == "celery" for service in plan["services"]):
-        return modules, ()
-    return (), modules
+    return (modules, ()) if plan.get("executor") == "celery" else ((), modules)
 
 
 def _import_all(names: tuple[str, ...]) -> str | None:

@@ -478,6 +478,7 @@ class LocalBackend:
             "migrate": migrate,
             "migrate_log": str(self._log_file("migrate")),
             "services": services,
+            "executor": self.config.executor,
             "task_preload": task_preload,
         }
         spawner = next((s for s in specs if s.spawner), None)
