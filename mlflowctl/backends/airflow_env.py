@@ -28,8 +28,15 @@ def airflow_home(config: Config) -> Path:
     return config.home_dir / "airflow"
 
 
+# How long a write waits for SQLite's lock before "database is locked" (sqlite3's default
+# 5 s): the components, every running task's heartbeat and the API all write to one file,
+# and on a busy laptop a writer can be descheduled while it holds the lock (seen in CI as an
+# HTTP 500 from POST dagRuns after exactly 5 s).
+SQLITE_LOCK_TIMEOUT_S = 30
+
+
 def sqlite_url(config: Config) -> str:
-    return f"sqlite:///{airflow_home(config) / 'airflow.db'}"
+    return f"sqlite:///{airflow_home(config) / 'airflow.db'}?timeout={SQLITE_LOCK_TIMEOUT_S}"
 
 
 def api_connection(config: Config, secrets: Secrets) -> str:
