@@ -42,8 +42,8 @@ LOG_TAIL_LINES = 25
 EXCLUDE_FILE = "excluded.json"  # in run/: what the last `up` left out, so `status` ignores it
 __all__ = ["LocalBackend", "StartFailed", "LOG_TAIL_LINES"]
 LAUNCHER = Path(__file__).with_name("launcher.py")
-# Run launcher.py by path without putting its folder on sys.path (it would shadow `select`).
 SPAWNER = "spawner"
+# Run launcher.py by path without putting its folder on sys.path (it would shadow `select`).
 LAUNCH_CODE = "import runpy, sys; sys.path.pop(0); sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
 
 
@@ -148,16 +148,21 @@ class LocalBackend:
             return False, "its socket is gone: `mlwf scale` starts workers from a new launcher"
         return True, "forks the workers `mlwf scale` adds"
 
+    @property
+    def _spawner_record(self) -> Path:
+        """run/spawner.socket: the path of the running spawner's socket."""
+        return self.run_dir / f"{SPAWNER}.socket"
+
     def _forget_spawner_socket(self) -> None:
         """Remove the recorded socket's folder: a spawner that was killed could not."""
         path = self._spawner_socket()
         if path is not None and path.parent.name.startswith("mlwf-spawner-"):
             shutil.rmtree(path.parent, ignore_errors=True)
-        (self.run_dir / f"{SPAWNER}.socket").unlink(missing_ok=True)
+        self._spawner_record.unlink(missing_ok=True)
 
     def _spawner_socket(self) -> Path | None:
         try:
-            return Path((self.run_dir / f"{SPAWNER}.socket").read_text().strip())
+            return Path(self._spawner_record.read_text().strip())
         except OSError:
             return None
 
@@ -530,7 +535,7 @@ class LocalBackend:
         processes.write_pid_file(self._pid_file(spec.name), processes.PidRecord(pid, created, spec.argv))
         if event.get("socket"):
             self._forget_spawner_socket()
-            (self.run_dir / f"{SPAWNER}.socket").write_text(event["socket"])
+            self._spawner_record.write_text(event["socket"])
         started[spec.name] = None
 
     def _ask_spawner(self, request: dict) -> list[dict]:
