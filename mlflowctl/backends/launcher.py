@@ -59,25 +59,31 @@ def _emit(**event) -> None:
     _events.flush()
 
 
+def _detach(log: str, *, new_session: bool, inherited: tuple[int, ...]) -> None:
+    """In a forked process: close what it must not hold, lead its own session, read
+    /dev/null, append its output to `log`."""
+    for fd in inherited:  # the event pipe (else mlwf waits for every child to close it), sockets
+        os.close(fd)
+    if new_session:
+        os.setsid()
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.close(null)
+    os.close(out)
+
+
 def _child(
     args: list[str], log: str, *, new_session: bool, inherited: tuple[int, ...] = (), preload: tuple[str, ...] = ()
 ) -> None:
     """In the forked child: detach, redirect, run `airflow <args>`, never return."""
     code = 1
     try:
-        for fd in inherited:  # the event pipe (else mlwf waits for every child to close it), sockets
-            os.close(fd)
-        if new_session:
-            os.setsid()
+        _detach(log, new_session=new_session, inherited=inherited)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        os.dup2(out, 1)
-        os.dup2(out, 2)
-        os.close(null)
-        os.close(out)
         failed = _import_all(preload)
         if failed:
             print(failed, file=sys.stderr, flush=True)
@@ -216,13 +222,7 @@ def _serve(server, folder: str, spec: dict) -> None:
     import shutil
 
     try:
-        os.close(_events.fileno())
-        os.setsid()
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        out = os.open(spec["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        os.dup2(out, 1)
-        os.dup2(out, 2)
+        _detach(spec["log"], new_session=True, inherited=(_events.fileno(),))
 
         def stop(_signum, _frame):
             shutil.rmtree(folder, ignore_errors=True)
