@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -36,6 +35,8 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from conftest import Stack  # noqa: E402  (the tests' temporary project with free ports)
+
+from mlflowctl.backends.processes import session_members  # noqa: E402
 
 DAG = "mlwf_fanout"
 TASKS = 12
@@ -77,17 +78,15 @@ def _run(stack: Stack, run_id: str, sleep: float) -> float:
     return (end - start).total_seconds()
 
 
+def _leaders(stack: Stack, pattern: str = "*.pid") -> dict[str, int]:
+    """Service name -> the pid of its session leader, from the stack's pid files."""
+    return {p.stem: int(json.loads(p.read_text())["pid"]) for p in sorted((stack.home / "run").glob(pattern))}
+
+
 def _stack_processes(stack: Stack) -> list[psutil.Process]:
     """Every process of the stack: each service's session and descendants (PostgreSQL's backends
     leave the postmaster's session)."""
-    leaders = [int(json.loads(p.read_text())["pid"]) for p in (stack.home / "run").glob("*.pid")]
-    found: dict[int, psutil.Process] = {}
-    for process in psutil.process_iter():
-        try:
-            if os.getsid(process.pid) in leaders:
-                found[process.pid] = process
-        except (ProcessLookupError, PermissionError):
-            continue
+    found = {p.pid: p for sid in _leaders(stack).values() for p in session_members(sid)}
     for process in list(found.values()):
         try:
             found.update((child.pid, child) for child in process.children(recursive=True))
@@ -108,18 +107,7 @@ def _pss(processes: list[psutil.Process]) -> int:
 
 def _worker_pss(stack: Stack) -> dict[str, int]:
     """PSS of each worker's process session (main process + pool processes)."""
-    pss = {}
-    for path in sorted((stack.home / "run").glob("worker-*.pid")):
-        sid = int(json.loads(path.read_text())["pid"])
-        members = []
-        for process in psutil.process_iter():
-            try:
-                if os.getsid(process.pid) == sid:
-                    members.append(process)
-            except (ProcessLookupError, PermissionError):
-                continue
-        pss[path.stem] = _pss(members)
-    return pss
+    return {name: _pss(session_members(sid)) for name, sid in _leaders(stack, "worker-*.pid").items()}
 
 
 def _stack_pss(stack: Stack) -> int:
