@@ -139,6 +139,18 @@ def _import_all(names: tuple[str, ...]) -> str | None:
     return None
 
 
+def _fix_task_supervisor() -> None:
+    """Apply task_supervisor.py (next to this file, loaded by path) before any fork: every
+    executor slot is then freed the moment its task process exits."""
+    from importlib.util import module_from_spec, spec_from_file_location
+
+    spec = spec_from_file_location("mlwf_task_supervisor", os.path.join(os.path.dirname(__file__), "task_supervisor.py"))
+    module = module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not module.apply():
+        print("mlwf: Airflow's task supervisor is not the one task_supervisor.py fixes; left as it is", file=sys.stderr)
+
+
 def main() -> int:
     global _events
     plan = json.loads(sys.argv[1])
@@ -163,6 +175,7 @@ def main() -> int:
     if failed:
         print(failed, file=sys.stderr, flush=True)
         return 4
+    _fix_task_supervisor()
     # Keep the imported objects out of the children's garbage collections: a full collection
     # writes to every tracked object's header, which copies each shared page into each child
     # (copy-on-write) and undoes the sharing. No gc.collect() first: it costs ~0.25 s of

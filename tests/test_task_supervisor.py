@@ -1,0 +1,78 @@
+"""mlwf's fix of Airflow's task supervisor (mlflowctl/backends/task_supervisor.py), on Airflow's
+own ActivitySubprocess watching a real child process."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import psutil
+import pytest
+import structlog
+
+from mlflowctl.backends import task_supervisor
+
+supervisor = pytest.importorskip("airflow.sdk.execution_time.supervisor")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fixed():
+    upstream = supervisor.ActivitySubprocess._service_subprocess
+    assert task_supervisor.apply(), "Airflow's supervisor no longer has the shape the fix was written for"
+    assert task_supervisor.apply(), "applying twice must be harmless"
+    yield
+    supervisor.ActivitySubprocess._service_subprocess = upstream
+
+
+def _watch(command: str) -> tuple[supervisor.ActivitySubprocess, subprocess.Popen, socket.socket]:
+    child = subprocess.Popen([sys.executable, "-c", command])
+    ours, theirs = socket.socketpair()
+    theirs.close()
+    watched = supervisor.ActivitySubprocess(
+        id=uuid.uuid4(),
+        pid=child.pid,
+        stdin=ours,
+        process=supervisor.PsutilTracker(psutil.Process(child.pid)),
+        process_log=structlog.get_logger(),
+        client=None,
+    )
+    return watched, child, ours
+
+
+def test_a_process_whose_sockets_are_all_closed_is_seen_exiting_at_once():
+    """Airflow's own loop would sleep the whole 30 s wait on an empty selector."""
+    watched, child, ours = _watch("import time; time.sleep(0.5)")
+    try:
+        started = time.monotonic()
+        assert watched._service_subprocess(max_wait_time=30) == 0
+        assert time.monotonic() - started < 10
+        assert watched._exit_code == 0
+    finally:
+        child.kill()
+        child.wait()
+        ours.close()
+
+
+def test_while_a_socket_is_open_the_supervisor_still_waits_on_its_sockets():
+    """Output to read wakes the supervisor (the running process is not waited on), and a process
+    that outlives a short wait is reported alive, not blocked on."""
+    watched, child, ours = _watch("import time; time.sleep(30)")
+    reader, writer = socket.socketpair()
+    seen = []
+    watched.selector.register(reader, 1, (lambda sock: seen.append(sock.recv(10)) or True, lambda sock: None))
+    try:
+        writer.send(b"line")
+        started = time.monotonic()
+        assert watched._service_subprocess(max_wait_time=30) is None
+        assert seen == [b"line"]
+        assert time.monotonic() - started < 10
+        watched.selector.unregister(reader)
+        assert watched._service_subprocess(max_wait_time=0.2) is None  # alive: the wait timed out
+    finally:
+        child.kill()
+        child.wait()
+        for sock in (ours, reader, writer):
+            sock.close()
