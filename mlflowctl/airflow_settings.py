@@ -35,12 +35,16 @@ SCHEDULER_IDLE_SLEEP_SECONDS = 0.2
 # The scheduler's job heartbeat, also its StatsD `scheduler_heartbeat`, which the exporter's
 # health waits for: the first one comes this long after the scheduler starts (default 5 s).
 SCHEDULER_HEARTBEAT_SECONDS = 2
-# A task's supervisor (in a LocalExecutor or Celery worker) sleeps up to this long between
-# looks at its task process; when the process's last socket closes just before it exits, the
-# supervisor sees the exit only at its next wake-up, and the executor slot stays taken until
-# then (Airflow's default of 5 s cost up to 5 s per task). Also how often a running task
-# heartbeats: one small API call per second per running task.
-TASK_SUPERVISOR_WAKEUP_SECONDS = 1
+# A task's supervisor (in a LocalExecutor or Celery worker) heartbeats the API server every
+# `[workers] min_heartbeat_interval` seconds while its task runs. Airflow's own supervisor also
+# sleeps up to that long between looks at its task process, and when the process's last socket
+# closes just before it exits, sees the exit only at its next wake-up, the executor slot taken
+# meanwhile (up to 5 s per task at the default). mlwf's launcher fixes that look
+# (backends/task_supervisor.py), so its processes keep Airflow's 5 s; where Airflow runs as it
+# is (the docker images, MLWF_LAUNCHER=0), 1 s, the smallest the setting takes, caps the loss,
+# at the price of one heartbeat call per running task per second.
+TASK_HEARTBEAT_SECONDS = 5
+UNFIXED_SUPERVISOR_WAKEUP_SECONDS = 1
 STATSD_PREFIX = "airflow"
 SCHEDULER_HEALTH_PORT = 8974
 CELERY_HEARTBEAT_TIMEOUT_SECONDS = 60  # a dead Celery worker's tasks are failed/retried after this
@@ -85,6 +89,7 @@ def airflow_env(
     broker_url: str | None = None,
     result_backend: str | None = None,
     scheduler_health_check: bool = False,
+    supervisor_fixed: bool = False,
     extra: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The `AIRFLOW__*` variables for one stack; every value a string, ready for an env.
@@ -93,7 +98,8 @@ def airflow_env(
     passes the fixed ports inside its containers. `api_host` is where the api-server binds,
     `api_reach_host` the name the other components reach it by (the Execution API URL).
     With `config.executor == "celery"`, `broker_url` is required and the result backend
-    defaults to the metadata database.
+    defaults to the metadata database. `supervisor_fixed`: Airflow's processes run with
+    mlwf's fix of the task supervisor (the local backend's launcher).
     """
     api_port = config.airflow_port if api_port is None else api_port
     own_url = f"http://{api_reach_host}:{api_port}"
@@ -120,7 +126,9 @@ def airflow_env(
         "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": str(MIN_FILE_PROCESS_SECONDS),
         "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": str(SCHEDULER_IDLE_SLEEP_SECONDS),
         "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": str(SCHEDULER_HEARTBEAT_SECONDS),
-        "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": str(TASK_SUPERVISOR_WAKEUP_SECONDS),
+        "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": str(
+            TASK_HEARTBEAT_SECONDS if supervisor_fixed else UNFIXED_SUPERVISOR_WAKEUP_SECONDS
+        ),
         "AIRFLOW__METRICS__STATSD_ON": "True",
         "AIRFLOW__METRICS__STATSD_HOST": statsd_host,
         "AIRFLOW__METRICS__STATSD_PORT": str(config.statsd_port if statsd_port is None else statsd_port),

@@ -122,6 +122,8 @@ PER_BACKEND = {
     "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK", "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT",
     "AIRFLOW_CONN_MLWF_API", "MLWF_AIRFLOW_URL", "MLWF_DATA_ROOT", "MLWF_STATSD_HOST", "MLWF_STATSD_PORT",
     "MLWF_HOME", "MLWF_STACK_HOME",
+    # the local launcher fixes the task supervisor, so its workers heartbeat at Airflow's 5 s
+    "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL",
 }
 
 
@@ -142,3 +144,17 @@ def test_both_backends_run_airflow_with_the_same_settings(tmp_path, executor):
     assert differing <= PER_BACKEND
     assert docker["AIRFLOW__CORE__PARALLELISM"] == local["AIRFLOW__CORE__PARALLELISM"] == "3"
     assert docker["AIRFLOW__API__BASE_URL"] == local["AIRFLOW__API__BASE_URL"] == "http://127.0.0.1:18080"
+
+
+def test_only_processes_with_the_fixed_task_supervisor_keep_airflows_heartbeat_interval(tmp_path):
+    """The docker images and MLWF_LAUNCHER=0 run Airflow's supervisor as it is: 1 s caps its
+    late look at an exited task; the launcher's fixed supervisor keeps Airflow's 5 s."""
+    from mlflowctl.backends.airflow_env import local_environment
+    from mlflowctl.backends.compose import container_airflow_env
+
+    config = Config(home=str(tmp_path))
+    secrets = load_or_create(tmp_path)
+    interval = "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL"
+    assert local_environment(config, secrets, base={})[interval] == "5"
+    assert local_environment(config, secrets, base={}, supervisor_fixed=False)[interval] == "1"
+    assert container_airflow_env(config, secrets)[interval] == "1"

@@ -77,8 +77,10 @@ def local_environment(
     base: Mapping[str, str] | None = None,
     database_url: str | None = None,
     broker_url: str | None = None,
+    supervisor_fixed: bool = True,
 ) -> dict[str, str]:
-    """The full environment for the stack's processes: the caller's, minus stray AIRFLOW settings."""
+    """The full environment for the stack's processes: the caller's, minus stray AIRFLOW settings.
+    `supervisor_fixed`: the components are forked by the launcher, which fixes the task supervisor."""
     base = dict(os.environ if base is None else base)
     env = {k: v for k, v in base.items() if not k.startswith(_DROPPED_PREFIXES)}
     home = config.home_dir
@@ -98,6 +100,7 @@ def local_environment(
             passwords_file=str(home / PASSWORDS_FILE),
             dags_folder=config.dags_dir,
             broker_url=broker_url or config.broker_url or None,
+            supervisor_fixed=supervisor_fixed,
             extra={
                 "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
                 "AIRFLOW__API__WORKERS": "1",

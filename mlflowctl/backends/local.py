@@ -407,7 +407,9 @@ class LocalBackend:
         check_free([need for spec in to_start for need in spec.ports])
 
         plugin = self._executor_plugin()
-        env = local_environment(self.config, secrets, **(plugin.environment(self) if plugin else {}))
+        env = local_environment(
+            self.config, secrets, supervisor_fixed=not _one_by_one(), **(plugin.environment(self) if plugin else {})
+        )
         env["PATH"] = f"{runtime.bin_dir}:{env.get('PATH', '')}"
         write_record(self.home, executor=self.config.executor, workers=self.config.workers)
         for folder in ("data", "airflow", "logs"):
