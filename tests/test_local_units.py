@@ -360,3 +360,20 @@ def test_task_modules_are_imported_where_tasks_are_forked():
     assert launcher._import_all(("json", "no_such_library_xyz")).startswith(
         "mlwf: task_preload: cannot import 'no_such_library_xyz': ModuleNotFoundError"
     )
+
+
+def test_launcher_fixes_the_task_supervisor_of_what_it_forks():
+    """launcher.py loads task_supervisor.py by path (its folder is not on its sys.path)."""
+    from mlflowctl.backends.local import LAUNCHER
+
+    code = (
+        "import runpy, sys\n"
+        "launcher = runpy.run_path(sys.argv[1])\n"
+        "launcher['_fix_task_supervisor']()\n"
+        "from airflow.sdk.execution_time.supervisor import ActivitySubprocess\n"
+        "print(getattr(ActivitySubprocess._service_subprocess, '_mlwf_waits_on_exit', False))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(LAUNCHER)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "True"
+    assert "left as it is" not in result.stderr
