@@ -40,7 +40,7 @@ SCHEDULER_HEARTBEAT_SECONDS = 2
 # sleeps up to that long between looks at its task process, and when the process's last socket
 # closes just before it exits, sees the exit only at its next wake-up, the executor slot taken
 # meanwhile (up to 5 s per task at the default). mlwf's launcher fixes that look
-# (backends/task_supervisor.py), so its processes keep Airflow's 5 s; where Airflow runs as it
+# (backends/airflow_fixes.py), so its processes keep Airflow's 5 s; where Airflow runs as it
 # is (the docker images, MLWF_LAUNCHER=0), 1 s, the smallest the setting takes, caps the loss,
 # at the price of one heartbeat call per running task per second.
 TASK_HEARTBEAT_SECONDS = 5

@@ -362,18 +362,21 @@ def test_task_modules_are_imported_where_tasks_are_forked():
     )
 
 
-def test_launcher_fixes_the_task_supervisor_of_what_it_forks():
-    """launcher.py loads task_supervisor.py by path (its folder is not on its sys.path)."""
+def test_launcher_applies_its_airflow_fixes_to_what_it_forks():
+    """launcher.py loads airflow_fixes.py by path (its folder is not on its sys.path)."""
     from mlflowctl.backends.local import LAUNCHER
 
     code = (
         "import runpy, sys\n"
         "launcher = runpy.run_path(sys.argv[1])\n"
-        "launcher['_fix_task_supervisor']()\n"
+        "launcher['_fix_airflow']()\n"
         "from airflow.sdk.execution_time.supervisor import ActivitySubprocess\n"
-        "print(getattr(ActivitySubprocess._service_subprocess, '_mlwf_waits_on_exit', False))\n"
+        "from sqlalchemy import func, select\n"
+        "from sqlalchemy.dialects import sqlite\n"
+        "print(getattr(ActivitySubprocess._service_subprocess, '_mlwf_fixed', False))\n"
+        "print(select(func.now()).compile(dialect=sqlite.dialect()))\n"
     )
     result = subprocess.run([sys.executable, "-c", code, str(LAUNCHER)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip().splitlines()[-1] == "True"
+    assert result.stdout.splitlines()[-3:] == ["True", "SELECT STRFTIME('%Y-%m-%d %H:%M:%f000', 'now') AS now_1"]
     assert "left as it is" not in result.stderr

@@ -139,16 +139,16 @@ def _import_all(names: tuple[str, ...]) -> str | None:
     return None
 
 
-def _fix_task_supervisor() -> None:
-    """Apply task_supervisor.py (next to this file, loaded by path) before any fork: every
-    executor slot is then freed the moment its task process exits."""
+def _fix_airflow() -> None:
+    """Apply airflow_fixes.py (next to this file, loaded by path) before any fork, so every
+    component and task inherits the fixes."""
     from importlib.util import module_from_spec, spec_from_file_location
 
-    spec = spec_from_file_location("mlwf_task_supervisor", os.path.join(os.path.dirname(__file__), "task_supervisor.py"))
+    spec = spec_from_file_location("mlwf_airflow_fixes", os.path.join(os.path.dirname(__file__), "airflow_fixes.py"))
     module = module_from_spec(spec)
     spec.loader.exec_module(module)
-    if not module.apply():
-        print("mlwf: Airflow's task supervisor is not the one task_supervisor.py fixes; left as it is", file=sys.stderr)
+    for refused in module.apply_all():
+        print(f"mlwf: {refused}: Airflow differs from what airflow_fixes.py was written for; left as it is", file=sys.stderr)
 
 
 def main() -> int:
@@ -175,7 +175,7 @@ def main() -> int:
     if failed:
         print(failed, file=sys.stderr, flush=True)
         return 4
-    _fix_task_supervisor()
+    _fix_airflow()
     # Keep the imported objects out of the children's garbage collections: a full collection
     # writes to every tracked object's header, which copies each shared page into each child
     # (copy-on-write) and undoes the sharing. No gc.collect() first: it costs ~0.25 s of

@@ -1,5 +1,5 @@
-"""mlwf's fix of Airflow's task supervisor (mlflowctl/backends/task_supervisor.py), on Airflow's
-own ActivitySubprocess watching a real child process."""
+"""mlwf's fixes to Airflow (mlflowctl/backends/airflow_fixes.py): the task supervisor on Airflow's
+own ActivitySubprocess watching a real child process; now() on a real SQLite database."""
 
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import datetime, timezone
 
 import psutil
 import pytest
 import structlog
 
-from mlflowctl.backends import task_supervisor
+from mlflowctl.backends import airflow_fixes
 
 supervisor = pytest.importorskip("airflow.sdk.execution_time.supervisor")
 
@@ -21,8 +22,8 @@ supervisor = pytest.importorskip("airflow.sdk.execution_time.supervisor")
 @pytest.fixture(scope="module", autouse=True)
 def fixed():
     upstream = supervisor.ActivitySubprocess._service_subprocess
-    assert task_supervisor.apply(), "Airflow's supervisor no longer has the shape the fix was written for"
-    assert task_supervisor.apply(), "applying twice must be harmless"
+    assert airflow_fixes.fix_task_supervisor(), "Airflow's supervisor no longer has the shape the fix was written for"
+    assert airflow_fixes.fix_task_supervisor(), "applying twice must be harmless"
     yield
     supervisor.ActivitySubprocess._service_subprocess = upstream
 
@@ -76,3 +77,28 @@ def test_while_a_socket_is_open_the_supervisor_still_waits_on_its_sockets():
         child.wait()
         for sock in (ours, reader, writer):
             sock.close()
+
+
+def test_sqlite_now_has_the_fractions_airflow_stores():
+    """A run created 2 ms ago is due: `run_after <= now()`, as the scheduler asks, on SQLite with
+    Airflow's own timestamp type (now() has milliseconds). CURRENT_TIMESTAMP (whole seconds)
+    would make it wait for the next second."""
+    import sqlalchemy as sa
+    from airflow.utils.sqlalchemy import UtcDateTime
+    from sqlalchemy.ext.compiler import deregister
+    from sqlalchemy.sql import functions
+
+    assert airflow_fixes.fix_sqlite_now() and airflow_fixes.fix_sqlite_now()
+    try:
+        engine = sa.create_engine("sqlite://")
+        runs = sa.Table("runs", sa.MetaData(), sa.Column("run_after", UtcDateTime))
+        runs.metadata.create_all(engine)
+        with engine.begin() as connection:
+            for _ in range(20):  # whole seconds would miss each one but at most the one that crosses a second
+                connection.execute(runs.delete())
+                connection.execute(runs.insert().values(run_after=datetime.now(timezone.utc)))
+                time.sleep(0.002)
+                due = connection.execute(sa.select(runs.c.run_after).where(runs.c.run_after <= sa.func.now())).all()
+                assert len(due) == 1
+    finally:
+        deregister(functions.now)

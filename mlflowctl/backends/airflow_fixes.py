@@ -1,0 +1,94 @@
+"""Two fixes to Airflow 3.3, applied by the launcher to the processes it forks.
+
+Each costs whole seconds on a laptop stack, neither can be reached by a setting, and each is
+applied only to the code it was written for: a refused fix leaves Airflow as it is.
+
+The task supervisor (`fix_task_supervisor`): a task's supervisor (`ActivitySubprocess`, in a
+LocalExecutor or Celery worker) waits in select() on its task process's sockets for at most
+`[workers] min_heartbeat_interval`, then looks whether the process has exited. The process's
+last socket closes while it exits, tens of microseconds before the kernel reports the exit: a
+supervisor that wakes for that last EOF and looks at once sees a live process, then sleeps on
+no sockets at all for the whole interval while the executor slot stays taken. Traced here
+(strace of a Celery pool process, 2 s tasks): one task in three held its slot 1.0 s after its
+process had exited. The interval is an integer setting (0 would make every supervisor
+heartbeat the API server a hundred times a second). Fixed: once no socket is left to read,
+the supervisor waits on the process itself (psutil's wait: a pidfd on Linux).
+
+SQLite's `now()` (`fix_sqlite_now`): the scheduler starts a queued run, or creates a
+scheduled one, only when `run_after <= now()`; SQLAlchemy renders now() on SQLite as
+CURRENT_TIMESTAMP, whole seconds, while Airflow stores microseconds, so a run triggered at
+12:00:00.4 waits for 12:00:01 (every manual run waited 0.2-1.2 s). Fixed: now() as the
+current time with fractions, in the format Airflow's timestamps are stored in. PostgreSQL's
+now() already has them.
+
+Loaded by path by launcher.py (not on its sys.path): stdlib, SQLAlchemy and Airflow only.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+FIXED = "_mlwf_fixed"  # marks what a fix replaced, so applying twice is harmless
+SQLITE_NOW = "STRFTIME('%Y-%m-%d %H:%M:%f000', 'now')"  # 2026-01-02 03:04:05.678000, UTC
+
+
+def fix_task_supervisor() -> bool:
+    """Replace ActivitySubprocess._service_subprocess; False when Airflow's differs from the
+    one this fix was written for (then nothing is changed)."""
+    try:
+        import attrs
+        from airflow.sdk.execution_time.supervisor import ActivitySubprocess
+    except ImportError:
+        return False
+    upstream = ActivitySubprocess._service_subprocess
+    if getattr(upstream, FIXED, False):
+        return True
+    fields = attrs.fields_dict(ActivitySubprocess)
+    if list(inspect.signature(upstream).parameters) != [
+        "self",
+        "max_wait_time",
+        "raise_on_timeout",
+        "expect_signal",
+    ] or not {"_process", "_exit_code", "selector"} <= fields.keys():
+        return False
+
+    def _service_subprocess(self, max_wait_time, raise_on_timeout=False, expect_signal=None):
+        registered = self.selector.get_map()
+        if self._exit_code is None and registered is not None and not registered:
+            try:
+                self._process.wait(timeout=max_wait_time)
+            except self._process.TimeoutExpired:
+                pass
+            max_wait_time = 0  # Airflow's own select then sleeps its minimum (10 ms), not the interval
+        return upstream(self, max_wait_time, raise_on_timeout=raise_on_timeout, expect_signal=expect_signal)
+
+    setattr(_service_subprocess, FIXED, True)
+    _service_subprocess.__doc__ = upstream.__doc__
+    ActivitySubprocess._service_subprocess = _service_subprocess
+    return True
+
+
+def fix_sqlite_now() -> bool:
+    """Render now() on SQLite with fractions of a second; False when SQLAlchemy's SQLite
+    dialect no longer renders it as CURRENT_TIMESTAMP (then nothing is changed)."""
+    from sqlalchemy import func, select
+    from sqlalchemy.dialects import sqlite
+    from sqlalchemy.ext.compiler import compiles
+    from sqlalchemy.sql import functions
+
+    rendered = str(select(func.now()).compile(dialect=sqlite.dialect()))
+    if SQLITE_NOW in rendered:
+        return True
+    if "CURRENT_TIMESTAMP" not in rendered:
+        return False
+
+    @compiles(functions.now, "sqlite")
+    def _now_with_fractions(element, compiler, **kw):
+        return SQLITE_NOW
+
+    return True
+
+
+def apply_all() -> list[str]:
+    """Apply every fix; the names of those refused."""
+    return [fix.__name__ for fix in (fix_task_supervisor, fix_sqlite_now) if not fix()]
