@@ -8,8 +8,9 @@ inherited database engine in forked children itself: `settings.py` registers an 
 hook). The children share the imported pages copy-on-write, which also lowers the
 stack's memory (PSS).
 
-Each child becomes the leader of its own session, restores default SIGINT/SIGTERM, reads
-stdin from /dev/null and appends its output to its own log file. The launcher prints one
+Before forking, it applies mlwf's fixes to Airflow (airflow_fixes.py), which every child
+inherits. Each child becomes the leader of its own session, restores default SIGINT/SIGTERM,
+reads stdin from /dev/null and appends its output to its own log file. The launcher prints one
 JSON line per event on stdout, waits for nothing but the migration, and exits.
 
 Usage (by mlwf): <runtime python> launcher.py '<json plan>'
