@@ -210,8 +210,10 @@ def main() -> None:
             stack_pss[1] = _stack_pss(celery)
         finally:
             celery.mlwf("down", "--volumes", "--yes", timeout=180)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    except BaseException:
+        print(f"celery bench stopped; the local stack's state and logs are kept in {root}", file=sys.stderr)
+        raise
+    shutil.rmtree(root, ignore_errors=True)
 
     one_worker = dict(results)["celery, 1 worker x 2"]
     rows = []
