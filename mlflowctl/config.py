@@ -48,6 +48,21 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def _folder(value: Any) -> str:
+    """A path that must not be empty: an unset CI variable (MLWF_HOME=) is a mistake, never "here"."""
+    text = str(value)
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text
+
+
+def _seconds(value: Any) -> float:
+    number = float(value)
+    if not 0 <= number <= 86400:
+        raise ValueError("must be between 0 and 86400 seconds")
+    return number
+
+
 def _module_names(value: Any) -> tuple[str, ...]:
     """A list (project file) or a comma-separated string (MLWF_TASK_PRELOAD) of module names."""
     names = value.split(",") if isinstance(value, str) else list(value)
@@ -67,7 +82,7 @@ class Config:
     """Effective settings. Paths are absolute once loaded; `sources` maps name -> origin."""
 
     backend: str = _setting("auto", _choice(BACKENDS), help="auto, local or docker")
-    home: str = _setting(".mlwf", help="state directory (pid files, logs, secrets, data)")
+    home: str = _setting(".mlwf", _folder, help="state directory (pid files, logs, secrets, data)")
     airflow_port: int = _setting(8080, _port, help="Airflow api-server and UI")
     prometheus_port: int = _setting(9090, _port)
     exporter_port: int = _setting(9102, _port, help="StatsD exporter's /metrics")
@@ -83,8 +98,11 @@ class Config:
     task_preload: tuple[str, ...] = _setting(
         (), _module_names, help="libraries imported once, before tasks start, instead of by every task"
     )
-    dags_dir: str = _setting("dags")
-    tasks_dir: str = _setting("src", help="folder put on the components' path")
+    dags_dir: str = _setting("dags", _folder)
+    tasks_dir: str = _setting("src", _folder, help="folder put on the components' path")
+    lock_wait: float = _setting(
+        180.0, _seconds, help="seconds `up`, `down` or `scale` wait for another one holding the state directory"
+    )
     broker_url: str = _setting("", secret=True, help="use this broker instead of mlwf's Redis")
     database_url: str = _setting("", secret=True, help="use this database instead of mlwf's")
     airflow_url: str = _setting("", help="Airflow API server; default the local stack's")

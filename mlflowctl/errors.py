@@ -94,3 +94,15 @@ class NotAvailableError(MlwfError):
     """The chosen backend cannot do this operation."""
 
     exit_code = 14
+
+
+class StateBusyError(MlwfError):
+    """Another `mlwf up`, `down` or `scale` held the state directory for longer than the wait allows."""
+
+    exit_code = 15
+
+
+class DamagedStateError(MlwfError):
+    """A file in the state directory is damaged or unreadable; the message names it and what to do."""
+
+    exit_code = 16

@@ -14,7 +14,8 @@ import secrets as random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mlflowctl.errors import MlwfError
+from mlflowctl.errors import DamagedStateError
+from mlflowctl.state import read_json, write_durably
 
 SECRETS_FILE = "secrets.json"
 PASSWORDS_FILE = "simple_auth_manager_passwords.json"
@@ -43,33 +44,61 @@ def _generate() -> Secrets:
 
 
 def write_private(path: Path, text: str) -> None:
-    """Write atomically a file only its owner can read (created 0600, never world-readable)."""
+    """Write a file only its owner can read (0600), atomically and durably."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(text)
-    os.replace(temporary, path)
+    write_durably(path, text)
+
+
+_RESTORE = "restore it from a backup, or start over with `mlwf down --volumes` (deletes the stack's data)"
 
 
 def load_or_create(home: Path) -> Secrets:
-    """The stack's secrets, generated on first call and the same on every later one."""
-    path = Path(home) / SECRETS_FILE
-    if path.exists():
+    """The stack's secrets, generated on first call and the same on every later one.
+
+    secrets.json is the source of truth; Airflow's passwords file is checked against it on
+    every call and rewritten when it is missing, damaged or different. A missing secrets.json
+    beside existing metadata is refused: new keys would lock the user out of their data.
+    """
+    home = Path(home)
+    path = home / SECRETS_FILE
+    data = read_json(path, fix=_RESTORE)
+    if data is None:
+        from mlflowctl.backends.executors import RECORD_FILE
+
+        if (home / "airflow" / "airflow.db").exists() or (home / RECORD_FILE).exists():
+            raise DamagedStateError(
+                f"{path} is missing but the stack in {home} has data (its Fernet key and passwords are gone)",
+                hint=_RESTORE,
+            )
+        current = _generate()
+        write_private(path, json.dumps(asdict(current), indent=2))
+    else:
         try:
-            return Secrets(**json.loads(path.read_text()))
-        except (ValueError, TypeError) as exc:
-            raise MlwfError(f"{path} is damaged ({exc}); restore it or remove the state directory") from None
-    created = _generate()
-    write_private(path, json.dumps(asdict(created), indent=2))
-    write_private(Path(home) / PASSWORDS_FILE, json.dumps({created.admin_user: created.admin_password}))
-    return created
+            current = Secrets(**data)
+        except TypeError:
+            raise DamagedStateError(f"{path} is damaged: its keys are not mlwf's secrets", hint=_RESTORE) from None
+    _sync_passwords_file(home / PASSWORDS_FILE, current)
+    return current
+
+
+def _sync_passwords_file(path: Path, current: Secrets) -> None:
+    """Airflow's copy of the admin password, repaired from secrets.json when it differs."""
+    expected = {current.admin_user: current.admin_password}
+    try:
+        found = read_json(path, fix="")
+    except DamagedStateError:
+        found = None
+    if found != expected:
+        write_private(path, json.dumps(expected))
 
 
 def read_admin_password(home: Path) -> str | None:
     """The admin password of a stack mlwf started in `home`, or None when there is none."""
     path = Path(home) / SECRETS_FILE
-    try:
-        return json.loads(path.read_text())["admin_password"]
-    except (OSError, ValueError, KeyError):
+    data = read_json(path, fix=_RESTORE)
+    if data is None:
         return None
+    password = data.get("admin_password")
+    if not isinstance(password, str):
+        raise DamagedStateError(f"{path} is damaged: it has no admin password", hint=_RESTORE)
+    return password

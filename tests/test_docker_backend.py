@@ -24,6 +24,8 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import pytest
 
+from mlflowctl.state import ensure_home
+
 from mlflowctl.backends import compose
 from mlflowctl.backends.docker import ComposeFailed, DockerBackend
 from mlflowctl.config import load_config
@@ -382,7 +384,7 @@ def test_logs_and_down(tmp_path, engine, docker_cli):
     backend = _backend(tmp_path, engine, bin_dir=docker_cli)
     with pytest.raises(NotFoundError, match="no service 'nope'"):
         list(backend.logs("nope"))
-    backend.config.home_dir.mkdir(parents=True)
+    ensure_home(backend.config.home_dir, backend.config.project_root)
     compose.write_env_files(backend.config, _secrets(backend), backend.stack, {})
 
     lines = list(backend.logs("scheduler", tail=5, follow=False))

@@ -21,8 +21,9 @@ from mlflowctl.backends.base import ServiceStatus, StackStatus
 from mlflowctl.backends.local import LocalBackend, follow_logs, tail_lines
 from mlflowctl.backends.ports import PortNeed, check_free
 from mlflowctl.config import load_config
-from mlflowctl.errors import PortInUseError
+from mlflowctl.errors import DamagedStateError, PortInUseError
 from mlflowctl.render.stack import services_table, uptime
+from mlflowctl.state import ensure_home
 
 MLWF = str(Path(sys.executable).parent / "mlwf")
 
@@ -95,7 +96,8 @@ def test_pid_file_of_a_dead_process_is_stale(tmp_path):
     processes.write_pid_file(path, processes.PidRecord(child.pid, created, ["true"]))
     assert processes.live_record(path) is None
     (tmp_path / "garbage.pid").write_text("not json")
-    assert processes.live_record(tmp_path / "garbage.pid") is None
+    with pytest.raises(DamagedStateError, match="garbage.pid is damaged"):
+        processes.live_record(tmp_path / "garbage.pid")
 
 
 def test_sigint_is_restored_in_the_child_even_when_the_parent_ignores_it(tmp_path):
@@ -283,6 +285,7 @@ def test_stale_pid_file_is_reported_not_trusted(tmp_path):
 
 def test_down_volumes_needs_confirmation_and_keeps_data_without_it(tmp_path):
     project, env = _project(tmp_path)
+    ensure_home(project / ".mlwf", project)
     data = project / ".mlwf" / "data" / "keep.txt"
     data.parent.mkdir(parents=True)
     data.write_text("precious")

@@ -10,7 +10,6 @@ no compose -> MissingDependencyError, a daemon that does not answer -> Unreachab
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 from collections import deque
@@ -19,6 +18,7 @@ from typing import Callable, Iterator, Mapping
 
 from mlflowctl.backends import compose
 from mlflowctl.backends.base import Progress, ServiceStatus, StackStatus
+from mlflowctl.state import ensure_home, remove_tree
 from mlflowctl.config import Config
 from mlflowctl.errors import MlwfError, NotFoundError, StackDownError, UnreachableError, UsageError
 
@@ -226,6 +226,7 @@ class DockerBackend:
             status.notes.append("the stack is already running; nothing changed")
             return status
 
+        ensure_home(self.config.home_dir, self.config.project_root)
         secrets = load_or_create(self.config.home_dir)
         files = compose.write_env_files(self.config, secrets, self.stack, POOLS)
         image = files.variables["MLWF_AIRFLOW_IMAGE"]
@@ -350,6 +351,7 @@ class DockerBackend:
             # The env files are gone but containers of this project run: regenerate them to stop those.
             from mlflowctl.secrets import load_or_create
 
+            ensure_home(self.config.home_dir, self.config.project_root)
             files = compose.write_env_files(self.config, load_or_create(self.config.home_dir), self.stack, POOLS)
             variables = files.variables
         else:
@@ -360,8 +362,7 @@ class DockerBackend:
         if volumes:
             if variables is not None:
                 notes.append("deleted the stack's Docker volumes (database, Prometheus, Grafana, logs, data)")
-            if self.config.home_dir.exists():
-                shutil.rmtree(self.config.home_dir)
+            if remove_tree(self.config.home_dir, self.config.project_root):
                 notes.append(f"deleted {self.config.home_dir}")
         return StackStatus(backend=self.name, services=self._snapshot(client), notes=notes)
 

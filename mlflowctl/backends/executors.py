@@ -10,30 +10,32 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 from mlflowctl.config import Config
-from mlflowctl.errors import UsageError
+from mlflowctl.errors import DamagedStateError, UsageError
+from mlflowctl.state import read_json, write_durably
 
 RECORD_FILE = "executor.json"
 
 
 def read_record(home: Path) -> dict:
-    try:
-        data = json.loads((Path(home) / RECORD_FILE).read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
+    """The record, {} before the first `up`; a damaged one is an error, never silently "local"."""
+    path = Path(home) / RECORD_FILE
+    data = read_json(
+        path,
+        fix='write it again as {"executor": "local"} or {"executor": "celery", "workers": N} (what the stack '
+        "was started with), or start over with `mlwf down --volumes`",
+    )
+    if data is not None and data.get("executor", "local") not in ("local", "celery"):
+        raise DamagedStateError(f"{path} names an unknown executor {data.get('executor')!r}")
+    return data or {}
 
 
 def write_record(home: Path, **values) -> None:
     home = Path(home)
     home.mkdir(parents=True, exist_ok=True)
-    data = {**read_record(home), **values}
-    temporary = home / f".{RECORD_FILE}.tmp"
-    temporary.write_text(json.dumps(data, indent=2))
-    os.replace(temporary, home / RECORD_FILE)
+    write_durably(home / RECORD_FILE, json.dumps({**read_record(home), **values}, indent=2))
 
 
 def effective_config(config: Config) -> Config:

@@ -31,7 +31,8 @@ from mlflowctl.backends import processes
 from mlflowctl.backends.base import Progress, ServiceStatus, StackStatus, StartFailed
 from mlflowctl.backends.ports import PortNeed, check_free
 from mlflowctl.config import Config
-from mlflowctl.errors import MlwfError, NotAvailableError, NotFoundError
+from mlflowctl.errors import DamagedStateError, MlwfError, NotAvailableError, NotFoundError
+from mlflowctl.state import ensure_home, remove_tree
 
 CORE = "core"
 MONITORING = "monitoring"
@@ -387,7 +388,7 @@ class LocalBackend:
 
         check_switch(self.config)
         report = progress or (lambda _message, _services: None)
-        self.home.mkdir(parents=True, exist_ok=True)
+        ensure_home(self.home, self.config.project_root)
         secrets = load_or_create(self.home)
         runtime = self.runtime(progress)
         specs = self.services(exclude)
@@ -413,7 +414,7 @@ class LocalBackend:
         env["PATH"] = f"{runtime.bin_dir}:{env.get('PATH', '')}"
         write_record(self.home, executor=self.config.executor, workers=self.config.workers)
         for folder in ("data", "airflow", "logs"):
-            (self.home / folder).mkdir(exist_ok=True)
+            (self.home / folder).mkdir(mode=0o700, exist_ok=True)
         # Migrate only when no Airflow component runs (never under a live scheduler).
         airflow_running = any(spec.airflow_args is not None and spec.name in running for spec in specs)
         migrate = not airflow_running and self._needs_migration(runtime)
@@ -649,9 +650,13 @@ class LocalBackend:
         from concurrent.futures import ThreadPoolExecutor
 
         specs = self.services()
-        records = {}
+        records, damaged = {}, []
         for spec in specs:
-            record = processes.read_pid_file(self._pid_file(spec.name))
+            try:
+                record = processes.read_pid_file(self._pid_file(spec.name))
+            except DamagedStateError:
+                damaged.append(self._pid_file(spec.name).name)  # its processes go with the marker sweep
+                continue
             if record is not None and record.process() is not None:
                 records[spec.name] = record
             else:
@@ -672,13 +677,15 @@ class LocalBackend:
                 status.notes.append(f"{name}: {outcome}")
         if strays:
             status.notes.append(f"stopped {len(strays)} stray process(es) of this stack")
+        if damaged:
+            status.notes.append(f"removed damaged pid file(s) {', '.join(damaged)}; their processes were swept by marker")
         if volumes and self.home.exists():
             plugin = self._executor_plugin()
             removed = plugin.remove_data(self.config) if plugin is not None else None
             if removed:
                 status.notes.append(removed)
-            shutil.rmtree(self.home)
-            status.notes.append(f"deleted {self.home}")
+            if remove_tree(self.home, self.config.project_root):
+                status.notes.append(f"deleted {self.home}")
         return status
 
     # ----------------------------------------------------------------- logs

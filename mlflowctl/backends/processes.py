@@ -16,15 +16,27 @@ import os
 import signal
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import psutil
 
+from mlflowctl.errors import DamagedStateError
+from mlflowctl.state import read_json, write_durably
+
 #: Marks the environment of a stack's processes so `down` can sweep strays. Not a proof of
 #: absence: setproctitle (Airflow uses it) overwrites /proc/<pid>/environ; sessions are that.
 STACK_MARKER = "MLWF_STACK_HOME"
+NOT_OURS = "not signalled: its pid now belongs to another program"
+
+
+def boot_id() -> str:
+    """This boot's id: a pid file written before a reboot names processes that no longer exist."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
 
 
 @dataclass(frozen=True)
@@ -32,12 +44,13 @@ class PidRecord:
     pid: int
     create_time: float
     cmdline: list[str]
+    boot_id: str = field(default_factory=boot_id)
 
     def process(self) -> psutil.Process | None:
         """The live process this record names, or None when the record is stale."""
         try:
             process = psutil.Process(self.pid)
-            if abs(process.create_time() - self.create_time) > 0.05:
+            if not _same_start(process, self.create_time):
                 return None  # the pid was reused by a later process
             if process.status() == psutil.STATUS_ZOMBIE:
                 return None
@@ -45,29 +58,59 @@ class PidRecord:
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             return None
 
+    def names_another_process(self) -> bool:
+        """True when the pid is alive with another start time: someone else's, never to be signalled."""
+        try:
+            return not _same_start(psutil.Process(self.pid), self.create_time)
+        except psutil.Error:
+            return False
+
+    def from_another_boot(self) -> bool:
+        if self.boot_id:
+            return self.boot_id != boot_id()
+        return self.create_time < psutil.boot_time()  # a record written before boot ids were kept
+
+
+def _same_start(process: psutil.Process, create_time: float) -> bool:
+    return abs(process.create_time() - create_time) <= 0.05
+
 
 def read_pid_file(path: Path) -> PidRecord | None:
-    try:
-        data = json.loads(path.read_text())
-        return PidRecord(int(data["pid"]), float(data["create_time"]), list(data.get("cmdline", [])))
-    except (OSError, ValueError, KeyError, TypeError):
+    """The record, or None when there is none or it is from before a reboot (then it is removed).
+
+    A damaged file is an error naming it: guessing could signal the wrong process."""
+    data = read_json(
+        path,
+        fix="`mlwf down` stops the stack's processes by their marker and removes it; then `mlwf up`",
+    )
+    if data is None:
         return None
+    try:
+        record = PidRecord(
+            int(data["pid"]), float(data["create_time"]), list(data.get("cmdline", [])), str(data.get("boot_id", ""))
+        )
+    except (KeyError, TypeError, ValueError):
+        raise DamagedStateError(
+            f"{path} is damaged: it lacks a pid and start time",
+            hint="`mlwf down` stops the stack's processes by their marker and removes it; then `mlwf up`",
+        ) from None
+    if record.pid <= 1:
+        raise DamagedStateError(f"{path} is damaged: pid {record.pid} is never a service of the stack")
+    if record.from_another_boot():
+        path.unlink(missing_ok=True)
+        return None
+    return record
 
 
 def write_pid_file(path: Path, record: PidRecord) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(asdict(record)))
-    os.replace(temporary, path)
+    write_durably(path, json.dumps(asdict(record)))
 
 
 def live_record(path: Path) -> PidRecord | None:
     """The pid file's record when its process still runs; a stale file is removed."""
     record = read_pid_file(path)
-    if record is None:
-        path.unlink(missing_ok=True)
-        return None
-    if record.process() is None:
+    if record is None or record.process() is None:
         path.unlink(missing_ok=True)
         return None
     return record
@@ -82,8 +125,8 @@ def start_detached(
     argv: Sequence[str], *, env: Mapping[str, str], cwd: Path, log_path: Path
 ) -> tuple[subprocess.Popen, PidRecord]:
     """Start `argv` as a new session, output appended to `log_path`, stdin from /dev/null."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
+    log_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with open_log(log_path) as log:
         popen = subprocess.Popen(
             list(argv),
             env=dict(env),
@@ -100,6 +143,11 @@ def start_detached(
     except psutil.NoSuchProcess:
         created = time.time()
     return popen, PidRecord(popen.pid, created, list(argv))
+
+
+def open_log(path: Path):
+    """A service's log for appending, created 0600: logs can hold connection strings and tokens."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600), "ab")
 
 
 def session_members(sid: int, *, since: float = 0.0) -> list[psutil.Process]:
@@ -124,12 +172,13 @@ def session_members(sid: int, *, since: float = 0.0) -> list[psutil.Process]:
 
 
 def marked_processes(marker_value: str) -> list[psutil.Process]:
-    """Live processes whose environment carries STACK_MARKER=marker_value."""
+    """Live processes whose environment carries STACK_MARKER=marker_value, never this
+    process or its ancestors (an mlwf run from inside a task must not stop its own chain)."""
     found = []
-    me = os.getpid()
+    spared = {os.getpid(), *(parent.pid for parent in psutil.Process().parents())}
     for process in psutil.process_iter(["status"]):
         try:
-            if process.pid == me or process.info["status"] == psutil.STATUS_ZOMBIE:
+            if process.pid in spared or process.info["status"] == psutil.STATUS_ZOMBIE:
                 continue
             if process.environ().get(STACK_MARKER) == marker_value:
                 found.append(process)
@@ -179,16 +228,18 @@ def stop_session(
     ended: "not running", "terminated", "terminated after second TERM" or "killed".
     """
     sid, since = record.pid, record.create_time
-    if not session_members(sid, since=since):
+    if not record.names_another_process() and not session_members(sid, since=since):
         return "not running"
-    _signal_session(sid, signal.SIGTERM, since)
-    if _wait_gone(sid, grace, popen, since):
-        return "terminated"
-    _signal_session(sid, signal.SIGTERM, since)
-    if _wait_gone(sid, second_grace, popen, since):
-        return "terminated after second TERM"
-    _signal_session(sid, signal.SIGKILL, since)
-    _wait_gone(sid, 5.0, popen, since)
+    for signum, wait, outcome in (
+        (signal.SIGTERM, grace, "terminated"),
+        (signal.SIGTERM, second_grace, "terminated after second TERM"),
+        (signal.SIGKILL, 5.0, "killed"),
+    ):
+        if record.names_another_process():  # checked before every signal: a pid is never trusted
+            return NOT_OURS
+        _signal_session(sid, signum, since)
+        if _wait_gone(sid, wait, popen, since):
+            return outcome
     return "killed"
 
 

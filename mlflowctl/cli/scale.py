@@ -22,7 +22,7 @@ def scale(
     as_json: Json = False,
 ) -> None:
     """Add or remove Celery workers of the running stack; removed workers finish their running tasks first."""
-    from mlflowctl.cli.stack import _backend, _config, _print_notes
+    from mlflowctl.cli.stack import _backend, _config, _print_notes, holding_state
     from mlflowctl.render.console import stderr, stdout
     from mlflowctl.render.stack import services_table, status_json
 
@@ -38,12 +38,13 @@ def scale(
         if not services or message.startswith(("warm", "all healthy")):
             console.print(message, markup=False, highlight=False)
 
-    if hasattr(chosen, "scale"):
-        status = chosen.scale(count, progress=progress, timeout=timeout)
-    else:  # the local backend: its celery plugin does it
-        from mlflowctl.backends.celery_local import scale as scale_local
+    with holding_state(config, f"mlwf scale workers {count}", create=False):
+        if hasattr(chosen, "scale"):
+            status = chosen.scale(count, progress=progress, timeout=timeout)
+        else:  # the local backend: its celery plugin does it
+            from mlflowctl.backends.celery_local import scale as scale_local
 
-        status = scale_local(chosen, count, progress=progress, timeout=timeout)
+            status = scale_local(chosen, count, progress=progress, timeout=timeout)
     if as_json:
         print(json.dumps(status_json(status, None), indent=2))
     else:

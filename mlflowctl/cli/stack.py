@@ -38,6 +38,21 @@ def _backend(config, *, announce: bool = True):
     return backend
 
 
+def holding_state(config, command: str, *, create: bool = True):
+    """The state directory's lock for a command that changes the stack (up, down, scale)."""
+    from mlflowctl.render.console import stderr
+    from mlflowctl.state import locked
+
+    return locked(
+        config.home_dir,
+        config.project_root,
+        command=command,
+        wait=config.lock_wait,
+        on_wait=lambda message: stderr().print(message, markup=False, highlight=False),
+        create=create,
+    )
+
+
 def _print_notes(notes: list[str]) -> None:
     from mlflowctl.render.console import stderr
 
@@ -82,9 +97,11 @@ def up(
             console.print(message, markup=False, highlight=False)
 
     try:
-        if live is not None:
-            live.start()
-        status = chosen.up(exclude=frozenset(exclude or ()), progress=progress, timeout=timeout)
+        with holding_state(config, "mlwf up"):
+            if live is not None:
+                live.start()
+            status = chosen.up(exclude=frozenset(exclude or ()), progress=progress, timeout=timeout)
+            record_backend(config, chosen.name)
     except StartFailed as failure:
         if live is not None:
             live.stop()
@@ -95,7 +112,6 @@ def up(
     finally:
         if live is not None:
             live.stop()
-    record_backend(config, chosen.name)
     if as_json:
         print(json.dumps(status_json(status, None), indent=2))
     else:
@@ -122,12 +138,17 @@ def down(
 ) -> None:
     """Stop every service (TERM, TERM again, then KILL); data is kept unless --volumes."""
     config = _config(backend=backend, home=home)
+    if volumes:
+        from mlflowctl.state import check_removable
+
+        check_removable(config.home_dir, config.project_root)  # refused before anything stops
     if volumes and not yes:
         if not sys.stdin.isatty():
             raise UsageError("--volumes deletes all state and data; confirm with --yes when not interactive")
         if not typer.confirm(f"Delete {config.home} (metadata database, logs, pipeline data, secrets)?"):
             raise UsageError("nothing deleted")
-    status = _backend(config).down(volumes=volumes)
+    with holding_state(config, "mlwf down", create=False):
+        status = _backend(config).down(volumes=volumes)
     _print_notes(status.notes)
     from mlflowctl.render.console import stdout
 
