@@ -44,9 +44,9 @@ def _forbidden(project_root: Path) -> set[Path]:
 
 
 def check_home(home: Path, project_root: Path) -> Path:
-    """The resolved state directory, or a usage error (exit 2) for one that can never be ours."""
-    if not str(home).strip():
-        raise UsageError("the state directory is empty (MLWF_HOME= or --home \"\"): set it to a folder of its own")
+    """The resolved state directory, or a usage error (exit 2) for one that can never be ours.
+
+    (An empty MLWF_HOME or --home never gets here: the config refuses it.)"""
     resolved = Path(home).resolve()
     if resolved in _forbidden(project_root):
         raise UsageError(
@@ -81,13 +81,14 @@ def ensure_home(home: Path, project_root: Path) -> Path:
                 f"{home} is not an mlwf state directory (it has files but no {MARKER})",
                 hint="choose an empty or new folder for MLWF_HOME / --home",
             )
-        _write_marker(home)
+        mark(home)
     if home.stat().st_mode & 0o077:
         home.chmod(0o700)
     return home
 
 
-def _write_marker(home: Path) -> None:
+def mark(home: Path) -> None:
+    """Write the marker that says mlwf created `home` (never through a link, never twice)."""
     try:
         descriptor = os.open(home / MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except FileExistsError:

@@ -41,6 +41,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -52,6 +53,7 @@ from urllib.parse import quote
 from mlflowctl.backends.executors import read_record, write_record
 from mlflowctl.config import Config
 from mlflowctl.errors import MissingDependencyError, MlwfError, StackDownError, UsageError
+from mlflowctl.state import is_ours, mark, remove_tree
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflowctl.backends.local import LocalBackend, ServiceSpec
@@ -183,17 +185,18 @@ def init_postgres(config: Config, secrets: "Secrets") -> None:
     account = _postgres_account()
     base = postgres_dir(config)
     data, sockets = base / "data", base / "run"
-    for folder in (base, sockets):
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if account is not None:
-            os.chown(folder, *account)
+    _private_folder(base, account, inside=config.home_dir)
+    sockets.mkdir(exist_ok=True, mode=0o700)  # inside a folder only we (and postgres) can enter
+    if account is not None:
+        os.chown(sockets, *account)
     write_record(config.home_dir, postgres_dir=str(base))
     if (data / "PG_VERSION").is_file():
         return
     if data.exists():
         shutil.rmtree(data)  # a half-made cluster from an interrupted init
     password_file = base / ".pwfile"
-    descriptor = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    password_file.unlink(missing_ok=True)
+    descriptor = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(descriptor, "w") as handle:
         handle.write(secrets.postgres_password + "\n")
     if account is not None:
@@ -218,6 +221,27 @@ def init_postgres(config: Config, secrets: "Secrets") -> None:
     if created.returncode != 0 or "ERROR" in created.stdout + created.stderr:
         shutil.rmtree(data, ignore_errors=True)
         raise MlwfError(f"creating the database failed: {_last_line(created.stderr or created.stdout)}")
+
+
+def _private_folder(path: Path, account: tuple[int, int] | None, *, inside: Path) -> None:
+    """Create PostgreSQL's folder 0700, or accept an existing one only when nobody else can have
+    planted it: inside the (0700) state directory, or a real folder (lstat, no link) owned by us
+    or `postgres`, mode 0700, carrying mlwf's marker. A predictable name under /tmp is otherwise
+    a gift to any local user."""
+    try:
+        os.mkdir(path, 0o700)
+        mark(path)
+    except FileExistsError:
+        if not path.is_relative_to(inside):
+            st = os.lstat(path)
+            owners = {os.geteuid(), *([account[0]] if account else [])}
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid not in owners or st.st_mode & 0o077 or not is_ours(path):
+                raise MlwfError(
+                    f"{path} exists but mlwf did not make it (owner, mode, link or marker differ): "
+                    "remove it, or use a state directory the `postgres` user can reach",
+                ) from None
+    if account is not None:
+        os.chown(path, *account)
 
 
 def _last_line(text: str) -> str:
@@ -596,15 +620,14 @@ def remove_data(config: Config) -> str | None:
     if not base:
         return None
     path = Path(base)
-    try:
-        path.relative_to(config.home_dir)
+    if path.is_relative_to(config.home_dir):
         return None  # removed with the state directory
-    except ValueError:
-        pass
-    if path.exists():
-        shutil.rmtree(path, ignore_errors=True)
-        return f"deleted {path}"
-    return None
+    if not path.exists():
+        return None
+    if not is_ours(path):
+        return f"kept {path}: it has no mlwf marker (made by an older mlwf?); delete it yourself if it is this stack's"
+    remove_tree(path, config.project_root)
+    return f"deleted {path}"
 
 
 # --------------------------------------------------------------------- supervisor
