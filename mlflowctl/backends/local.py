@@ -494,7 +494,7 @@ class LocalBackend:
             plan["spawner"] = {"name": spawner.name, "log": str(self._log_file(spawner.name)), "env": digest}
         report("loading Airflow", [])
         launcher_log = self._log_file("launcher")
-        with open(launcher_log, "ab") as errors:
+        with processes.open_log(launcher_log) as errors:
             launcher = subprocess.Popen(
                 [runtime.python, "-c", LAUNCH_CODE, str(LAUNCHER), json.dumps(plan)],
                 env=env,
@@ -503,6 +503,7 @@ class LocalBackend:
                 stdout=subprocess.PIPE,
                 stderr=errors,
                 text=True,
+                umask=processes.PRIVATE_UMASK,
             )
         try:
             assert launcher.stdout is not None
@@ -568,14 +569,15 @@ class LocalBackend:
         """One `airflow <component>` process each (MLWF_LAUNCHER=0): slower, for comparison."""
         if migrate:
             report("migrating the metadata database", [])
-            with open(self._log_file("migrate"), "ab") as log:
+            with processes.open_log(self._log_file("migrate")) as log:
                 result = subprocess.run(
                     [runtime.airflow, "db", "migrate"],
                     env=env,
                     cwd=self.config.project_root,
-                    stdin=subprocess.DEVNULL,
+                        stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
+                    umask=processes.PRIVATE_UMASK,
                 )
             if result.returncode != 0:
                 raise self._migration_failed(result.returncode)

@@ -28,6 +28,8 @@ from mlflowctl.state import read_json, write_durably
 #: Marks the environment of a stack's processes so `down` can sweep strays. Not a proof of
 #: absence: setproctitle (Airflow uses it) overwrites /proc/<pid>/environ; sessions are that.
 STACK_MARKER = "MLWF_STACK_HOME"
+#: Everything a stack's process creates (logs, task logs, databases) is for its owner only.
+PRIVATE_UMASK = 0o077
 NOT_OURS = "not signalled: its pid now belongs to another program"
 
 
@@ -137,6 +139,7 @@ def start_detached(
             start_new_session=True,
             preexec_fn=_restore_signals,
             close_fds=True,
+            umask=PRIVATE_UMASK,
         )
     try:
         created = psutil.Process(popen.pid).create_time()
