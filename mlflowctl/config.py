@@ -56,6 +56,17 @@ def _folder(value: Any) -> str:
     return text
 
 
+#: More Celery workers than this on one machine is a typo (each idles at ~160-260 MiB).
+MAX_WORKERS = 32
+
+
+def _workers(value: Any) -> int:
+    number = _positive(value)
+    if number > MAX_WORKERS:
+        raise ValueError(f"at most {MAX_WORKERS} workers on one machine")
+    return number
+
+
 def _seconds(value: Any) -> float:
     number = float(value)
     if not 0 <= number <= 86400:
@@ -94,7 +105,7 @@ class Config:
     postgres_port: int = _setting(5442, _port, help="mlwf's own PostgreSQL (celery)")
     parallelism: int = _setting(4, _positive)
     executor: str = _setting("local", _choice(EXECUTORS))
-    workers: int = _setting(2, _positive, help="Celery workers")
+    workers: int = _setting(2, _workers, help="Celery workers")
     task_preload: tuple[str, ...] = _setting(
         (), _module_names, help="libraries imported once, before tasks start, instead of by every task"
     )

@@ -87,6 +87,37 @@ def stack_processes(home: Path, sessions: set[int] = frozenset(), project: Path 
     return found
 
 
+def exposed_sockets(home: Path, project: Path | None = None) -> list[str]:
+    """Every socket of the stack's processes that another host or user could reach: a TCP
+    listener or bound UDP socket not on 127.0.0.1/::1, an abstract Unix socket, or a Unix
+    socket whose folder others may enter. Empty when the stack keeps to itself."""
+    import psutil
+
+    loopback = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+    exposed = []
+    for pid in stack_processes(home, stack_sessions(home), project):
+        try:
+            process = psutil.Process(pid)
+            inet = process.net_connections(kind="inet")
+            unix = process.net_connections(kind="unix")
+            name = process.name()
+        except psutil.Error:
+            continue
+        for conn in inet:
+            bound = conn.status == psutil.CONN_LISTEN or (conn.type == socket.SOCK_DGRAM and not conn.raddr)
+            if bound and conn.laddr and conn.laddr.ip not in loopback:
+                exposed.append(f"{name} (pid {pid}) listens on {conn.laddr.ip}:{conn.laddr.port}")
+        for conn in unix:
+            path = conn.laddr or ""
+            if path.startswith(("\0", "@")):
+                exposed.append(f"{name} (pid {pid}) has an abstract Unix socket {path!r}")
+            elif path:
+                folder = Path(path).parent
+                if folder.stat().st_mode & 0o077:
+                    exposed.append(f"{name} (pid {pid}) has a Unix socket {path} in a folder others may enter")
+    return exposed
+
+
 def port_open(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)

@@ -102,3 +102,27 @@ def test_sqlite_now_has_the_fractions_airflow_stores():
                 assert len(due) == 1
     finally:
         deregister(functions.now)
+
+
+def test_statsd_client_sends_from_loopback_when_it_sends_to_loopback():
+    """Airflow's StatsD client held a UDP socket bound to 0.0.0.0 in every component."""
+    from statsd import StatsClient
+
+    upstream = StatsClient.__init__
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(("127.0.0.1", 0))
+        receiver.settimeout(5)
+        unfixed = StatsClient("127.0.0.1", receiver.getsockname()[1])
+        unfixed.incr("before")
+        assert unfixed._sock.getsockname()[0] == "0.0.0.0"  # what the fix is for
+        unfixed.close()
+        try:
+            assert airflow_fixes.fix_statsd_loopback() and airflow_fixes.fix_statsd_loopback()
+            client = StatsClient("127.0.0.1", receiver.getsockname()[1])
+            client.incr("after")
+            assert client._sock.getsockname()[0] == "127.0.0.1"
+            received = {receiver.recv(100) for _ in range(2)}
+            assert received == {b"before:1|c", b"after:1|c"}
+            client.close()
+        finally:
+            StatsClient.__init__ = upstream

@@ -23,7 +23,7 @@ import httpx
 import psutil
 import pytest
 
-from conftest import REPO, port_open, stack_processes
+from conftest import REPO, exposed_sockets, port_open, stack_processes
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -147,6 +147,7 @@ def _scenario(stack) -> None:
     assert "worker-3" not in services
     assert services["redis"]["port"] == stack.ports["redis_port"]
     assert services["postgres"]["port"] == stack.ports["postgres_port"]
+    assert exposed_sockets(stack.home, stack.project) == []  # workers, Redis, PostgreSQL, spawner included
 
     # Going back to SQLite under this stack's data is refused too.
     back = stack.mlwf("up", "--executor", "local", timeout=120)

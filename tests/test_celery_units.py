@@ -149,6 +149,8 @@ def test_scale_refuses_what_it_cannot_do(tmp_path):
     assert wrong.returncode == 2 and "only `mlwf scale workers N`" in wrong.stderr
     zero = _mlwf(tmp_path, "scale", "workers", "0")
     assert zero.returncode == 2 and "at least 1" in zero.stderr
+    absurd = _mlwf(tmp_path, "scale", "workers", "100000")
+    assert absurd.returncode == 2 and "at most 32" in absurd.stderr and not (tmp_path / "home").exists()
     local = _mlwf(tmp_path, "scale", "workers", "2")
     assert local.returncode == 2 and "needs the celery executor" in local.stderr
     executors.write_record(tmp_path / "home", executor="celery", workers=2)

@@ -40,6 +40,7 @@ def test_publish_sends_to_mlwf_env(udp, monkeypatch):
     monkeypatch.setenv("MLWF_STATSD_PORT", str(udp.getsockname()[1]))
     assert pm.publish("validation_failures", 3, kind="counter", dag_id="ml_pipeline_dag") is True
     assert udp.recv(4096) == b"mlpipeline.validation_failures,dag_id=ml_pipeline_dag:3|c"
+    assert pm._sock.getsockname()[0] == "127.0.0.1"  # never a UDP port open on every interface
 
 
 def test_publish_falls_back_to_airflow_env(udp, monkeypatch):

@@ -63,12 +63,12 @@ def test_lifecycle_kill_restart_port_clash_and_data_kept(make_stack):
 
     # A port held by another socket: one clear line, exit 10, nothing left half-up.
     with socket.socket() as held:
-        held.bind(("127.0.0.1", stack.ports["trigger_log_server_port"]))
+        held.bind(("127.0.0.1", stack.ports["airflow_port"]))
         held.listen()
         clash = stack.mlwf("up", "--exclude", "monitoring", timeout=120)
     assert clash.returncode == 10, clash.stderr
     error_line = next(line for line in clash.stderr.splitlines() if line.startswith("error:"))
-    assert str(stack.ports["trigger_log_server_port"]) in error_line and f"pid {os.getpid()}" in error_line
+    assert str(stack.ports["airflow_port"]) in error_line and f"pid {os.getpid()}" in error_line
     assert stack_processes(stack.home, project=stack.project) == []
     assert not port_open(stack.ports["airflow_port"])
 

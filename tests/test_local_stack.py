@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 
 import httpx
 import pytest
+
+from conftest import exposed_sockets, port_open, stack_processes, stack_sessions
 
 pytestmark = pytest.mark.stack
 
@@ -56,11 +59,22 @@ def test_auth_is_on_and_the_generated_password_works(stack):
         assert stat.S_IMODE(os.stat(stack.home / name).st_mode) == 0o600
 
 
-def test_services_listen_on_loopback_only(stack):
+def test_nothing_of_the_stack_listens_beyond_loopback(stack):
+    """Every TCP/UDP socket of every stack process on 127.0.0.1 or ::1, every Unix socket in
+    a private folder; and the sockets we know of are really there (the audit sees them)."""
     import psutil
 
-    ours = {c.laddr.port: c.laddr.ip for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
-    assert ours.get(stack.ports["airflow_port"]) == "127.0.0.1"
+    assert exposed_sockets(stack.home, stack.project) == []
+    listening = {
+        (c.laddr.ip, c.laddr.port)
+        for pid in stack_processes(stack.home, stack_sessions(stack.home))
+        for c in psutil.Process(pid).net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN or c.type == socket.SOCK_DGRAM
+    }
+    for name in ("airflow_port", "exporter_port", "prometheus_port", "statsd_port"):
+        assert ("127.0.0.1", stack.ports[name]) in listening, name
+    for name in ("log_server_port", "trigger_log_server_port"):  # no log servers on one host
+        assert not port_open(stack.ports[name]), name
 
 
 def test_logs_of_one_service_and_all_interleaved(stack):

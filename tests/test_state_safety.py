@@ -24,7 +24,7 @@ from mlflowctl.backends import processes
 from mlflowctl.backends.celery_local import _private_folder, remove_data
 from mlflowctl.config import load_config
 from mlflowctl.errors import DamagedStateError, UsageError
-from tests.conftest import MLWF, stack_processes, stack_sessions
+from conftest import MLWF, stack_processes, stack_sessions
 
 DOCUMENTED_EXIT_CODES = set(range(0, 17))
 

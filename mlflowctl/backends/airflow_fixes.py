@@ -1,4 +1,4 @@
-"""Two fixes to Airflow 3.3, applied by the launcher to the processes it forks.
+"""Three fixes to Airflow 3.3, applied by the launcher to the processes it forks.
 
 Each costs whole seconds on a laptop stack, neither can be reached by a setting, and each is
 applied only to the code it was written for: a refused fix leaves Airflow as it is.
@@ -21,12 +21,18 @@ CURRENT_TIMESTAMP, whole seconds, while Airflow stores microseconds, so a run tr
 current time with fractions, in the format Airflow's timestamps are stored in. PostgreSQL's
 now() already has them.
 
+StatsD on loopback (`fix_statsd_loopback`): the `statsd` client Airflow sends metrics with
+never binds its UDP socket, so the kernel binds it to 0.0.0.0 at the first send and every
+component holds a UDP port open on every interface. Fixed: a client whose target is a
+loopback address binds its socket to that address first.
+
 Loaded by path by launcher.py (not on its sys.path): stdlib, SQLAlchemy and Airflow only.
 """
 
 from __future__ import annotations
 
 import inspect
+import socket
 
 FIXED = "_mlwf_fixed"  # marks what a fix replaced, so applying twice is harmless
 SQLITE_NOW = "STRFTIME('%Y-%m-%d %H:%M:%f000', 'now')"  # 2026-01-02 03:04:05.678000, UTC
@@ -89,6 +95,36 @@ def fix_sqlite_now() -> bool:
     return True
 
 
+def fix_statsd_loopback() -> bool:
+    """Bind `statsd.StatsClient`'s socket to loopback when it sends to loopback; False when the
+    client no longer keeps its socket and address as `_sock` and `_addr`."""
+    import ipaddress
+
+    try:
+        from statsd import StatsClient
+    except ImportError:
+        return True  # no StatsD client, no socket
+    upstream = StatsClient.__init__
+    if getattr(upstream, FIXED, False):
+        return True
+    probe = StatsClient("127.0.0.1", 8125)
+    shaped = isinstance(getattr(probe, "_sock", None), socket.socket) and isinstance(
+        getattr(probe, "_addr", None), tuple
+    )
+    probe.close()
+    if not shaped:
+        return False
+
+    def __init__(self, *args, **kwargs):
+        upstream(self, *args, **kwargs)
+        if ipaddress.ip_address(self._addr[0]).is_loopback:
+            self._sock.bind((self._addr[0], 0))
+
+    setattr(__init__, FIXED, True)
+    StatsClient.__init__ = __init__
+    return True
+
+
 def apply_all() -> list[str]:
     """Apply every fix; the names of those refused."""
-    return [fix.__name__ for fix in (fix_task_supervisor, fix_sqlite_now) if not fix()]
+    return [fix.__name__ for fix in (fix_task_supervisor, fix_sqlite_now, fix_statsd_loopback) if not fix()]

@@ -109,23 +109,11 @@ class LocalBackend:
                 url=self.url,
                 ports=[PortNeed("api-server", "airflow_port", c.airflow_port)],
             ),
-            self._airflow_service(
-                "scheduler",
-                ["scheduler"],
-                port=c.log_server_port,
-                health_key="scheduler",
-                ports=[PortNeed("scheduler log server", "log_server_port", c.log_server_port, wildcard=True)],
-            ),
+            # No log servers: they listen on every interface, and on one host the api-server
+            # reads task and trigger logs from the files.
+            self._airflow_service("scheduler", ["scheduler", "--skip-serve-logs"], health_key="scheduler"),
             self._airflow_service("dag-processor", ["dag-processor"], health_key="dag_processor"),
-            self._airflow_service(
-                "triggerer",
-                ["triggerer"],
-                port=c.trigger_log_server_port,
-                health_key="triggerer",
-                ports=[
-                    PortNeed("triggerer log server", "trigger_log_server_port", c.trigger_log_server_port, wildcard=True)
-                ],
-            ),
+            self._airflow_service("triggerer", ["triggerer", "--skip-serve-logs"], health_key="triggerer"),
             *self._monitoring_services(),
         ]
         if plugin is not None:  # e.g. celery: broker and database first, workers after the core
@@ -230,7 +218,6 @@ class LocalBackend:
                     f"--config.file={data / 'prometheus.yml'}",
                     f"--storage.tsdb.path={data / 'data'}",
                     f"--web.listen-address=127.0.0.1:{c.prometheus_port}",
-                    "--web.enable-lifecycle",
                 ],
                 group=MONITORING,
                 port=c.prometheus_port,

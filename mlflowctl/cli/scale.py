@@ -30,6 +30,10 @@ def scale(
         raise UsageError(f"cannot scale {what!r}: only `mlwf scale workers N`")
     if count < 1:
         raise UsageError("workers must be at least 1 (`mlwf down` stops the stack)")
+    from mlflowctl.config import MAX_WORKERS
+
+    if count > MAX_WORKERS:
+        raise UsageError(f"{count} workers is more than one machine runs (at most {MAX_WORKERS}); nothing was started")
     config = _config(backend=backend, home=home)
     chosen = _backend(config)
     console = stderr()

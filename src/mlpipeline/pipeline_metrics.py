@@ -26,6 +26,7 @@ at debug level), whatever the input.
 from __future__ import annotations
 
 import datetime as _dt
+import ipaddress
 import logging
 import math
 import os
@@ -110,11 +111,12 @@ def _send(payload: bytes, target: tuple[str, int]) -> None:
         addr = _addr_cache.get(target)
         if addr is None:
             family, _, _, _, addr = socket.getaddrinfo(target[0], target[1], type=socket.SOCK_DGRAM)[0]
-            if _sock is None or _sock.family != family:
-                if _sock is not None:
-                    _sock.close()
-                _sock = socket.socket(family, socket.SOCK_DGRAM)
-                _sock.setblocking(False)
+            if _sock is not None:
+                _sock.close()
+            _sock = socket.socket(family, socket.SOCK_DGRAM)
+            _sock.setblocking(False)
+            if ipaddress.ip_address(addr[0]).is_loopback:
+                _sock.bind((addr[0], 0))  # else the kernel binds it to every interface
             _addr_cache.clear()
             _addr_cache[target] = addr
         assert _sock is not None
