@@ -2,11 +2,15 @@
 
 CI systems (GitLab, Jenkins, GitHub test reporters) display this format natively. A task
 that failed is a <failure>; one that never ran because an upstream task failed, or was
-skipped, is <skipped> with the reason; every other state that is not success is an <error>.
+skipped, is <skipped> with the reason; every other state that is not success is an <error>
+(after a wait that gave up, type "unfinished"). Log text is made XML-safe (ANSI escapes
+dropped, other control characters shown as \\xNN) so strict parsers accept every report, and
+the file is replaced atomically: a CI job never reads half a report.
 """
 
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,7 +19,16 @@ if TYPE_CHECKING:
     from mlflowctl.runs import RunSnapshot, TaskFailure
 
 
-def junit_xml(snapshot: RunSnapshot, failures: list[TaskFailure]) -> str:
+_ANSI = re.compile(r"\x1b(\[[0-9;?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[@-Z\\-_])")
+_NOT_XML = re.compile("[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_safe(text: str) -> str:
+    """`text` without terminal escapes, every character XML 1.0 cannot hold shown as \\xNN."""
+    return _NOT_XML.sub(lambda match: f"\\x{ord(match.group()):02x}", _ANSI.sub("", text))
+
+
+def junit_xml(snapshot: RunSnapshot, failures: list[TaskFailure], *, timed_out: bool = False) -> str:
     run = snapshot.run
     tails = {f.task.task_id: f.log_tail for f in failures}
     counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
@@ -31,13 +44,19 @@ def junit_xml(snapshot: RunSnapshot, failures: list[TaskFailure]) -> str:
         if task.state == "failed":
             counts["failures"] += 1
             failure = ET.SubElement(case, "failure", message=f"task {name} failed (try {task.try_number})", type="failed")
-            failure.text = "\n".join(tails.get(task.task_id, []))
+            failure.text = xml_safe("\n".join(tails.get(task.task_id, [])))
         elif task.state in ("upstream_failed", "skipped", "removed"):
             counts["skipped"] += 1
             ET.SubElement(case, "skipped", message=task.state)
+        elif timed_out:
+            counts["errors"] += 1
+            ET.SubElement(
+                case, "error", message=f"task {name} unfinished ({task.state or 'not started'}) when the wait gave up",
+                type="unfinished",
+            )
         else:
             counts["errors"] += 1
-            ET.SubElement(case, "error", message=f"task {name} ended the run in state {task.state}", type=task.state)
+            ET.SubElement(case, "error", message=f"task {name} ended the run in state {task.state}", type=str(task.state))
     for key, value in counts.items():
         suite.set(key, str(value))
     suite.set("time", f"{run.duration or snapshot.elapsed:.3f}")
@@ -47,6 +66,8 @@ def junit_xml(snapshot: RunSnapshot, failures: list[TaskFailure]) -> str:
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
-def write_junit(path: Path, snapshot: RunSnapshot, failures: list[TaskFailure]) -> None:
+def write_junit(path: Path, snapshot: RunSnapshot, failures: list[TaskFailure], *, timed_out: bool = False) -> None:
+    from mlflowctl.state import write_durably
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(junit_xml(snapshot, failures))
+    write_durably(path, junit_xml(snapshot, failures, timed_out=timed_out), mode=0o644)

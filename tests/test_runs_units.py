@@ -11,7 +11,7 @@ from rich.console import Console
 
 from mlflowctl.api.airflow import DagRun, LogRecord, TaskInstance
 from mlflowctl.errors import UsageError
-from mlflowctl.junit import junit_xml
+from mlflowctl.junit import junit_xml, write_junit
 from mlflowctl.render import runs as render
 from mlflowctl.runs import BackfillPlan, RunSnapshot, TaskFailure, backfill_range, parse_conf, parse_date
 
@@ -141,6 +141,31 @@ def test_junit_has_one_case_per_task_with_failures_and_their_log_tail():
     assert cases["check"].find("failure").text == "line 1\nValueError: <boom> & more"
     assert cases["report"].find("skipped").get("message") == "upstream_failed"
     assert list(cases["extract"]) == []
+
+
+def test_junit_with_escapes_and_control_characters_is_valid_xml(tmp_path):
+    """A failed task's log with colours, NUL, bell and a lone surrogate: a strict parser
+    (expat) accepts the report, and the text stays readable."""
+    import xml.dom.minidom
+
+    snapshot = _snapshot()
+    tail = ["\x1b[31mERROR\x1b[0m boom", "nul\x00 bell\x07 esc\x1b] vt\x0b", "bad \udc80 end", "ok \t tab"]
+    path = tmp_path / "reports" / "junit.xml"
+    write_junit(path, snapshot, [TaskFailure(snapshot.tasks[1], tail)])
+    text = path.read_text()
+    xml.dom.minidom.parseString(text.encode("utf-8", "surrogatepass"))  # raises on any invalid character
+    failure = ET.fromstring(text.split("\n", 1)[1]).find("testsuite/testcase[@name='check']/failure").text
+    assert failure.splitlines() == ["ERROR boom", "nul\\x00 bell\\x07 esc vt\\x0b", "bad \\xdc80 end", "ok \t tab"]
+    assert [p.name for p in path.parent.iterdir()] == ["junit.xml"]  # no temporary file left
+
+
+def test_junit_after_a_wait_that_gave_up_marks_unfinished_tasks():
+    run = DagRun("d", "manual__1", "running", start_date=T0)
+    snapshot = RunSnapshot(run, [_task("extract", "success"), _task("train", "running"), _task("report", None)], elapsed=3.0)
+    root = ET.fromstring(junit_xml(snapshot, [], timed_out=True).split("\n", 1)[1])
+    errors = {c.get("name"): c.find("error") for c in root.iter("testcase") if c.find("error") is not None}
+    assert {name: e.get("type") for name, e in errors.items()} == {"train": "unfinished", "report": "unfinished"}
+    assert "not started" in errors["report"].get("message")
 
 
 def test_run_table_lists_tasks_in_start_order_with_state_try_and_duration():
