@@ -224,22 +224,26 @@ def ml_pipeline_dag() -> None:
 
     @task(execution_timeout=dt.timedelta(minutes=10))
     def deploy_model(state: dict, params: dict | None = None) -> dict:
+        from mlpipeline.model_deployment import PointerDamagedError
         from mlpipeline.model_deployment import deploy_model as deploy
 
         settings = _settings()
-        result = deploy(
-            state["model_path"], state["metrics"],
-            registry_root=settings.registry_dir,
-            thresholds=params["thresholds"] or settings.thresholds,
-            tolerance=settings.tolerance if params["tolerance"] is None else params["tolerance"],
-            metadata={
-                "run_id": state["run_id"], "dag_id": DAG_ID, "data_source": state["source"],
-                "data_fingerprint": state["fingerprint"], "data_rows": state["rows"],
-                "model_type": state["model_type"], "model_params": state["model_params"],
-                "training_seconds": state["training_seconds"], "features": state["features"],
-            },
-            code_path=CODE_DIR,
-        )
+        try:
+            result = deploy(
+                state["model_path"], state["metrics"],
+                registry_root=settings.registry_dir,
+                thresholds=params["thresholds"] or settings.thresholds,
+                tolerance=settings.tolerance if params["tolerance"] is None else params["tolerance"],
+                metadata={
+                    "run_id": state["run_id"], "dag_id": DAG_ID, "data_source": state["source"],
+                    "data_fingerprint": state["fingerprint"], "data_rows": state["rows"],
+                    "model_type": state["model_type"], "model_params": state["model_params"],
+                    "training_seconds": state["training_seconds"], "features": state["features"],
+                },
+                code_path=CODE_DIR,
+            )
+        except PointerDamagedError as exc:  # a retry cannot repair it; the message says how
+            _fail_fast(exc)
         for name, value in state["metrics"].items():
             _metric(f"model_{name}", value, version=result["version"], model_type=state["model_type"])
         _metric("model_promoted", 1 if result["promoted"] else 0, version=result["version"])

@@ -139,7 +139,7 @@ def monitoring_dag() -> None:
 
     @task
     def generate_health_report(state: dict, run_id: str | None = None) -> dict:
-        from mlpipeline.model_deployment import write_json_atomic
+        from mlpipeline.files import atomic_write_json
         from mlpipeline.monitoring import summarize
         from mlpipeline.settings import load_settings, safe_run_id
 
@@ -150,7 +150,7 @@ def monitoring_dag() -> None:
         out.mkdir(parents=True, exist_ok=True)
         path = out / f"report-{safe_run_id(run_id)}.json"
         for target in (path, out / "latest.json"):
-            write_json_atomic(target, report)
+            atomic_write_json(target, report, default=str)
         print(f"health: {report['worst']} {report['counts']} -> {path}")
         return {"worst": report["worst"], "counts": report["counts"], "report_path": str(path)}
 

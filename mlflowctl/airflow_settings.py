@@ -49,7 +49,21 @@ TASK_HEARTBEAT_SECONDS = 5
 UNFIXED_SUPERVISOR_WAKEUP_SECONDS = 1
 STATSD_PREFIX = "airflow"
 SCHEDULER_HEALTH_PORT = 8974
-CELERY_HEARTBEAT_TIMEOUT_SECONDS = 60  # a dead Celery worker's tasks are failed/retried after this
+# Tasks whose processes vanished (kill -9, OOM, a power cut) stay "running" in the database
+# until the scheduler notices (Airflow 3.3, verified in its scheduler_job_runner):
+# - a task whose supervisor died while the scheduler lives (a killed Celery worker, a killed
+#   LocalExecutor worker) is failed, then retried, after this many seconds without a task
+#   heartbeat (`[scheduler] task_instance_heartbeat_timeout`, default 300). 60 s is twelve
+#   task heartbeats (TASK_HEARTBEAT_SECONDS), so a busy machine never fails a live task;
+TASK_INSTANCE_HEARTBEAT_TIMEOUT_SECONDS = 60
+# - a task queued by a scheduler that died with it (the whole stack killed) is never checked
+#   for heartbeats by the next scheduler: that one resets it for a new try once the old
+#   scheduler's job has missed heartbeats for `scheduler_health_check_threshold` (30 s), looking
+#   at start and then every `[scheduler] orphaned_tasks_check_interval` (default 300 s). A
+#   restarted stack takes less than 30 s, so at the default the interrupted run sat "running"
+#   for 5 minutes after `up`; at 15 s it goes on within ~45 s of the crash. The cost: one small
+#   query every 15 s.
+ORPHANED_TASKS_CHECK_SECONDS = 15
 SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 
 
@@ -131,6 +145,8 @@ def airflow_env(
         "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": str(
             TASK_HEARTBEAT_SECONDS if supervisor_fixed else UNFIXED_SUPERVISOR_WAKEUP_SECONDS
         ),
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(TASK_INSTANCE_HEARTBEAT_TIMEOUT_SECONDS),
+        "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": str(ORPHANED_TASKS_CHECK_SECONDS),
         "AIRFLOW__METRICS__STATSD_ON": "True",
         "AIRFLOW__METRICS__STATSD_HOST": statsd_host,
         "AIRFLOW__METRICS__STATSD_PORT": str(config.statsd_port if statsd_port is None else statsd_port),
@@ -153,9 +169,6 @@ def airflow_env(
             raise ValueError("the celery executor needs a broker_url")
         env["AIRFLOW__CELERY__BROKER_URL"] = broker_url
         env["AIRFLOW__CELERY__RESULT_BACKEND"] = result_backend or celery_result_backend(database_url)
-        # A worker that dies (killed, its machine lost) leaves its tasks "running": the scheduler
-        # fails (and retries) them after this many seconds without a heartbeat (default 300).
-        env["AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT"] = str(CELERY_HEARTBEAT_TIMEOUT_SECONDS)
         # No stale-bundle cleanup process per worker (~50 MiB each): the DAG bundle is a local folder.
         env["AIRFLOW__DAG_PROCESSOR__STALE_BUNDLE_CLEANUP_INTERVAL"] = "0"
     env.update(extra or {})

@@ -296,6 +296,27 @@ def test_run_on_invalid_data_stops_before_training(airflow_env, tmp_path):
     assert failed[-1]["payload"]["try_number"] == 1  # validation errors are not retried
 
 
+@pytest.mark.slow
+def test_a_damaged_production_pointer_fails_deploy_at_once_and_promotes_nothing(airflow_env):
+    registry = ModelRegistry(airflow_env.data / "registry")
+    if registry.production_version() is None:
+        assert airflow_env.run_dag("ml_pipeline_dag", {})["state"] == "success"
+    before = set(registry.list_versions())
+    good = registry.pointer_path.read_bytes()
+    registry.pointer_path.write_bytes(good[: len(good) // 2])  # cut by a crash, as far as a reader can tell
+    try:
+        result = airflow_env.run_dag("ml_pipeline_dag", {})
+        assert result["state"] == "failed" and result["tis"]["deploy_model"] == "failed", result
+        assert registry.pointer_path.read_bytes() == good[: len(good) // 2]
+        assert set(registry.list_versions()) == before
+        failed = [r for r in read_log(airflow_env.data / "notifications.jsonl") if r["event"] == "task_failed"]
+        assert failed[-1]["payload"]["task_id"] == "deploy_model"
+        assert failed[-1]["payload"]["try_number"] == 1  # not retried: a retry cannot repair it
+        assert f"production pointer {registry.pointer_path} is damaged" in failed[-1]["message"]
+    finally:
+        registry.pointer_path.write_bytes(good)
+
+
 # ------------------------------------------------------------------ monitoring
 
 

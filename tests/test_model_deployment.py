@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from mlpipeline.files import is_temp
 from mlpipeline.model_deployment import (
     ModelIntegrityError,
     ModelRegistry,
@@ -72,7 +73,7 @@ def test_first_deploy_promotes_and_records_metadata(tmp_path, model_file):
     model, loaded_meta = load_production_model(reg)
     assert loaded_meta["version"] == "v0001"
     assert model.predict(__import__("sklearn.datasets").datasets.load_breast_cancer().data[:3]).shape == (3,)
-    assert not list(reg.glob(".tmp-*"))
+    assert not [p for p in reg.iterdir() if is_temp(p.name)]
 
 
 def test_git_commit_is_none_outside_a_checkout(tmp_path):
@@ -152,7 +153,7 @@ def test_non_skops_and_unloadable_files_are_refused(tmp_path, model_file):
         _deploy(reg, fake)
     with pytest.raises(RegistryError, match="does not exist"):
         _deploy(reg, tmp_path / "absent.skops")
-    assert ModelRegistry(reg).list_versions() == [] and not list(reg.glob(".tmp-*"))
+    assert ModelRegistry(reg).list_versions() == [] and not [p for p in reg.iterdir() if is_temp(p.name)]
 
 
 def test_rollback(tmp_path, model_file):
@@ -234,5 +235,5 @@ def test_corrupt_pointer_is_a_clear_error(tmp_path, model_file):
     reg = tmp_path / "registry"
     _deploy(reg, model_file)
     (reg / "production.json").write_text("{not json")
-    with pytest.raises(RegistryError, match="production pointer .* is unreadable"):
+    with pytest.raises(RegistryError, match="production pointer .* is damaged"):
         _deploy(reg, model_file, run_id="x")

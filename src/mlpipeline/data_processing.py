@@ -1,23 +1,20 @@
 """Data tasks of the ML pipeline: download, validate, preprocess, feature engineering.
 
 Plain Python, no Airflow import. Every function reads files and writes files under the
-`out_dir` it is given, atomically (a temporary file in the same directory, then
-`os.replace`), so re-running a task replaces its outputs and never leaves half a file.
+`out_dir` it is given, atomically and durably (`mlpipeline.files`), so re-running a task
+replaces its outputs and no reader, in this run or a later one, ever sees half a file.
 Everything random is seeded: the same input and seed give the same output bytes.
 Each function returns a small JSON-able dict (paths, counts) meant for XCom.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
 import os
 import re
-import secrets
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +23,8 @@ import pandas as pd
 import pandera.pandas as pa
 import pyarrow as pyarrow
 import pyarrow.parquet as pq
+
+from mlpipeline.files import atomic_path, atomic_write_bytes, atomic_write_json, remove_stale_temps, temp_name
 
 LABEL = "target"
 SKLEARN_DATASETS = ("breast_cancer", "wine", "iris", "digits")
@@ -59,56 +58,13 @@ def ensure_out_dir(out_dir: str | os.PathLike[str]) -> Path:
     path = Path(out_dir)
     try:
         path.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path)  # what a killed earlier try of this task left half-written
         fd, probe = tempfile.mkstemp(dir=path, prefix=".probe-")
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
         raise OutputDirError(f"output directory {path} is not writable: {exc.strerror or exc}") from exc
     return path
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success fsync it and rename it over `path`.
-
-    On error the temporary file is removed and `path` is left as it was.
-    """
-    final = Path(path)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        yield tmp
-        _fsync(tmp)
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> str:
-    """Write `data` to `path` atomically; return its sha256 hex digest."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return hashlib.sha256(data).hexdigest()
-
-
-def atomic_write_json(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> str:
-    """Write `payload` as stable (sorted, indented) JSON to `path` atomically."""
-    text = json.dumps(payload, indent=2, sort_keys=True, allow_nan=False, default=_json_default) + "\n"
-    atomic_write_bytes(path, text.encode())
-    return str(path)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -265,10 +221,9 @@ def _download_http(url: str, out: Path, target: Path, *, sha256: str | None, tim
     import httpx
 
     digest = hashlib.sha256()
-    fd, name = tempfile.mkstemp(dir=out, prefix=".download-", suffix=".tmp")
-    tmp = Path(name)
+    tmp = temp_name(out / "download")
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with open(tmp, "xb") as fh:
             try:
                 with httpx.stream("GET", url, timeout=timeout, follow_redirects=True) as response:
                     if response.status_code != 200:
@@ -742,9 +697,6 @@ __all__ = [
     "DataError",
     "DataValidationError",
     "OutputDirError",
-    "atomic_path",
-    "atomic_write_bytes",
-    "atomic_write_json",
     "download_data",
     "ensure_out_dir",
     "feature_engineering",

@@ -9,9 +9,11 @@ Layout under the registry root::
     events.jsonl                    audit trail: registered / promoted / not_promoted / rolled_back
     .lock                           flock serialising writers
 
-A version directory is assembled under ``.tmp-*`` and renamed into ``versions/`` in one
-step; the production pointer is written to a temporary file and ``os.replace``-d. A reader
-therefore sees either the old state or the new one, never half of either. The model's
+A version directory is assembled under a temporary name (``.version.<pid>.<random>.tmp``)
+with every file fsynced, and renamed into ``versions/`` in one step; the production pointer
+is replaced atomically (`mlpipeline.files`). A reader therefore sees either the old state or
+the new one, never half of either, even after a kill -9 or a power cut; what a crashed
+writer left half-assembled is deleted by the next writer, under the lock. The model's
 sha256 is checked on every load: a file that does not match its metadata is refused
 before skops ever reads it.
 """
@@ -34,6 +36,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from mlpipeline.files import atomic_copy, atomic_write_json, fsync_dir, remove_stale_temps, temp_name
+
 MODEL_FILE = "model.skops"
 METADATA_FILE = "metadata.json"
 POINTER_FILE = "production.json"
@@ -50,6 +54,10 @@ class RegistryNotWritableError(RegistryError):
     """The registry directory cannot be created or written."""
 
 
+class PointerDamagedError(RegistryError):
+    """The production pointer exists but cannot be read as one: nothing is promoted past it."""
+
+
 class ModelIntegrityError(RegistryError):
     """A model file does not match the sha256 recorded for it: it is never loaded."""
 
@@ -64,32 +72,6 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    """Write JSON to a temporary file beside ``path``, fsync, then ``os.replace`` it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True, default=str)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def git_commit(path: str | os.PathLike[str] | None) -> str | None:
@@ -193,6 +175,7 @@ class ModelRegistry:
         fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            remove_stale_temps(self.root)  # every writer holds this lock: a crashed one left these
             yield
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
@@ -214,9 +197,10 @@ class ModelRegistry:
             raise RegistryError(f"model file {src} does not exist")
         if src.suffix != ".skops":
             raise RegistryError(f"model file {src} is not a .skops file; the registry stores skops models only")
-        staging = Path(tempfile.mkdtemp(dir=self.root, prefix=".tmp-"))
+        staging = temp_name(self.root / "version")
+        staging.mkdir(mode=0o755)
         try:
-            shutil.copyfile(src, staging / MODEL_FILE)
+            atomic_copy(src, staging / MODEL_FILE)
             digest = sha256_file(staging / MODEL_FILE)
             try:  # refuse anything skops cannot load with our allow-list, before it is registered
                 self._loader(staging / MODEL_FILE)
@@ -224,14 +208,10 @@ class ModelRegistry:
                 raise RegistryError(f"model file {src} cannot be loaded safely: {exc}") from exc
             version = self._next_version()
             meta = {**metadata, "version": version, "model_file": MODEL_FILE, "model_sha256": digest}
-            with open(staging / METADATA_FILE, "w") as fh:
-                json.dump(meta, fh, indent=2, sort_keys=True, default=str)
-                fh.write("\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(staging, 0o755)
+            # a NaN metric is recorded as it was measured (it is never promoted)
+            atomic_write_json(staging / METADATA_FILE, meta, default=str, allow_nan=True)
             os.rename(staging, self.versions_dir / version)
-            _fsync_dir(self.versions_dir)
+            fsync_dir(self.versions_dir)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -239,21 +219,32 @@ class ModelRegistry:
 
     def _set_production(self, version: str, previous: list[str], reason: str) -> dict[str, Any]:
         pointer = {"version": version, "previous": previous, "updated_at": _now(), "reason": reason}
-        write_json_atomic(self.pointer_path, pointer)
+        atomic_write_json(self.pointer_path, pointer, default=str)
         return pointer
 
     # -- reading
 
     def pointer(self) -> dict[str, Any] | None:
+        """The production pointer, None before the first promotion; PointerDamagedError if unusable."""
         try:
             data = json.loads(self.pointer_path.read_text())
         except FileNotFoundError:
             return None
-        except (OSError, json.JSONDecodeError) as exc:
-            raise RegistryError(f"production pointer {self.pointer_path} is unreadable: {exc}") from None
-        if not isinstance(data, dict) or not isinstance(data.get("version"), str):
-            raise RegistryError(f"production pointer {self.pointer_path} has no version")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise self._damaged(f"unreadable: {exc}") from None
+        if not isinstance(data, dict) or not _VERSION_RE.match(str(data.get("version"))):
+            raise self._damaged("it names no version")
+        previous = data.get("previous", [])
+        if not isinstance(previous, list) or not all(isinstance(v, str) and _VERSION_RE.match(v) for v in previous):
+            raise self._damaged("its 'previous' is not a list of versions")
         return data
+
+    def _damaged(self, why: str) -> PointerDamagedError:
+        return PointerDamagedError(
+            f"production pointer {self.pointer_path} is damaged ({why}); nothing is promoted until it is "
+            f"repaired: restore it, or name a good version with mlpipeline.model_deployment.rollback("
+            f"'{self.root}', 'vNNNN') ({self.events_path.name} lists past promotions)"
+        )
 
     def production_version(self) -> str | None:
         p = self.pointer()
@@ -387,7 +378,12 @@ class ModelRegistry:
     def rollback(self, to_version: str | None = None) -> dict[str, Any]:
         """Point production at ``to_version``, or at the version production replaced last."""
         with self._locked():
-            pointer = self.pointer()
+            try:
+                pointer = self.pointer()
+            except PointerDamagedError:
+                if to_version is None:
+                    raise
+                pointer = {"version": None, "previous": []}  # naming a version repairs the pointer
             if pointer is None:
                 raise RegistryError(f"nothing to roll back: no production model in {self.root}")
             current, previous = pointer["version"], list(pointer.get("previous", []))
@@ -398,9 +394,9 @@ class ModelRegistry:
             else:
                 if to_version == current:
                     raise RegistryError(f"{to_version} is already in production")
-                target, remaining = to_version, [*previous, current]
+                target, remaining = to_version, [*previous, current] if current else previous
             self.verify(target)  # never roll back onto a missing or tampered model
-            self._set_production(target, remaining, f"rollback from {current}")
+            self._set_production(target, remaining, f"rollback from {current or 'a damaged pointer'}")
             self._event("rolled_back", version=target, replaced=current)
             return {"version": target, "replaced": current, "previous": remaining}
 
