@@ -71,5 +71,5 @@ def read_admin_password(home: Path) -> str | None:
     path = Path(home) / SECRETS_FILE
     try:
         return json.loads(path.read_text())["admin_password"]
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, LookupError, TypeError):
         return None

@@ -50,8 +50,20 @@ def _clients(url: str | None, user: str | None, home: str | None, prometheus_url
         timeout=API_TIMEOUT_S,
         retry_for=API_RETRY_S,
     )
-    prometheus = PrometheusClient(prometheus_url or f"http://127.0.0.1:{config.prometheus_port}")
+    prometheus = PrometheusClient(_prometheus_url(prometheus_url) or f"http://127.0.0.1:{config.prometheus_port}")
     return airflow, prometheus, lambda: _live_workers(config.home_dir)
+
+
+def _prometheus_url(value: str | None) -> str:
+    """--prometheus-url (or MLWF_PROMETHEUS_URL) checked as the config checks airflow_url."""
+    import os
+
+    from mlflowctl.config import checked, http_url
+
+    if value is None:
+        return ""
+    origin = PROMETHEUS_ENV if os.environ.get(PROMETHEUS_ENV) == value else "--prometheus-url"
+    return checked("prometheus_url", http_url, value, origin)
 
 
 def _live_workers(home) -> int | None:
@@ -84,7 +96,7 @@ def health(
     ] = None,
     watch: Annotated[bool, typer.Option("--watch", help="Redraw the report in place until Ctrl-C.")] = False,
     interval: Annotated[
-        float, typer.Option("--interval", min=1.0, help="With --watch: seconds between refreshes.")
+        float, typer.Option("--interval", min=1.0, max=86400.0, help="With --watch: seconds between refreshes.")
     ] = 5.0,
     prometheus_url: Annotated[
         Optional[str],
