@@ -170,8 +170,11 @@ class PrometheusClient:
     # -- endpoints -----------------------------------------------------------------------
 
     def ready(self) -> bool:
-        """True when /-/ready says so; False while it starts (503); unreachable raises."""
-        return self._send("/-/ready").status_code == 200
+        """True when /-/ready says so; False while it starts (503); unreachable or any other answer raises."""
+        status = self._send("/-/ready").status_code
+        if status not in (200, 503):
+            raise ApiError(f"Prometheus at {self.url} answered /-/ready with HTTP {status}, not 200 or 503")
+        return status == 200
 
     def query(self, expr: str, *, at: datetime | float | None = None) -> list[Sample]:
         """An instant query: one sample per series (a scalar comes back as one unlabelled sample)."""

@@ -3,7 +3,8 @@ of `mlpipeline.monitoring` (the same ones `monitoring_dag` applies).
 
 Exit codes: 0 report complete (whatever its findings, unless --fail-on); 12 --fail-on LEVEL
 and a finding at LEVEL or worse; 9 the report is degraded (Prometheus or the API did not
-answer) and --fail-on found nothing; 5 neither answered; 3 bad credentials; 2 bad input.
+answer) and --fail-on found nothing; 5 neither answered; 13 neither answered as its API does
+(and one did answer: a redirect, HTML, ...); 3 bad credentials; 2 bad input.
 Nothing heavy at module level: httpx and the clients load inside the command.
 """
 
