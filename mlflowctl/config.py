@@ -8,10 +8,12 @@ where it came from, so `mlwf config` can say why it is what it is.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
 
 from mlflowctl.errors import UsageError
 
@@ -20,15 +22,41 @@ EXECUTORS = ("local", "celery")
 SERVICE_GROUPS = ("monitoring",)
 
 
+def _kind(value: Any) -> str:
+    """How a value reads in TOML terms, for messages."""
+    if isinstance(value, bool):
+        return "a boolean"
+    kinds = {int: "an integer", float: "a number", str: "a string", list: "an array", dict: "a table"}
+    return next((name for kind, name in kinds.items() if isinstance(value, kind)), "a date or time")
+
+
+def _string(value: Any) -> str:
+    """Settings are strings (flags, MLWF_* variables) or TOML values: refuse an array, table or bool."""
+    if not isinstance(value, str):
+        raise TypeError(f"must be a string, not {_kind(value)}")
+    return value
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            raise ValueError("is not an integer") from None
+    raise TypeError(f"must be an integer, not {_kind(value)}")
+
+
 def _port(value: Any) -> int:
-    number = int(value)
+    number = _integer(value)
     if not 1 <= number <= 65535:
         raise ValueError("not a port number (1-65535)")
     return number
 
 
 def _positive(value: Any) -> int:
-    number = int(value)
+    number = _integer(value)
     if number < 1:
         raise ValueError("must be at least 1")
     return number
@@ -36,7 +64,7 @@ def _positive(value: Any) -> int:
 
 def _choice(options: tuple[str, ...]):
     def parse(value: Any) -> str:
-        text = str(value).lower()
+        text = _string(value).lower()
         if text not in options:
             raise ValueError(f"must be one of {', '.join(options)}")
         return text
@@ -45,14 +73,49 @@ def _choice(options: tuple[str, ...]):
 
 
 def _text(value: Any) -> str:
-    return str(value)
+    return _string(value)
 
 
-def _folder(value: Any) -> str:
-    """A path that must not be empty: an unset CI variable (MLWF_HOME=) is a mistake, never "here"."""
-    text = str(value)
+def _path(value: Any) -> str:
+    """A folder; empty would mean "here", which `down --volumes` must never delete."""
+    text = _string(value)
     if not text.strip():
         raise ValueError("must not be empty")
+    if "\0" in text:
+        raise ValueError("must not contain a NUL character")
+    return text
+
+
+def http_url(value: Any) -> str:
+    """An http(s) URL with a host and a valid port, or "" (unset); anything else is refused here,
+    before a client would fail on it."""
+    text = _string(value).strip()
+    if not text:
+        return ""
+    if any(not char.isprintable() or char.isspace() for char in text):
+        raise ValueError("is not a URL (it holds spaces or control characters)")
+    try:
+        text.encode("utf-8")
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"is not a URL ({exc})") from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ValueError("must start with http:// or https://")
+    if not parts.hostname:
+        raise ValueError("has no host")
+    if port == 0:
+        raise ValueError("has port 0 (use 1-65535)")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not hold credentials (use --user and MLWF_AIRFLOW_PASSWORD)")
+    if parts.query or parts.fragment:
+        raise ValueError("must not have a query or fragment")
+    import httpx  # the client that will use it has the last word (IDNA, IPv4 forms); only when a URL is set
+
+    try:
+        httpx.URL(text)
+    except httpx.InvalidURL as exc:
+        raise ValueError(f"is not a URL ({exc})") from None
     return text
 
 
@@ -68,7 +131,12 @@ def _workers(value: Any) -> int:
 
 
 def _seconds(value: Any) -> float:
-    number = float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TypeError(f"must be a number of seconds, not {_kind(value)}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError("is not a number") from None
     if not 0 <= number <= 86400:
         raise ValueError("must be between 0 and 86400 seconds")
     return number
@@ -76,8 +144,8 @@ def _seconds(value: Any) -> float:
 
 def _module_names(value: Any) -> tuple[str, ...]:
     """A list (project file) or a comma-separated string (MLWF_TASK_PRELOAD) of module names."""
-    names = value.split(",") if isinstance(value, str) else list(value)
-    names = [str(name).strip() for name in names if str(name).strip()]
+    names = _string(value).split(",") if not isinstance(value, list) else [_string(name) for name in value]
+    names = [name.strip() for name in names if name.strip()]
     for name in names:
         if not all(part.isidentifier() for part in name.split(".")):
             raise ValueError(f"{name!r} is not a module name")
@@ -93,7 +161,7 @@ class Config:
     """Effective settings. Paths are absolute once loaded; `sources` maps name -> origin."""
 
     backend: str = _setting("auto", _choice(BACKENDS), help="auto, local or docker")
-    home: str = _setting(".mlwf", _folder, help="state directory (pid files, logs, secrets, data)")
+    home: str = _setting(".mlwf", _path, help="state directory (pid files, logs, secrets, data)")
     airflow_port: int = _setting(8080, _port, help="Airflow api-server and UI")
     prometheus_port: int = _setting(9090, _port)
     exporter_port: int = _setting(9102, _port, help="StatsD exporter's /metrics")
@@ -109,14 +177,14 @@ class Config:
     task_preload: tuple[str, ...] = _setting(
         (), _module_names, help="libraries imported once, before tasks start, instead of by every task"
     )
-    dags_dir: str = _setting("dags", _folder)
-    tasks_dir: str = _setting("src", _folder, help="folder put on the components' path")
+    dags_dir: str = _setting("dags", _path)
+    tasks_dir: str = _setting("src", _path, help="folder put on the components' path")
     lock_wait: float = _setting(
         180.0, _seconds, help="seconds `up`, `down` or `scale` wait for another one holding the state directory"
     )
     broker_url: str = _setting("", secret=True, help="use this broker instead of mlwf's Redis")
     database_url: str = _setting("", secret=True, help="use this database instead of mlwf's")
-    airflow_url: str = _setting("", help="Airflow API server; default the local stack's")
+    airflow_url: str = _setting("", http_url, help="Airflow API server; default the local stack's")
     airflow_user: str = _setting("admin")
     webhook_url: str = _setting("", secret=True, help="notifications webhook")
 
@@ -151,16 +219,28 @@ def find_project_root(start: Path | None = None) -> Path | None:
         if (directory / "mlwf.toml").is_file():
             return directory
         pyproject = directory / "pyproject.toml"
-        if pyproject.is_file() and "mlwf" in _read_toml(pyproject).get("tool", {}):
+        if pyproject.is_file() and _mlwf_table(pyproject) is not None:
             return directory
     return None
 
 
 def _read_toml(path: Path) -> dict:
     try:
-        return tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # TOMLDecodeError, or not UTF-8
         raise UsageError(f"cannot read {path}: {exc}") from None
+
+
+def _mlwf_table(pyproject: Path) -> dict | None:
+    """pyproject.toml's [tool.mlwf], None when there is none; a [tool] or `mlwf` that is not a table is refused."""
+    data = _read_toml(pyproject)
+    tool = data.get("tool", {})
+    mlwf = tool.get("mlwf") if isinstance(tool, dict) else None
+    if not isinstance(tool, dict) or not isinstance(mlwf, (dict, type(None))):
+        raise UsageError(f"{pyproject}: [tool] and [tool.mlwf] must be tables")
+    return mlwf
 
 
 def _project_values(root: Path) -> tuple[dict, str]:
@@ -168,8 +248,19 @@ def _project_values(root: Path) -> tuple[dict, str]:
         return _read_toml(root / "mlwf.toml"), "mlwf.toml"
     pyproject = root / "pyproject.toml"
     if pyproject.is_file():
-        return _read_toml(pyproject).get("tool", {}).get("mlwf", {}), "pyproject.toml [tool.mlwf]"
+        return _mlwf_table(pyproject) or {}, "pyproject.toml [tool.mlwf]"
     return {}, ""
+
+
+def checked(name: str, parse: Callable[[Any], Any], raw: Any, origin: str, *, secret: bool = False) -> Any:
+    """`parse(raw)`, or a usage error naming the setting, its value (never a secret) and its origin."""
+    try:
+        return parse(raw)
+    except (TypeError, ValueError) as exc:
+        shown = "(hidden)" if secret else re.sub(r"//[^/@]*@", "//***@", repr(raw))
+        if len(shown) > 120:
+            shown = f"{shown[:117]}..."
+        raise UsageError(f"{name}={shown} (from {origin}): {exc}") from None
 
 
 def load_config(
@@ -197,10 +288,7 @@ def load_config(
         for name, raw in values.items():
             spec = next(f for f in _settings() if f.name == name)
             origin = f"MLWF_{name.upper()}" if label == "env" else label
-            try:
-                setattr(config, name, spec.metadata["parse"](raw))
-            except (TypeError, ValueError) as exc:
-                raise UsageError(f"{name}={raw!r} (from {origin}): {exc}") from None
+            setattr(config, name, checked(name, spec.metadata["parse"], raw, origin, secret=spec.metadata["secret"]))
             config.sources[name] = origin
 
     here = (cwd or Path.cwd()).resolve()

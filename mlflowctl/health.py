@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
 from mlflowctl.errors import (
+    ApiError,
     AuthError,
     HealthThresholdError,
     MlwfError,
@@ -249,6 +250,7 @@ class _Gathered:
     prometheus: str = "ok"
     api: str = "ok"
     workers: int | None = None
+    answered_wrongly: bool = False  # a source answered, but not as its API does (redirect, HTML, ...)
 
 
 def _outcome(future: Future) -> Any:
@@ -302,6 +304,7 @@ def gather(
             except MlwfError as exc:
                 got.health = exc
                 got.api = _why(exc)
+                got.answered_wrongly |= isinstance(exc, ApiError)
             if got.api == "ok":
                 calls = {
                     "runs": pool.submit(airflow.runs_since, since),
@@ -317,6 +320,7 @@ def gather(
             state = _outcome(ready)
             if isinstance(state, MlwfError):
                 got.prometheus = _why(state)
+                got.answered_wrongly |= isinstance(state, ApiError)
             elif state is False:
                 got.prometheus = "not ready"
         got.instant = {name: _outcome(f) for name, f in prom.items()}
@@ -667,9 +671,11 @@ def collect(
     )
     got = gather(airflow, prometheus, seconds, moment)
     if got.api != "ok" and got.prometheus != "ok":
-        raise UnreachableError(
+        error = ApiError if got.answered_wrongly else UnreachableError
+        raise error(
             f"neither the Airflow API ({report.airflow_url}: {got.api}) nor Prometheus "
-            f"({report.prometheus_url}: {got.prometheus}) answered",
+            f"({report.prometheus_url}: {got.prometheus}) answered"
+            + (" as its API does" if got.answered_wrongly else ""),
             hint="is the stack up? `mlwf status`, `mlwf up`, or pass --url / --prometheus-url",
         )
     got.workers = workers() if workers is not None else None

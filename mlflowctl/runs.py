@@ -31,24 +31,37 @@ POLL_TOLERANCE_S = 120.0  # how long a wait rides out a server that stopped answ
 
 
 def parse_conf(text: str | None) -> dict:
-    """`--conf '{"k": 1}'` or `--conf @file.json` -> a dict; anything else is a usage error."""
+    """`--conf '{"k": 1}'` or `--conf @file.json` -> a dict; anything JSON cannot send is a usage error."""
     if text is None:
         return {}
     source = "--conf"
     if text.startswith("@"):
         path = Path(text[1:]).expanduser()
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise UsageError(f"--conf {path}: cannot read it ({exc.strerror})") from None
         source = f"--conf {path}"
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"{source}: cannot read it ({exc.strerror or exc})") from None
+        except ValueError as exc:  # not UTF-8 (UnicodeDecodeError), or a NUL in the name
+            raise UsageError(f"{source}: cannot read it as UTF-8 text ({exc})") from None
     try:
-        conf = json.loads(text)
+        conf = json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise UsageError(f"{source} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except (ValueError, RecursionError) as exc:  # NaN/Infinity, an integer of too many digits, deep nesting
+        raise UsageError(f"{source} is not JSON that can be sent: {str(exc) or type(exc).__name__}") from None
     if not isinstance(conf, dict):
         raise UsageError(f"{source} must be a JSON object, not {type(conf).__name__}")
+    try:  # as httpx encodes it: a lone surrogate (from a non-UTF-8 argument) cannot be sent
+        json.dumps(conf, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (ValueError, RecursionError) as exc:
+        raise UsageError(f"{source} is not JSON that can be sent: {str(exc) or type(exc).__name__}") from None
     return conf
+
+
+def _no_constant(name: str):
+    """NaN and Infinity are not JSON (Python's json reads them; the server would not)."""
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def parse_date(text: str, flag: str) -> datetime:

@@ -122,7 +122,7 @@ def test_client_error_answers_a_real_server_cannot_be_made_to_give():
     def proxy(request):
         return httpx.Response(502, text="<html>Bad gateway</html>")
 
-    with pytest.raises(ApiError, match="not JSON"):
+    with pytest.raises(ApiError, match="not a JSON object"):
         fake(proxy).query("up")
     assert fake(lambda r: httpx.Response(503, text="Service Unavailable")).ready() is False
     with pytest.raises(UsageError, match="step"):

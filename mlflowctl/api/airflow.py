@@ -41,6 +41,28 @@ def parse_time(value: Any) -> datetime | None:
     return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
 
 
+def _str(data: dict, key: str) -> str:
+    value = data[key]
+    if not isinstance(value, str):
+        raise TypeError(f"{key!r} is not a string")
+    return value
+
+
+def _opt_str(data: dict, key: str) -> str | None:
+    return None if data.get(key) is None else _str(data, key)
+
+
+def _opt_number(data: dict, key: str) -> float | None:
+    value = data.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise TypeError(f"{key!r} is not a number")
+    return value
+
+
+def _opt_text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
 def _q(part: str) -> str:
     """Run ids hold ':' and '+': quote every path segment with nothing kept safe."""
     return quote(part, safe="")
@@ -60,14 +82,14 @@ class Dag:
     @classmethod
     def from_api(cls, data: dict) -> Dag:
         return cls(
-            dag_id=data["dag_id"],
+            dag_id=_str(data, "dag_id"),
             is_paused=bool(data.get("is_paused")),
-            schedule=data.get("timetable_summary"),
-            description=data.get("description"),
-            tags=tuple(sorted(t["name"] for t in data.get("tags") or [])),
+            schedule=_opt_str(data, "timetable_summary"),
+            description=_opt_str(data, "description"),
+            tags=tuple(sorted(_str(t, "name") for t in data.get("tags") or [])),
             has_import_errors=bool(data.get("has_import_errors")),
             next_run=parse_time(data.get("next_dagrun_run_after")),
-            fileloc=data.get("fileloc"),
+            fileloc=_opt_str(data, "fileloc"),
         )
 
 
@@ -91,16 +113,16 @@ class DagRun:
     @classmethod
     def from_api(cls, data: dict) -> DagRun:
         return cls(
-            dag_id=data["dag_id"],
-            run_id=data["dag_run_id"],
-            state=data.get("state") or "none",
-            run_type=data.get("run_type"),
+            dag_id=_str(data, "dag_id"),
+            run_id=_str(data, "dag_run_id"),
+            state=_opt_str(data, "state") or "none",
+            run_type=_opt_str(data, "run_type"),
             logical_date=parse_time(data.get("logical_date")),
             run_after=parse_time(data.get("run_after")),
             start_date=parse_time(data.get("start_date")),
             end_date=parse_time(data.get("end_date")),
-            duration=data.get("duration"),
-            conf=data.get("conf") or {},
+            duration=_opt_number(data, "duration"),
+            conf=dict(data.get("conf") or {}),
         )
 
 
@@ -123,15 +145,15 @@ class TaskInstance:
     @classmethod
     def from_api(cls, data: dict) -> TaskInstance:
         return cls(
-            task_id=data["task_id"],
-            state=data.get("state") or "none",
+            task_id=_str(data, "task_id"),
+            state=_opt_str(data, "state") or "none",
             try_number=int(data.get("try_number") or 0),
             max_tries=int(data.get("max_tries") or 0),
             map_index=int(data.get("map_index", -1)),
             start_date=parse_time(data.get("start_date")),
             end_date=parse_time(data.get("end_date")),
-            duration=data.get("duration"),
-            operator=data.get("operator"),
+            duration=_opt_number(data, "duration"),
+            operator=_opt_str(data, "operator"),
         )
 
 
@@ -150,10 +172,10 @@ class Backfill:
     def from_api(cls, data: dict) -> Backfill:
         return cls(
             id=int(data["id"]),
-            dag_id=data["dag_id"],
+            dag_id=_str(data, "dag_id"),
             from_date=parse_time(data.get("from_date")),
             to_date=parse_time(data.get("to_date")),
-            reprocess_behavior=data.get("reprocess_behavior") or "none",
+            reprocess_behavior=_opt_str(data, "reprocess_behavior") or "none",
             max_active_runs=int(data.get("max_active_runs") or 0),
             is_paused=bool(data.get("is_paused")),
             completed_at=parse_time(data.get("completed_at")),
@@ -174,10 +196,10 @@ class TaskFailure:
     @classmethod
     def from_api(cls, data: dict) -> TaskFailure:
         return cls(
-            dag_id=data["dag_id"],
-            run_id=data.get("dag_run_id") or "",
-            task_id=data["task_id"],
-            state=data.get("state") or "none",
+            dag_id=_str(data, "dag_id"),
+            run_id=_opt_str(data, "dag_run_id") or "",
+            task_id=_str(data, "task_id"),
+            state=_opt_str(data, "state") or "none",
             try_number=int(data.get("try_number") or 0),
             end_date=parse_time(data.get("end_date")),
         )
@@ -192,8 +214,8 @@ class DagImportError:
     @classmethod
     def from_api(cls, data: dict) -> DagImportError:
         return cls(
-            filename=data.get("filename") or "?",
-            stack_trace=data.get("stack_trace") or "",
+            filename=_opt_str(data, "filename") or "?",
+            stack_trace=_opt_str(data, "stack_trace") or "",
             timestamp=parse_time(data.get("timestamp")),
         )
 
@@ -214,9 +236,9 @@ class LogRecord:
             return cls(event=str(item))
         return cls(
             event=str(item.get("event", "")),
-            timestamp=item.get("timestamp"),
-            level=item.get("level"),
-            logger=item.get("logger"),
+            timestamp=_opt_text(item.get("timestamp")),
+            level=_opt_text(item.get("level")),
+            logger=_opt_text(item.get("logger")),
             exception=tuple(_exception_lines(item.get("error_detail"))),
         )
 
@@ -252,7 +274,7 @@ def _detail(response: httpx.Response) -> str:
     try:
         detail = response.json().get("detail")
     except (ValueError, AttributeError):
-        return response.text.strip()[:300]
+        return " ".join(response.text.split())[:300]
     if isinstance(detail, list):
         parts = []
         for item in detail:
@@ -262,7 +284,7 @@ def _detail(response: httpx.Response) -> str:
             else:
                 parts.append(str(item))
         return "; ".join(parts)
-    return str(detail) if detail is not None else response.text.strip()[:300]
+    return " ".join(str(detail).split())[:300] if detail is not None else " ".join(response.text.split())[:300]
 
 
 class AirflowClient:
@@ -303,8 +325,11 @@ class AirflowClient:
 
     # -- the one place errors are mapped -------------------------------------------------
 
-    def _call(self, method: str, path: str, *, what: str | None = None, **kwargs) -> Any:
-        """Send, retry connection failures for a bounded time, map failures, return the JSON."""
+    def _call(
+        self, method: str, path: str, *, what: str | None = None, parse: Callable[[dict], Any] | None = None, **kwargs
+    ) -> Any:
+        """Send, retry connection failures for a bounded time, map failures, return the JSON object
+        (through `parse` when given: an object of the wrong shape is an ApiError too)."""
         import tenacity
 
         retryable: tuple[type[Exception], ...] = (httpx.ConnectError, httpx.ConnectTimeout)
@@ -333,7 +358,17 @@ class AirflowClient:
             raise self._unreachable(_reason(exc)) from None
         except httpx.TransportError as exc:
             raise self._unreachable(_reason(exc)) from None
-        return self._check(response, method, path, what)
+        except httpx.InvalidURL as exc:
+            raise UsageError(f"cannot send {method} {path} to {self.url}: {exc}") from None
+        except httpx.HTTPError as exc:  # e.g. a body that does not decode as its Content-Encoding says
+            raise ApiError(f"Airflow at {self.url} answered {method} {path} unreadably: {_reason(exc)}") from None
+        body = self._check(response, method, path, what)
+        if parse is None:
+            return body
+        try:
+            return parse(body)
+        except (LookupError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
+            raise ApiError(f"{_answer(response)} with JSON mlwf cannot read ({_flaw(exc)})") from None
 
     def _unreachable(self, reason: str) -> UnreachableError:
         return UnreachableError(
@@ -343,13 +378,26 @@ class AirflowClient:
 
     def _check(self, response: httpx.Response, method: str, path: str, what: str | None) -> Any:
         status = response.status_code
-        if status < 400:
-            if status == 204 or not response.content:
-                return None
+        if 300 <= status < 400:
+            target = response.headers.get("location")
+            raise ApiError(
+                f"{_answer(response)}: a redirect{f' to {target}' if target else ''}, not an API answer",
+                hint="point --url / MLWF_AIRFLOW_URL at the Airflow API server itself (mlwf follows no redirects)",
+            )
+        if status < 300:
+            if status == 204:
+                return {}
             try:
-                return response.json()
+                body = response.json()
             except ValueError:
-                raise ApiError(f"{method} {path}: Airflow answered HTTP {status} with a body that is not JSON") from None
+                kind = response.headers.get("content-type", "").split(";")[0].strip() or "untyped"
+                raise ApiError(
+                    f"{_answer(response)} and " + (f"a {kind} body that is not JSON" if response.content else "no body"),
+                    hint="is --url / MLWF_AIRFLOW_URL an Airflow 3 API server?",
+                ) from None
+            if not isinstance(body, dict):
+                raise ApiError(f"{_answer(response)} and a JSON {type(body).__name__} where an object was expected")
+            return body
         detail = _detail(response)
         if status == 401:
             raise AuthError(
@@ -366,31 +414,41 @@ class AirflowClient:
             raise ApiError(f"conflict: {detail}")
         raise ApiError(f"Airflow answered HTTP {status} to {method} {path}: {detail}")
 
-    def _pages(self, path: str, key: str, *, what: str | None = None, params: dict | None = None) -> list[dict]:
-        items: list[dict] = []
-        offset = 0
-        while True:
-            data = self._call("GET", path, what=what, params={**(params or {}), "limit": PAGE, "offset": offset})
+    def _pages(
+        self, path: str, key: str, parse: Callable[[dict], Any], *, what: str | None = None, params: dict | None = None
+    ) -> list:
+        """Every item of a paged list, each through `parse`."""
+
+        def page(data: dict) -> tuple[list, int]:
             batch = data.get(key) or []
+            if not isinstance(batch, list):
+                raise TypeError(f"{key!r} is not a list")
+            return [parse(item) for item in batch], int(data.get("total_entries") or 0)
+
+        items: list = []
+        while True:
+            batch, total = self._call(
+                "GET", path, what=what, parse=page, params={**(params or {}), "limit": PAGE, "offset": len(items)}
+            )
             items.extend(batch)
-            offset += len(batch)
-            if not batch or offset >= int(data.get("total_entries") or 0):
+            if not batch or len(items) >= total:
                 return items
 
     # -- DAGs ----------------------------------------------------------------------------
 
     def list_dags(self) -> list[Dag]:
-        return [Dag.from_api(d) for d in self._pages("/dags", "dags", params={"order_by": "dag_id"})]
+        return self._pages("/dags", "dags", Dag.from_api, params={"order_by": "dag_id"})
 
     def get_dag(self, dag_id: str) -> Dag:
-        return Dag.from_api(self._call("GET", f"/dags/{_q(dag_id)}", what=f"DAG '{dag_id}'"))
+        return self._call("GET", f"/dags/{_q(dag_id)}", what=f"DAG '{dag_id}'", parse=Dag.from_api)
 
     def set_paused(self, dag_id: str, paused: bool) -> Dag:
-        data = self._call("PATCH", f"/dags/{_q(dag_id)}", what=f"DAG '{dag_id}'", json={"is_paused": paused})
-        return Dag.from_api(data)
+        return self._call(
+            "PATCH", f"/dags/{_q(dag_id)}", what=f"DAG '{dag_id}'", parse=Dag.from_api, json={"is_paused": paused}
+        )
 
     def import_errors(self) -> list[DagImportError]:
-        return [DagImportError.from_api(e) for e in self._pages("/importErrors", "import_errors")]
+        return self._pages("/importErrors", "import_errors", DagImportError.from_api)
 
     # -- runs ----------------------------------------------------------------------------
 
@@ -398,14 +456,13 @@ class AirflowClient:
         body: dict[str, Any] = {"logical_date": None, "conf": conf or {}}
         if run_id:
             body["dag_run_id"] = run_id
-        data = self._call("POST", f"/dags/{_q(dag_id)}/dagRuns", what=f"DAG '{dag_id}'", json=body)
-        return DagRun.from_api(data)
+        return self._call("POST", f"/dags/{_q(dag_id)}/dagRuns", what=f"DAG '{dag_id}'", parse=DagRun.from_api, json=body)
 
     def get_run(self, dag_id: str, run_id: str) -> DagRun:
-        data = self._call(
-            "GET", f"/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}", what=f"run '{run_id}' of DAG '{dag_id}'"
+        return self._call(
+            "GET", f"/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}", what=f"run '{run_id}' of DAG '{dag_id}'",
+            parse=DagRun.from_api,
         )
-        return DagRun.from_api(data)
 
     def list_runs(
         self,
@@ -424,27 +481,29 @@ class AirflowClient:
             params["logical_date_gte"] = logical_date_gte.isoformat()
         if logical_date_lte:
             params["logical_date_lte"] = logical_date_lte.isoformat()
-        data = self._call("GET", f"/dags/{_q(dag_id)}/dagRuns", what=f"DAG '{dag_id}'", params=params)
-        return [DagRun.from_api(r) for r in data.get("dag_runs") or []]
+        return self._call(
+            "GET", f"/dags/{_q(dag_id)}/dagRuns", what=f"DAG '{dag_id}'", params=params,
+            parse=lambda data: [DagRun.from_api(r) for r in _listed(data, "dag_runs")],
+        )
 
     def task_instances(self, dag_id: str, run_id: str) -> list[TaskInstance]:
-        items = self._pages(
+        return self._pages(
             f"/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}/taskInstances",
             "task_instances",
+            TaskInstance.from_api,
             what=f"run '{run_id}' of DAG '{dag_id}'",
         )
-        return [TaskInstance.from_api(t) for t in items]
 
     def task_log(
         self, dag_id: str, run_id: str, task_id: str, try_number: int, *, map_index: int = -1
     ) -> list[LogRecord]:
-        data = self._call(
+        return self._call(
             "GET",
             f"/dags/{_q(dag_id)}/dagRuns/{_q(run_id)}/taskInstances/{_q(task_id)}/logs/{try_number}",
             what=f"log of task '{task_id}' (try {try_number}) in run '{run_id}' of DAG '{dag_id}'",
             params={"full_content": "true", "map_index": map_index},
+            parse=lambda data: [LogRecord.from_api(item) for item in _listed(data, "content")],
         )
-        return [LogRecord.from_api(item) for item in (data or {}).get("content") or []]
 
     # -- backfills -----------------------------------------------------------------------
 
@@ -461,33 +520,35 @@ class AirflowClient:
     def backfill_dry_run(
         self, dag_id: str, from_date: datetime, to_date: datetime, *, reprocess: str = "none", max_active_runs: int = 2
     ) -> list[datetime]:
-        data = self._call(
+        return self._call(
             "POST",
             "/backfills/dry_run",
             what=f"DAG '{dag_id}'",
             json=self._backfill_body(dag_id, from_date, to_date, reprocess, max_active_runs),
+            parse=lambda data: [
+                parse_time(b["logical_date"]) for b in _listed(data, "backfills") if b.get("logical_date")
+            ],
         )
-        return [parse_time(b["logical_date"]) for b in data.get("backfills") or [] if b.get("logical_date")]
 
     def create_backfill(
         self, dag_id: str, from_date: datetime, to_date: datetime, *, reprocess: str = "none", max_active_runs: int = 2
     ) -> Backfill:
-        data = self._call(
+        return self._call(
             "POST",
             "/backfills",
             what=f"DAG '{dag_id}'",
             json=self._backfill_body(dag_id, from_date, to_date, reprocess, max_active_runs),
+            parse=Backfill.from_api,
         )
-        return Backfill.from_api(data)
 
     def get_backfill(self, backfill_id: int) -> Backfill:
-        return Backfill.from_api(self._call("GET", f"/backfills/{backfill_id}", what=f"backfill {backfill_id}"))
+        return self._call("GET", f"/backfills/{backfill_id}", what=f"backfill {backfill_id}", parse=Backfill.from_api)
 
     # -- monitoring (`mlwf health`) ------------------------------------------------------
 
     def health(self) -> dict:
         """`/api/v2/monitor/health`: metadatabase, scheduler, triggerer, dag_processor."""
-        return self._call("GET", "/monitor/health") or {}
+        return self._call("GET", "/monitor/health", parse=_components)
 
     def runs_since(self, since: datetime | None = None, *, state: str | None = None) -> list[DagRun]:
         """Runs of every DAG started since `since` (all if None), newest first; optionally one state."""
@@ -496,16 +557,43 @@ class AirflowClient:
             params["start_date_gte"] = since.isoformat()
         if state:
             params["state"] = state
-        return [DagRun.from_api(r) for r in self._pages("/dags/~/dagRuns", "dag_runs", params=params)]
+        return self._pages("/dags/~/dagRuns", "dag_runs", DagRun.from_api, params=params)
 
     def failed_tasks_since(self, since: datetime) -> list[TaskFailure]:
         """Task instances of every DAG that failed and started since `since`, newest first."""
-        items = self._pages(
+        return self._pages(
             "/dags/~/dagRuns/~/taskInstances",
             "task_instances",
+            TaskFailure.from_api,
             params={"state": "failed", "start_date_gte": since.isoformat(), "order_by": "-start_date"},
         )
-        return [TaskFailure.from_api(t) for t in items]
+
+
+def _listed(data: dict, key: str) -> list:
+    items = data.get(key) or []
+    if not isinstance(items, list):
+        raise TypeError(f"{key!r} is not a list")
+    return items
+
+
+def _components(data: dict) -> dict:
+    """`/monitor/health`: each component's entry is an object (or absent)."""
+    for name, part in data.items():
+        if part is not None and not isinstance(part, dict):
+            raise TypeError(f"{name!r} is not an object")
+    return data
+
+
+def _answer(response: httpx.Response) -> str:
+    """The start of every message about an answer: the request, its URL and the status."""
+    request = response.request
+    return f"Airflow answered {request.method} {request.url.copy_with(query=None)} with HTTP {response.status_code}"
+
+
+def _flaw(exc: Exception) -> str:
+    if isinstance(exc, KeyError):
+        return f"no {exc.args[0]!r}" if exc.args else "a missing field"
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
 
 
 def _reason(exc: Exception) -> str:

@@ -120,6 +120,8 @@ class TokenAuth(httpx.Auth):
             raise ApiError(f"login at {self.url}/auth/token failed: HTTP {response.status_code}")
         try:
             token = response.json()["access_token"]
+            if not (isinstance(token, str) and token.isascii() and token.isprintable()):
+                raise TypeError("not a token")
         except (ValueError, KeyError, TypeError):
             raise ApiError(f"{self.url}/auth/token answered without an access_token") from None
         self._token = token

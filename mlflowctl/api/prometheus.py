@@ -19,12 +19,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Callable, TypeVar
 
 import httpx
 
 from mlflowctl.errors import ApiError, TimeoutExpired, UnreachableError, UsageError
 
 DEFAULT_TIMEOUT_S = 5.0
+T = TypeVar("T")
 
 
 def _number(text: str) -> float:
@@ -57,6 +59,10 @@ class Series:
         return [v for _, v in self.points]
 
 
+def _labels(item: dict) -> dict[str, str]:
+    return {str(name): str(value) for name, value in (item.get("metric") or {}).items()}
+
+
 def _parse_instant(data: dict) -> list[Sample]:
     kind, result = data.get("resultType"), data.get("result")
     if kind in ("scalar", "string"):
@@ -64,7 +70,7 @@ def _parse_instant(data: dict) -> list[Sample]:
         return [Sample({}, _number(value), float(ts))] if kind == "scalar" else []
     if kind != "vector" or not isinstance(result, list):
         raise ApiError(f"Prometheus answered an instant query with a {kind!r} result, not a vector")
-    return [Sample(dict(item.get("metric") or {}), _number(item["value"][1]), float(item["value"][0])) for item in result]
+    return [Sample(_labels(item), _number(item["value"][1]), float(item["value"][0])) for item in result]
 
 
 def _parse_range(data: dict) -> list[Series]:
@@ -72,7 +78,7 @@ def _parse_range(data: dict) -> list[Series]:
     if kind != "matrix" or not isinstance(result, list):
         raise ApiError(f"Prometheus answered a range query with a {kind!r} result, not a matrix")
     return [
-        Series(dict(item.get("metric") or {}), [(float(ts), _number(v)) for ts, v in item.get("values") or []])
+        Series(_labels(item), [(float(ts), _number(v)) for ts, v in item.get("values") or []])
         for item in result
     ]
 
@@ -121,6 +127,8 @@ class PrometheusClient:
             text = str(exc) or type(exc).__name__
             reason = "connection refused" if "refused" in text.lower() else text.splitlines()[0][:200]
             raise self._unreachable(reason) from None
+        except httpx.HTTPError as exc:  # e.g. a body that does not decode as its Content-Encoding says
+            raise ApiError(f"Prometheus at {self.url} answered {path} unreadably: {exc}") from None
 
     def _unreachable(self, reason: str) -> UnreachableError:
         return UnreachableError(
@@ -128,8 +136,9 @@ class PrometheusClient:
             hint="is the stack's monitoring group up? `mlwf status`, `mlwf up`, or pass --prometheus-url",
         )
 
-    def _get(self, path: str, params: dict) -> dict:
-        """GET an /api/v1 endpoint and return its `data`, or raise the mapped error."""
+    def _get(self, path: str, params: dict, parse: Callable[[dict], T]) -> T:
+        """GET an /api/v1 endpoint and return its `data` through `parse`, or raise the mapped error
+        (a `data` of the wrong shape too)."""
         response = self._send(path, params)
         try:
             body = response.json()
@@ -137,11 +146,19 @@ class PrometheusClient:
             body = None
         if not isinstance(body, dict):
             raise ApiError(
-                f"Prometheus at {self.url} answered HTTP {response.status_code} to {path} with a body that is not JSON"
+                f"Prometheus at {self.url} answered HTTP {response.status_code} to {path} with a body that is not a JSON object"
             )
         if response.status_code == 200 and body.get("status") == "success":
-            return body.get("data") or {}
-        error = body.get("error") or response.text.strip()[:300]
+            try:
+                data = body.get("data") or {}
+                if not isinstance(data, dict):
+                    raise TypeError(f"its data is a JSON {type(data).__name__}, not an object")
+                return parse(data)
+            except (LookupError, TypeError, ValueError, AttributeError) as exc:
+                raise ApiError(
+                    f"Prometheus at {self.url} answered {path} with HTTP 200 and a result mlwf cannot read ({exc})"
+                ) from None
+        error = " ".join(str(body.get("error") or response.text).split())[:300]
         query = params.get("query", "")
         if response.status_code == 400 or body.get("errorType") == "bad_data":
             raise UsageError(f"Prometheus refused the query {query!r}: {error}")
@@ -153,15 +170,18 @@ class PrometheusClient:
     # -- endpoints -----------------------------------------------------------------------
 
     def ready(self) -> bool:
-        """True when /-/ready says so; False while it starts (503); unreachable raises."""
-        return self._send("/-/ready").status_code == 200
+        """True when /-/ready says so; False while it starts (503); unreachable or any other answer raises."""
+        status = self._send("/-/ready").status_code
+        if status not in (200, 503):
+            raise ApiError(f"Prometheus at {self.url} answered /-/ready with HTTP {status}, not 200 or 503")
+        return status == 200
 
     def query(self, expr: str, *, at: datetime | float | None = None) -> list[Sample]:
         """An instant query: one sample per series (a scalar comes back as one unlabelled sample)."""
         params = {"query": expr}
         if at is not None:
             params["time"] = _ts(at)
-        return _parse_instant(self._get("/api/v1/query", params))
+        return self._get("/api/v1/query", params, _parse_instant)
 
     def query_range(
         self, expr: str, start: datetime | float, end: datetime | float, step: float
@@ -170,4 +190,4 @@ class PrometheusClient:
         if step <= 0:
             raise UsageError(f"range query step must be > 0 seconds, got {step!r}")
         params = {"query": expr, "start": _ts(start), "end": _ts(end), "step": f"{step:g}"}
-        return _parse_range(self._get("/api/v1/query_range", params))
+        return self._get("/api/v1/query_range", params, _parse_range)

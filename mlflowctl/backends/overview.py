@@ -53,23 +53,29 @@ def dag_overview(url: str, user: str, password: str, *, home: Path | None = None
                 return (runs.json().get("dag_runs") or [None])[0] or {}
 
             with ThreadPoolExecutor(max_workers=8) as pool:
-                lasts = list(pool.map(last_run, [dag["dag_id"] for dag in dags]))
+                lasts = list(pool.map(last_run, [str(dag["dag_id"]) for dag in dags]))
+        return [
+            DagSummary(
+                dag_id=str(dag["dag_id"]),
+                paused=bool(dag.get("is_paused")),
+                schedule=_text(dag.get("timetable_summary")),
+                last_run_id=_text(last.get("dag_run_id")),
+                last_run_state=_text(last.get("state")),
+                last_run_start=_text(last.get("start_date")),
+                next_run=None if dag.get("is_paused") else _text(dag.get("next_dagrun_run_after")),
+            )
+            for dag, last in zip(dags, lasts)
+        ]
     except httpx.TransportError as exc:
         raise UnreachableError(f"Airflow at {url} is not answering: {exc}") from None
-    return [
-        DagSummary(
-            dag_id=dag["dag_id"],
-            paused=bool(dag.get("is_paused")),
-            schedule=dag.get("timetable_summary"),
-            last_run_id=last.get("dag_run_id"),
-            last_run_state=last.get("state"),
-            last_run_start=last.get("start_date"),
-            next_run=None if dag.get("is_paused") else dag.get("next_dagrun_run_after"),
-        )
-        for dag, last in zip(dags, lasts)
-    ]
+    except (LookupError, TypeError, ValueError, AttributeError) as exc:  # not JSON, or not the API's shape
+        raise ApiError(f"Airflow at {url} answered the DAG list with something mlwf cannot read ({exc})") from None
+
+
+def _text(value) -> str | None:
+    return None if value is None else str(value)
 
 
 def _raise_for(response) -> None:
-    if response.status_code >= 400:
+    if response.status_code >= 300:  # a redirect is not an API answer either
         raise ApiError(f"{response.request.url.path}: HTTP {response.status_code}: {response.text[:200]}")

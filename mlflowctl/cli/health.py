@@ -3,7 +3,8 @@ of `mlpipeline.monitoring` (the same ones `monitoring_dag` applies).
 
 Exit codes: 0 report complete (whatever its findings, unless --fail-on); 12 --fail-on LEVEL
 and a finding at LEVEL or worse; 9 the report is degraded (Prometheus or the API did not
-answer) and --fail-on found nothing; 5 neither answered; 3 bad credentials; 2 bad input.
+answer) and --fail-on found nothing; 5 neither answered; 13 neither answered as its API does
+(and one did answer: a redirect, HTML, ...); 3 bad credentials; 2 bad input.
 Nothing heavy at module level: httpx and the clients load inside the command.
 """
 
@@ -50,8 +51,20 @@ def _clients(url: str | None, user: str | None, home: str | None, prometheus_url
         timeout=API_TIMEOUT_S,
         retry_for=API_RETRY_S,
     )
-    prometheus = PrometheusClient(prometheus_url or f"http://127.0.0.1:{config.prometheus_port}")
+    prometheus = PrometheusClient(_prometheus_url(prometheus_url) or f"http://127.0.0.1:{config.prometheus_port}")
     return airflow, prometheus, lambda: _live_workers(config.home_dir)
+
+
+def _prometheus_url(value: str | None) -> str:
+    """--prometheus-url (or MLWF_PROMETHEUS_URL) checked as the config checks airflow_url."""
+    import os
+
+    from mlflowctl.config import checked, http_url
+
+    if value is None:
+        return ""
+    origin = PROMETHEUS_ENV if os.environ.get(PROMETHEUS_ENV) == value else "--prometheus-url"
+    return checked("prometheus_url", http_url, value, origin)
 
 
 def _live_workers(home) -> int | None:
@@ -84,7 +97,7 @@ def health(
     ] = None,
     watch: Annotated[bool, typer.Option("--watch", help="Redraw the report in place until Ctrl-C.")] = False,
     interval: Annotated[
-        float, typer.Option("--interval", min=1.0, help="With --watch: seconds between refreshes.")
+        float, typer.Option("--interval", min=1.0, max=86400.0, help="With --watch: seconds between refreshes.")
     ] = 5.0,
     prometheus_url: Annotated[
         Optional[str],

@@ -2,12 +2,14 @@
 
 Command modules import nothing heavy at module level (no httpx, docker, Airflow,
 pandas): `mlwf --help` must stay instant. Each command function is wrapped so a
-`MlwfError` becomes one line on stderr and its documented exit code.
+`MlwfError` becomes one line on stderr and its documented exit code, and any other
+exception one line too (exit 1), its traceback kept in a crash file for a bug report.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from typing import Callable
 
 import typer
@@ -25,22 +27,69 @@ app = typer.Typer(
 )
 
 
+def _say(line: str) -> None:
+    from mlflowctl.render.console import stderr
+
+    stderr().print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 def with_error_handling(command: Callable) -> Callable:
-    """Turn `MlwfError` into a one-line message and its exit code."""
+    """Turn `MlwfError` into a one-line message and its exit code; anything else into one line,
+    a crash file and exit 1. Typer's own exits and usage errors pass through as they are."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
         except MlwfError as exc:
-            from mlflowctl.render.console import stderr
-
-            stderr().print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+            _say(f"error: {exc}")
             if exc.hint:
-                stderr().print(f"hint: {exc.hint}", markup=False, highlight=False, soft_wrap=True)
+                _say(f"hint: {exc.hint}")
             raise typer.Exit(exc.exit_code) from None
+        except (typer.Exit, typer.Abort, typer.TyperException, BrokenPipeError):
+            raise
+        except Exception as exc:
+            where = _write_crash(command.__name__, kwargs.get("home"))
+            summary = (str(exc).splitlines() or [""])[0][:200]
+            _say(f"error: unexpected {type(exc).__name__}{f': {summary}' if summary else ''} (a bug in mlwf)")
+            _say(f"hint: the traceback is in {where}; please attach it to a bug report" if where else
+                 "hint: the traceback could not be written to a file either; please report the command")
+            raise typer.Exit(1) from None
 
     return wrapper
+
+
+def _write_crash(command: str, home: str | None) -> str | None:
+    """The traceback being handled, in a new private file: in the state directory when it exists
+    and is writable, else in the temp directory. Its path, or None when neither could be written."""
+    import datetime
+    import tempfile
+    import traceback
+
+    from mlflowctl import __version__
+
+    text = (
+        f"mlwf {__version__}, command {command}, {datetime.datetime.now(datetime.timezone.utc).isoformat()}\n\n"
+        f"{traceback.format_exc()}"
+    )
+    folders: list[str | None] = [None]
+    try:
+        from mlflowctl.config import load_config
+
+        state = load_config({"home": home}).home_dir
+        if state.is_dir() and os.access(state, os.W_OK):
+            folders.insert(0, str(state))
+    except Exception:  # the configuration may be what failed: the temp directory will do
+        pass
+    for folder in folders:
+        try:
+            descriptor, path = tempfile.mkstemp(prefix="mlwf-crash-", suffix=".txt", dir=folder)
+            with os.fdopen(descriptor, "w", encoding="utf-8", errors="backslashreplace") as handle:
+                handle.write(text)
+            return path
+        except OSError:
+            continue
+    return None
 
 
 def register(module) -> None:

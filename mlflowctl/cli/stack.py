@@ -69,7 +69,9 @@ def up(
     home: Home = None,
     executor: Annotated[Optional[str], typer.Option("--executor", help="local or celery (env MLWF_EXECUTOR).")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Celery workers (env MLWF_WORKERS).")] = None,
-    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for every service to be healthy.")] = 120.0,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0.1, help="Seconds to wait for every service to be healthy.")
+    ] = 120.0,
     as_json: Json = False,
 ) -> None:
     """Start the stack (idempotent: only what is not running) and wait until it is healthy."""

@@ -123,7 +123,7 @@ def password(
     path = _config(home).home_dir / SECRETS_FILE
     try:
         value = json.loads(path.read_text())[PASSWORD_KEYS[service]]
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, LookupError, TypeError):
         raise NotFoundError(
             f"no generated password in {path}", hint="`mlwf up` generates it; run in the project whose stack this is"
         ) from None
