@@ -11,7 +11,7 @@ This module imports httpx at the top: the CLI imports it inside command function
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import quote
@@ -39,6 +39,15 @@ def parse_time(value: Any) -> datetime | None:
     if not value:
         return None
     return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def new_run_id() -> str:
+    """`manual__<UTC time>__<random>`: what Airflow names a manual run, made unique by the client
+    (it matches Airflow's default `allowed_run_id_pattern`)."""
+    import secrets
+
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return f"manual__{now}__{secrets.token_hex(4)}"
 
 
 def _q(part: str) -> str:
@@ -278,6 +287,7 @@ class AirflowClient:
         transport: httpx.BaseTransport | None = None,
         timeout: float = 30.0,
         retry_for: float = RETRY_FOR_S,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.user = user
@@ -286,7 +296,7 @@ class AirflowClient:
         cache = TokenCache(Path(home) / TOKEN_FILE if home else None)
         self.http = httpx.Client(
             base_url=f"{self.url}/api/v2",
-            auth=TokenAuth(self.url, user, password, cache),
+            auth=TokenAuth(self.url, user, password, cache, warn=warn),
             transport=transport,
             timeout=httpx.Timeout(timeout, connect=5.0),
             headers={"Accept": "application/json"},
@@ -305,22 +315,38 @@ class AirflowClient:
 
     def _call(self, method: str, path: str, *, what: str | None = None, **kwargs) -> Any:
         """Send, retry connection failures for a bounded time, map failures, return the JSON."""
+        response, _ = self._send(method, path, **kwargs)
+        return self._check(response, method, path, what)
+
+    def _send(self, method: str, path: str, *, resend: bool = False, **kwargs) -> tuple[httpx.Response, int]:
+        """The response and how many attempts it took; transport failures become mlwf errors.
+
+        Connection failures are always retried (nothing reached the server), as is a 503 (the
+        server did not do it, e.g. SQLite "database is locked"). Idempotent methods are also
+        resent after a broken connection. `resend=True` marks a POST the caller made idempotent
+        (a client-chosen id): it is resent after a read timeout or any 5xx, at least once.
+        """
         import tenacity
 
         retryable: tuple[type[Exception], ...] = (httpx.ConnectError, httpx.ConnectTimeout)
-        if method in ("GET", "PUT", "PATCH", "DELETE"):
+        if resend or method in ("GET", "PUT", "PATCH", "DELETE"):
             retryable += (httpx.ReadError, httpx.RemoteProtocolError)
-        # 503 means the server did not do it (e.g. SQLite "database is locked"): safe to resend.
+        if resend:
+            retryable += (httpx.ReadTimeout, httpx.WriteError, httpx.WriteTimeout)
+        stop = tenacity.stop_after_delay(self.retry_for)
+        if resend:  # a read timeout alone can outlast the retry budget
+            stop = stop & tenacity.stop_after_attempt(2)
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(retryable)
-            | tenacity.retry_if_result(lambda response: response.status_code == 503),
-            stop=tenacity.stop_after_delay(self.retry_for),
+            | tenacity.retry_if_result(lambda response: response.status_code == 503 or (resend and response.status_code >= 500)),
+            stop=stop,
             wait=tenacity.wait_exponential(multiplier=0.25, max=2.0),
             retry_error_callback=lambda state: state.outcome.result(),
             reraise=True,
         )
         try:
             response = retrying(self.http.request, method, path, **kwargs)
+            return response, retrying.statistics.get("attempt_number", 1)
         except MlwfError:
             raise
         except httpx.TimeoutException as exc:
@@ -333,7 +359,6 @@ class AirflowClient:
             raise self._unreachable(_reason(exc)) from None
         except httpx.TransportError as exc:
             raise self._unreachable(_reason(exc)) from None
-        return self._check(response, method, path, what)
 
     def _unreachable(self, reason: str) -> UnreachableError:
         return UnreachableError(
@@ -395,11 +420,18 @@ class AirflowClient:
     # -- runs ----------------------------------------------------------------------------
 
     def trigger_run(self, dag_id: str, conf: dict | None = None, *, run_id: str | None = None) -> DagRun:
-        body: dict[str, Any] = {"logical_date": None, "conf": conf or {}}
-        if run_id:
-            body["dag_run_id"] = run_id
-        data = self._call("POST", f"/dags/{_q(dag_id)}/dagRuns", what=f"DAG '{dag_id}'", json=body)
-        return DagRun.from_api(data)
+        """One run, however often the POST is resent: the run id is chosen here, so a resend
+        that finds it taken (409) means an earlier attempt created it."""
+        run_id = run_id or new_run_id()
+        path = f"/dags/{_q(dag_id)}/dagRuns"
+        body = {"dag_run_id": run_id, "logical_date": None, "conf": conf or {}}
+        response, attempts = self._send("POST", path, resend=True, json=body)
+        if response.status_code == 409 and attempts > 1:
+            try:
+                return self.get_run(dag_id, run_id)
+            except NotFoundError:
+                pass  # the conflict was about something else: report it as it is
+        return DagRun.from_api(self._check(response, "POST", path, f"DAG '{dag_id}'"))
 
     def get_run(self, dag_id: str, run_id: str) -> DagRun:
         data = self._call(
