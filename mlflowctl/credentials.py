@@ -75,10 +75,16 @@ def known_password(config: Config, environ: Mapping[str, str] | None = None) -> 
 
 
 def no_password(config: Config) -> AuthError:
-    """The error for a server we have no password for (and cannot ask, no terminal)."""
-    own = f"http://127.0.0.1:{config.airflow_port}"
+    """The error for a server we have no password for (and cannot ask: no terminal, or none typed)."""
+    from pathlib import Path
+
+    from mlflowctl.secrets import read_admin_password
+
     if is_local_stack_url(config.api_url, config.airflow_port):
         hint = f"set {PASSWORD_ENV}, or run from the project whose stack `mlwf up` started (or pass --home)"
-    else:
+    elif read_admin_password(Path(config.home)):
+        own = f"http://127.0.0.1:{config.airflow_port}"
         hint = f"set {PASSWORD_ENV} (the password of this project's stack is sent only to its own URL, {own})"
+    else:
+        hint = f"set {PASSWORD_ENV}"
     return AuthError(f"no password for Airflow user '{config.airflow_user}' at {config.api_url}", hint=hint)

@@ -96,3 +96,5 @@ def test_the_missing_password_error_says_why_the_stored_one_is_not_used(project)
     assert error.hint.startswith("set MLWF_AIRFLOW_PASSWORD")
     assert "only to its own URL, http://127.0.0.1:8080" in error.hint
     assert "only to its own URL" not in no_password(_config(tmp_path)).hint
+    (tmp_path / ".mlwf" / "secrets.json").unlink()  # no stack here: nothing to explain
+    assert no_password(_config(tmp_path, airflow_url="http://10.0.0.5:8080")).hint == "set MLWF_AIRFLOW_PASSWORD"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import socket
 import subprocess
@@ -375,10 +376,12 @@ def test_password_is_asked_for_on_a_terminal_and_the_token_cached(stack, tmp_pat
     )
     os.close(slave)
     try:
-        seen, deadline = b"", time.monotonic() + 60
-        while b"password for admin" not in seen and time.monotonic() < deadline:
-            seen += os.read(master, 1024)
-        assert f"Airflow password for admin at {stack.url}".encode() in seen
+        # The prompt's last byte comes after echo is off and type-ahead flushed: wait for it.
+        prompt, seen, deadline = f"Airflow password for admin at {stack.url}: ".encode(), b"", time.monotonic() + 60
+        while prompt not in seen and time.monotonic() < deadline:
+            if select.select([master], [], [], 1)[0]:  # never block past the deadline
+                seen += os.read(master, 1024)
+        assert prompt in seen
         os.write(master, stack.password.encode() + b"\n")
         out, _ = process.communicate(timeout=120)
     finally:

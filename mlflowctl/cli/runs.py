@@ -37,13 +37,11 @@ def _password(config: Config) -> str:
         return password
     if not sys.stdin.isatty():
         raise credentials.no_password(config)
-    import click
-
     try:
         return typer.prompt(
             f"Airflow password for {config.airflow_user} at {config.api_url}", hide_input=True, err=True
         )
-    except click.exceptions.Abort:  # Ctrl-C or end of input at the prompt
+    except typer.Abort:  # Ctrl-C or end of input at the prompt
         raise credentials.no_password(config) from None
 
 
