@@ -275,7 +275,10 @@ def _detail(response: httpx.Response) -> str:
 
 
 class AirflowClient:
-    """The Airflow REST API v2 at `url` as `user`; `password` is called only when a login is needed."""
+    """The Airflow REST API v2 at `url` as `user`; `password` is called once, at the first request.
+
+    `warn` receives a warning meant for the user (a password about to cross the network in clear).
+    """
 
     def __init__(
         self,
