@@ -339,9 +339,11 @@ class AirflowClient:
         stop = tenacity.stop_after_delay(self.retry_for)
         if resend:  # a read timeout alone can outlast the retry budget
             stop = stop & tenacity.stop_after_attempt(2)
+        def server_did_not_do_it(response: httpx.Response) -> bool:
+            return response.status_code == 503 or (resend and response.status_code >= 500)
+
         retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(retryable)
-            | tenacity.retry_if_result(lambda response: response.status_code == 503 or (resend and response.status_code >= 500)),
+            retry=tenacity.retry_if_exception_type(retryable) | tenacity.retry_if_result(server_did_not_do_it),
             stop=stop,
             wait=tenacity.wait_exponential(multiplier=0.25, max=2.0),
             retry_error_callback=lambda state: state.outcome.result(),

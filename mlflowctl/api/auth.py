@@ -42,6 +42,13 @@ def token_expiry(token: str) -> float:
         return time.time() + FALLBACK_LIFETIME_S
 
 
+def _expires(entry: object) -> float:
+    """An entry's expiry, or 0 for anything that is not a well-formed entry."""
+    if isinstance(entry, dict) and isinstance(entry.get("expires_at"), (int, float)):
+        return float(entry["expires_at"])
+    return 0.0
+
+
 class TokenCache:
     """Tokens by credential fingerprint in one private JSON file, `{"salt": hex, "tokens": {...}}`.
 
@@ -75,12 +82,10 @@ class TokenCache:
         if salt is None:
             return None
         entry = tokens.get(self.fingerprint(salt, url, user, password))
-        if not isinstance(entry, dict):
+        token = entry.get("access_token") if isinstance(entry, dict) else None
+        if not isinstance(token, str) or _expires(entry) - EXPIRY_MARGIN_S <= time.time():
             return None
-        token, expires = entry.get("access_token"), entry.get("expires_at", 0)
-        if not isinstance(token, str) or not isinstance(expires, (int, float)):
-            return None
-        return token if expires - EXPIRY_MARGIN_S > time.time() else None
+        return token
 
     def put(self, url: str, user: str, password: str, token: str | None) -> None:
         """Store `token` for this credential (None: forget it); expired entries are dropped."""
@@ -90,11 +95,7 @@ class TokenCache:
         if salt is None:
             salt, tokens = secrets.token_bytes(16), {}
         now = time.time()
-        tokens = {
-            key: entry
-            for key, entry in tokens.items()
-            if isinstance(entry, dict) and isinstance(entry.get("expires_at"), (int, float)) and entry["expires_at"] > now
-        }
+        tokens = {key: entry for key, entry in tokens.items() if _expires(entry) > now}
         key = self.fingerprint(salt, url, user, password)
         if token is None:
             tokens.pop(key, None)
