@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import select
 import shutil
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import MLWF
+from conftest import MLWF, read_until
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -109,8 +108,14 @@ def mlwf(stack, *args: str, input: str = "", **env: str) -> subprocess.Completed
 
 
 def cached_tokens(home) -> list[str]:
-    data = json.loads((home / "token.json").read_text())
-    return [entry["access_token"] for entry in data["tokens"].values()]
+    """Every access token in the cache file, wherever it sits in it."""
+
+    def find(node) -> list[str]:
+        if isinstance(node, dict):
+            return [node["access_token"]] if "access_token" in node else [t for v in node.values() for t in find(v)]
+        return []
+
+    return find(json.loads((home / "token.json").read_text()))
 
 
 def test_a_wrong_password_after_a_good_login_exits_3(stack):
@@ -211,13 +216,12 @@ def test_on_a_terminal_another_server_gets_what_the_user_types(stack, recorder):
     os.close(slave)
     try:
         # The prompt's last byte comes after echo is off and type-ahead flushed: wait for it.
-        prompt, seen, deadline = f"Airflow password for admin at {recorder.url}: ".encode(), b"", time.monotonic() + 60
-        while prompt not in seen and time.monotonic() < deadline:
-            if select.select([master], [], [], 1)[0]:  # never block past the deadline
-                seen += os.read(master, 1024)
-        assert prompt in seen
+        prompt, deadline = f"Airflow password for admin at {recorder.url}: ".encode(), time.monotonic() + 60
+        seen = read_until(master, prompt, deadline)
+        assert prompt in seen, seen
         os.write(master, b"typed-pw\n")
         out, _ = process.communicate(timeout=60)
+        seen += read_until(master, b"\0never", time.monotonic() + 5)  # all it showed, to check no echo
     finally:
         process.kill() if process.poll() is None else None
         os.close(master)
@@ -238,18 +242,12 @@ def test_end_of_input_at_the_prompt_is_one_line_and_exit_3(stack, recorder):
     )
     os.close(slave)
     try:
-        prompt, seen, deadline = f"Airflow password for admin at {recorder.url}: ".encode(), b"", time.monotonic() + 60
-        while prompt not in seen and time.monotonic() < deadline:
-            if select.select([master], [], [], 1)[0]:
-                seen += os.read(master, 1024)
-        assert prompt in seen
+        prompt, deadline = f"Airflow password for admin at {recorder.url}: ".encode(), time.monotonic() + 60
+        seen = read_until(master, prompt, deadline)
+        assert prompt in seen, seen
         os.write(master, b"\x04")  # Ctrl-D
         process.wait(timeout=60)
-        while select.select([master], [], [], 1)[0]:
-            try:
-                seen += os.read(master, 1024)
-            except OSError:  # the child closed the terminal
-                break
+        seen += read_until(master, b"\0never", time.monotonic() + 5)
     finally:
         process.kill() if process.poll() is None else None
         os.close(master)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import shutil
 import socket
 import subprocess
@@ -21,6 +20,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from conftest import read_until
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -377,13 +378,12 @@ def test_password_is_asked_for_on_a_terminal_and_the_token_cached(stack, tmp_pat
     os.close(slave)
     try:
         # The prompt's last byte comes after echo is off and type-ahead flushed: wait for it.
-        prompt, seen, deadline = f"Airflow password for admin at {stack.url}: ".encode(), b"", time.monotonic() + 60
-        while prompt not in seen and time.monotonic() < deadline:
-            if select.select([master], [], [], 1)[0]:  # never block past the deadline
-                seen += os.read(master, 1024)
-        assert prompt in seen
+        prompt = f"Airflow password for admin at {stack.url}: ".encode()
+        seen = read_until(master, prompt, time.monotonic() + 60)
+        assert prompt in seen, seen
         os.write(master, stack.password.encode() + b"\n")
         out, _ = process.communicate(timeout=120)
+        seen += read_until(master, b"\0never", time.monotonic() + 5)  # all it showed, to check no echo
     finally:
         process.kill() if process.poll() is None else None
         os.close(master)
