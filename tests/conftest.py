@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import socket
 import subprocess
@@ -131,6 +132,21 @@ def write_settings(path: Path, settings: dict) -> None:
 
     merged = {**tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["mlwf"], **settings}
     path.write_text("".join(f"{name} = {json.dumps(value)}\n" for name, value in merged.items()))
+
+
+def read_until(master: int, wanted: bytes, deadline: float) -> bytes:
+    """What a pty shows until `wanted`, the deadline or the child closing it; never blocks past the deadline."""
+    seen = b""
+    while wanted not in seen and time.monotonic() < deadline:
+        if select.select([master], [], [], 0.5)[0]:
+            try:
+                chunk = os.read(master, 1024)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            seen += chunk
+    return seen
 
 
 @dataclass

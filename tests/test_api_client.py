@@ -10,10 +10,12 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import socket
 import stat
 import threading
 import time
+import urllib.parse
 
 import httpx
 import pytest
@@ -70,27 +72,62 @@ class FakeAirflow:
 DAG = {"dag_id": "d", "is_paused": False, "timetable_summary": "@daily", "tags": [{"name": "t"}]}
 
 
-def test_token_is_cached_0600_and_reused_by_the_next_client(tmp_path):
+def test_token_is_cached_0600_and_reused_by_the_next_client_without_the_password(tmp_path):
     server = FakeAirflow()
     server.routes[("GET", "/api/v2/dags/d")] = httpx.Response(200, json=DAG)
     with server.client(tmp_path) as client:
         assert client.get_dag("d").tags == ("t",)
-    with server.client(tmp_path, password="never asked") as client:
+    with server.client(tmp_path) as client:
         client.get_dag("d")
     assert server.logins == 1
     cache = tmp_path / "token.json"
     assert stat.S_IMODE(cache.stat().st_mode) == 0o600
-    assert f"{URL}|admin" in json.loads(cache.read_text())
+    text = cache.read_text()
+    assert server.password not in text and URL not in text and "admin" not in text
+    assert len(json.loads(text)["tokens"]) == 1
 
 
-def test_token_expired_mid_session_is_renewed_once(tmp_path):
+def test_a_wrong_password_after_a_good_login_is_refused_not_hidden_by_the_cache(tmp_path):
     server = FakeAirflow()
     server.routes[("GET", "/api/v2/dags/d")] = httpx.Response(200, json=DAG)
     with server.client(tmp_path) as client:
         client.get_dag("d")
+    with pytest.raises(AuthError, match="refused the password") as raised, server.client(tmp_path, password="wrong") as client:
+        client.get_dag("d")
+    assert raised.value.exit_code == 3
+    logins = [json.loads(r.content)["password"] for r in server.requests if r.url.path == "/auth/token"]
+    assert logins == ["secret", "wrong"]
+    with server.client(tmp_path) as client:  # the good credential still finds its token
+        client.get_dag("d")
+    assert server.logins == 1
+
+
+def test_a_password_changed_on_the_server_logs_in_afresh(tmp_path):
+    server = FakeAirflow()
+    server.routes[("GET", "/api/v2/dags/d")] = httpx.Response(200, json=DAG)
+    with server.client(tmp_path) as client:
+        client.get_dag("d")
+    server.password = "rotated"
+    with server.client(tmp_path) as client:  # asks for (and sends) the new password, not the old token
+        client.get_dag("d")
+    assert server.logins == 2
+    assert json.loads(server.requests[-2].content) == {"username": "admin", "password": "rotated"}
+
+
+def test_token_expired_mid_session_is_renewed_once_and_the_password_asked_once(tmp_path):
+    server = FakeAirflow()
+    server.routes[("GET", "/api/v2/dags/d")] = httpx.Response(200, json=DAG)
+    asked = []
+    client = AirflowClient(
+        URL, "admin", lambda: asked.append(1) or server.password, home=tmp_path,
+        transport=httpx.MockTransport(server.handler),
+    )
+    with client:
+        client.get_dag("d")
         server.valid.clear()  # the server stops honouring the token (expired, or JWT secret rotated)
         assert client.get_dag("d").dag_id == "d"
     assert server.logins == 2
+    assert len(asked) == 1
 
 
 def test_a_token_the_server_keeps_refusing_is_an_auth_error_not_a_loop(tmp_path):
@@ -116,16 +153,76 @@ def test_wrong_password_is_an_auth_error_and_caches_nothing(tmp_path):
     assert not (tmp_path / "token.json").exists()
 
 
-def test_password_is_not_asked_for_while_a_cached_token_is_valid(tmp_path):
+def test_cache_entries_belong_to_one_url_user_and_password_and_expire(tmp_path):
     cache = TokenCache(tmp_path / "token.json")
-    cache.put(URL, "admin", jwt(time.time() + 3600))
-    assert cache.get(URL, "admin") is not None
-    assert cache.get(URL, "someone-else") is None
-    cache.put(URL, "admin", jwt(time.time() + 30))  # inside the expiry margin: treated as expired
-    assert cache.get(URL, "admin") is None
-    (tmp_path / "token.json").write_text("{damaged")
-    assert cache.get(URL, "admin") is None
+    cache.put(URL, "admin", "pw", jwt(time.time() + 3600))
+    assert cache.get(URL, "admin", "pw") is not None
+    assert cache.get(URL + "/", "admin", "pw") is not None  # the same server
+    assert cache.get(URL, "someone-else", "pw") is None
+    assert cache.get(URL, "admin", "pw2") is None
+    assert cache.get("http://other.test", "admin", "pw") is None
+    cache.put(URL, "admin", "pw", jwt(time.time() + 30))  # inside the expiry margin: treated as expired
+    assert cache.get(URL, "admin", "pw") is None
     assert token_expiry("not-a-jwt") > time.time()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "",
+        "{damaged",
+        '{"salt": "00112233445566778899aabbccddeeff", "tokens": {"abc": {"access_token": "x", "expi',
+        "[]",
+        '"salt"',
+        "null",
+        '{"salt": "zz", "tokens": {}}',
+        '{"salt": "00", "tokens": {}}',
+        '{"salt": 7, "tokens": {}}',
+        '{"salt": "00112233445566778899aabbccddeeff", "tokens": []}',
+        '{"salt": "00112233445566778899aabbccddeeff", "tokens": {"k": [1]}}',
+        '{"http://airflow.test|admin": {"access_token": "old", "expires_at": 9999999999}}',  # the old format
+    ],
+)
+def test_a_damaged_token_cache_is_ignored_and_rewritten(tmp_path, damage):
+    (tmp_path / "token.json").write_text(damage)
+    server = FakeAirflow()
+    server.routes[("GET", "/api/v2/dags/d")] = httpx.Response(200, json=DAG)
+    with server.client(tmp_path) as client:
+        assert client.get_dag("d").dag_id == "d"
+    with server.client(tmp_path) as client:
+        client.get_dag("d")
+    assert server.logins == 1  # the first client replaced the damaged file with a working cache
+    data = json.loads((tmp_path / "token.json").read_text())
+    assert len(bytes.fromhex(data["salt"])) == 16 and len(data["tokens"]) == 1
+
+
+def test_a_login_over_plain_http_to_another_host_warns_once(tmp_path):
+    server = FakeAirflow()
+    server.routes[("GET", "/api/v2/dags/d")] = httpx.Response(200, json=DAG)
+    warnings: list[str] = []
+    with server.client(tmp_path, warn=warnings.append) as client:
+        client.get_dag("d")
+        server.valid.clear()  # a renewal sends the password again; one warning is enough
+        client.get_dag("d")
+    assert server.logins == 2
+    assert warnings == [
+        "sending the password to airflow.test over plain HTTP: anyone on the network path can read it; use https"
+    ]
+    with server.client(tmp_path, warn=warnings.append) as client:  # a cached token: no password sent
+        client.get_dag("d")
+    assert len(warnings) == 1
+
+
+def test_no_warning_for_loopback_or_https(tmp_path):
+    server = FakeAirflow()
+    server.routes[("GET", "/api/v2/dags/d")] = httpx.Response(200, json=DAG)
+    warnings: list[str] = []
+    for url in ("http://127.0.0.1:8080", "http://localhost:8080", "http://[::1]:8080", "https://airflow.test"):
+        transport = httpx.MockTransport(server.handler)
+        with AirflowClient(url, "admin", lambda: "secret", transport=transport, warn=warnings.append) as client:
+            client.get_dag("d")
+    assert server.logins == 4
+    assert warnings == []
 
 
 def test_server_errors_map_to_distinct_exceptions(tmp_path):
@@ -185,13 +282,130 @@ def test_run_ids_are_quoted_with_nothing_safe(tmp_path):
     assert server.client(tmp_path).get_run("d", run["dag_run_id"]).state == "running"
 
 
-def test_trigger_always_sends_logical_date(tmp_path):
+# Airflow 3.3's default [scheduler] allowed_run_id_pattern, and what marks a manual run.
+AIRFLOW_RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.~:+-]+$")
+RUN_ID = re.compile(r"^manual__\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00__[0-9a-f]{8}$")
+
+
+def _posts(server: FakeAirflow) -> list[dict]:
+    return [json.loads(r.content) for r in server.requests if r.method == "POST" and "dagRuns" in r.url.path]
+
+
+def test_trigger_sends_logical_date_and_a_fresh_run_id_of_its_own(tmp_path):
     server = FakeAirflow()
-    run = {"dag_id": "d", "dag_run_id": "r", "state": "queued", "conf": {"a": 1}}
-    server.routes[("POST", "/api/v2/dags/d/dagRuns")] = httpx.Response(200, json=run)
-    server.client(tmp_path).trigger_run("d", {"a": 1})
-    body = json.loads(server.requests[-1].content)
-    assert body == {"logical_date": None, "conf": {"a": 1}}
+
+    def echo(request):
+        if request.url.path == "/api/v2/dags/d/dagRuns":
+            server.requests.append(request)
+            body = json.loads(request.content)
+            return httpx.Response(200, json={"dag_id": "d", "dag_run_id": body["dag_run_id"], "state": "queued"})
+        return server.handler(request)
+
+    client = AirflowClient(URL, "admin", lambda: "secret", transport=httpx.MockTransport(echo))
+    first, second = client.trigger_run("d", {"a": 1}), client.trigger_run("d")
+    bodies = _posts(server)
+    assert [b["dag_run_id"] for b in bodies] == [first.run_id, second.run_id]
+    assert first.run_id != second.run_id
+    for body in bodies:
+        assert RUN_ID.match(body["dag_run_id"]) and AIRFLOW_RUN_ID_PATTERN.match(body["dag_run_id"])
+        assert ".." not in body["dag_run_id"]
+    assert bodies[0] == {"dag_run_id": first.run_id, "logical_date": None, "conf": {"a": 1}}
+
+
+class LostAnswer:
+    """A trigger endpoint whose first answer is lost after it created the run (a proxy's 502,
+    a 500 after commit, or a read timeout): the server keeps the runs it created by id."""
+
+    def __init__(self, first: httpx.Response | Exception, *, keep: bool = True) -> None:
+        self.server = FakeAirflow()
+        self.first, self.keep = first, keep
+        self.runs: dict[str, dict] = {}
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.raw_path.decode().split("?")[0]
+        if request.url.path == "/auth/token":
+            return self.server.handler(request)
+        self.server.requests.append(request)
+        if request.method == "POST" and path == "/api/v2/dags/d/dagRuns":
+            run_id = json.loads(request.content)["dag_run_id"]
+            if run_id in self.runs:
+                return httpx.Response(409, json={"detail": "Unique constraint violation"})
+            if self.keep or len(_posts(self.server)) > 1:
+                self.runs[run_id] = {"dag_id": "d", "dag_run_id": run_id, "state": "queued"}
+            if len(_posts(self.server)) == 1:
+                if isinstance(self.first, Exception):
+                    raise self.first
+                return self.first
+            return httpx.Response(200, json=self.runs[run_id])
+        run_id = urllib.parse.unquote(path.rsplit("/", 1)[-1])
+        if request.method == "GET" and run_id in self.runs:
+            return httpx.Response(200, json=self.runs[run_id])
+        return httpx.Response(404, json={"detail": "not found"})
+
+    def client(self) -> AirflowClient:
+        return AirflowClient(URL, "admin", lambda: "secret", transport=httpx.MockTransport(self.handler), retry_for=2)
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        httpx.Response(500, text="Internal Server Error"),
+        httpx.Response(502, text="Bad Gateway"),
+        httpx.Response(503, json={"detail": "Database is locked"}),
+        httpx.ReadTimeout("timed out"),
+        httpx.RemoteProtocolError("Server disconnected without sending a response."),
+    ],
+    ids=["500", "502", "503", "read-timeout", "disconnect"],
+)
+def test_a_trigger_whose_answer_was_lost_is_resent_and_its_409_means_created(first):
+    fake = LostAnswer(first)
+    run = fake.client().trigger_run("d", {"a": 1})
+    bodies = _posts(fake.server)
+    assert len(bodies) == 2 and bodies[0] == bodies[1]  # the same request, the same run id
+    assert list(fake.runs) == [run.run_id] == [bodies[0]["dag_run_id"]]
+    calls = [r.method for r in fake.server.requests if r.url.path != "/auth/token"]
+    assert calls == ["POST", "POST", "GET"]  # the resend got 409, then the run was fetched
+
+
+def test_a_trigger_that_failed_before_creating_anything_is_resent_once():
+    fake = LostAnswer(httpx.Response(500, text="Internal Server Error"), keep=False)
+    run = fake.client().trigger_run("d")
+    assert len(_posts(fake.server)) == 2
+    assert list(fake.runs) == [run.run_id]
+
+
+def test_a_409_on_the_first_attempt_is_a_real_conflict(tmp_path):
+    server = FakeAirflow()
+    server.routes[("POST", "/api/v2/dags/d/dagRuns")] = httpx.Response(409, json={"detail": "already exists"})
+    with pytest.raises(ApiError, match="conflict: already exists"):
+        server.client(tmp_path).trigger_run("d", run_id="mine")
+    assert len(_posts(server)) == 1
+
+
+def test_a_409_after_a_resend_for_a_run_that_does_not_exist_stays_a_conflict():
+    fake = LostAnswer(httpx.Response(500, text="Internal Server Error"), keep=False)
+
+    def conflict_always(request):
+        if request.method == "POST" and request.url.path.endswith("/dagRuns") and len(_posts(fake.server)) >= 1:
+            fake.server.requests.append(request)
+            return httpx.Response(409, json={"detail": "some other conflict"})
+        return fake.handler(request)
+
+    client = AirflowClient(URL, "admin", lambda: "secret", transport=httpx.MockTransport(conflict_always), retry_for=2)
+    with pytest.raises(ApiError, match="conflict: some other conflict"):
+        client.trigger_run("d")
+    assert fake.runs == {}
+
+
+def test_other_posts_are_not_resent_after_a_server_error(tmp_path):
+    from datetime import datetime, timezone
+
+    server = FakeAirflow()
+    server.routes[("POST", "/api/v2/backfills")] = httpx.Response(500, text="Internal Server Error")
+    day = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    with pytest.raises(ApiError, match="HTTP 500"):
+        server.client(tmp_path, retry_for=2).create_backfill("d", day, day)
+    assert [r.url.path for r in server.requests if r.method == "POST"] == ["/auth/token", "/api/v2/backfills"]
 
 
 def test_lists_follow_pages_until_total_entries(tmp_path):

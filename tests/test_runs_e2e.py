@@ -21,6 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from conftest import read_until
+
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
 HERE = Path(__file__).resolve().parent
@@ -375,12 +377,13 @@ def test_password_is_asked_for_on_a_terminal_and_the_token_cached(stack, tmp_pat
     )
     os.close(slave)
     try:
-        seen, deadline = b"", time.monotonic() + 60
-        while b"password for admin" not in seen and time.monotonic() < deadline:
-            seen += os.read(master, 1024)
-        assert f"Airflow password for admin at {stack.url}".encode() in seen
+        # The prompt's last byte comes after echo is off and type-ahead flushed: wait for it.
+        prompt = f"Airflow password for admin at {stack.url}: ".encode()
+        seen = read_until(master, prompt, time.monotonic() + 60)
+        assert prompt in seen, seen
         os.write(master, stack.password.encode() + b"\n")
         out, _ = process.communicate(timeout=120)
+        seen += read_until(master, b"\0never", time.monotonic() + 5)  # all it showed, to check no echo
     finally:
         process.kill() if process.poll() is None else None
         os.close(master)

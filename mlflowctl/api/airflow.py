@@ -11,7 +11,7 @@ This module imports httpx at the top: the CLI imports it inside command function
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import quote
@@ -61,6 +61,15 @@ def _opt_number(data: dict, key: str) -> float | None:
 
 def _opt_text(value: Any) -> str | None:
     return None if value is None else str(value)
+
+
+def new_run_id() -> str:
+    """`manual__<UTC time>__<random>`: what Airflow names a manual run, made unique by the client
+    (it matches Airflow's default `allowed_run_id_pattern`)."""
+    import secrets
+
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return f"manual__{now}__{secrets.token_hex(4)}"
 
 
 def _q(part: str) -> str:
@@ -288,7 +297,10 @@ def _detail(response: httpx.Response) -> str:
 
 
 class AirflowClient:
-    """The Airflow REST API v2 at `url` as `user`; `password` is called only when a login is needed."""
+    """The Airflow REST API v2 at `url` as `user`; `password` is called once, at the first request.
+
+    `warn` receives a warning meant for the user (a password about to cross the network in clear).
+    """
 
     def __init__(
         self,
@@ -300,6 +312,7 @@ class AirflowClient:
         transport: httpx.BaseTransport | None = None,
         timeout: float = 30.0,
         retry_for: float = RETRY_FOR_S,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.user = user
@@ -308,7 +321,7 @@ class AirflowClient:
         cache = TokenCache(Path(home) / TOKEN_FILE if home else None)
         self.http = httpx.Client(
             base_url=f"{self.url}/api/v2",
-            auth=TokenAuth(self.url, user, password, cache),
+            auth=TokenAuth(self.url, user, password, cache, warn=warn),
             transport=transport,
             timeout=httpx.Timeout(timeout, connect=5.0),
             headers={"Accept": "application/json"},
@@ -330,22 +343,51 @@ class AirflowClient:
     ) -> Any:
         """Send, retry connection failures for a bounded time, map failures, return the JSON object
         (through `parse` when given: an object of the wrong shape is an ApiError too)."""
+        response, _ = self._send(method, path, **kwargs)
+        return self._parsed(response, method, path, what, parse)
+
+    def _parsed(
+        self, response: httpx.Response, method: str, path: str, what: str | None, parse: Callable[[dict], Any] | None
+    ) -> Any:
+        body = self._check(response, method, path, what)
+        if parse is None:
+            return body
+        try:
+            return parse(body)
+        except (LookupError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
+            raise ApiError(f"{_answer(response)} with JSON mlwf cannot read ({_flaw(exc)})") from None
+
+    def _send(self, method: str, path: str, *, resend: bool = False, **kwargs) -> tuple[httpx.Response, int]:
+        """The response and how many attempts it took; transport failures become mlwf errors.
+
+        Connection failures are always retried (nothing reached the server), as is a 503 (the
+        server did not do it, e.g. SQLite "database is locked"). Idempotent methods are also
+        resent after a broken connection. `resend=True` marks a POST the caller made idempotent
+        (a client-chosen id): it is resent after a read timeout or any 5xx, at least once.
+        """
         import tenacity
 
         retryable: tuple[type[Exception], ...] = (httpx.ConnectError, httpx.ConnectTimeout)
-        if method in ("GET", "PUT", "PATCH", "DELETE"):
+        if resend or method in ("GET", "PUT", "PATCH", "DELETE"):
             retryable += (httpx.ReadError, httpx.RemoteProtocolError)
-        # 503 means the server did not do it (e.g. SQLite "database is locked"): safe to resend.
+        if resend:
+            retryable += (httpx.ReadTimeout, httpx.WriteError, httpx.WriteTimeout)
+        stop = tenacity.stop_after_delay(self.retry_for)
+        if resend:  # a read timeout alone can outlast the retry budget
+            stop = stop & tenacity.stop_after_attempt(2)
+        def server_did_not_do_it(response: httpx.Response) -> bool:
+            return response.status_code == 503 or (resend and response.status_code >= 500)
+
         retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(retryable)
-            | tenacity.retry_if_result(lambda response: response.status_code == 503),
-            stop=tenacity.stop_after_delay(self.retry_for),
+            retry=tenacity.retry_if_exception_type(retryable) | tenacity.retry_if_result(server_did_not_do_it),
+            stop=stop,
             wait=tenacity.wait_exponential(multiplier=0.25, max=2.0),
             retry_error_callback=lambda state: state.outcome.result(),
             reraise=True,
         )
         try:
             response = retrying(self.http.request, method, path, **kwargs)
+            return response, retrying.statistics.get("attempt_number", 1)
         except MlwfError:
             raise
         except httpx.TimeoutException as exc:
@@ -362,13 +404,6 @@ class AirflowClient:
             raise UsageError(f"cannot send {method} {path} to {self.url}: {exc}") from None
         except httpx.HTTPError as exc:  # e.g. a body that does not decode as its Content-Encoding says
             raise ApiError(f"Airflow at {self.url} answered {method} {path} unreadably: {_reason(exc)}") from None
-        body = self._check(response, method, path, what)
-        if parse is None:
-            return body
-        try:
-            return parse(body)
-        except (LookupError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
-            raise ApiError(f"{_answer(response)} with JSON mlwf cannot read ({_flaw(exc)})") from None
 
     def _unreachable(self, reason: str) -> UnreachableError:
         return UnreachableError(
@@ -453,10 +488,18 @@ class AirflowClient:
     # -- runs ----------------------------------------------------------------------------
 
     def trigger_run(self, dag_id: str, conf: dict | None = None, *, run_id: str | None = None) -> DagRun:
-        body: dict[str, Any] = {"logical_date": None, "conf": conf or {}}
-        if run_id:
-            body["dag_run_id"] = run_id
-        return self._call("POST", f"/dags/{_q(dag_id)}/dagRuns", what=f"DAG '{dag_id}'", parse=DagRun.from_api, json=body)
+        """One run, however often the POST is resent: the run id is chosen here, so a resend
+        that finds it taken (409) means an earlier attempt created it."""
+        run_id = run_id or new_run_id()
+        path = f"/dags/{_q(dag_id)}/dagRuns"
+        body = {"dag_run_id": run_id, "logical_date": None, "conf": conf or {}}
+        response, attempts = self._send("POST", path, resend=True, json=body)
+        if response.status_code == 409 and attempts > 1:
+            try:
+                return self.get_run(dag_id, run_id)
+            except NotFoundError:
+                pass  # the conflict was about something else: report it as it is
+        return self._parsed(response, "POST", path, f"DAG '{dag_id}'", DagRun.from_api)
 
     def get_run(self, dag_id: str, run_id: str) -> DagRun:
         return self._call(

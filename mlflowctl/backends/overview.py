@@ -21,26 +21,26 @@ class DagSummary:
     import_errors: int = 0
 
 
-def api_client(url: str, user: str, password: str, home: Path | None, timeout: float = 5.0):
+def api_client(url: str, user: str, password: str, home: Path | None, timeout: float = 5.0, warn=None):
     """An httpx client logged in with a cached token (see mlflowctl.api.auth)."""
     import httpx
 
-    from mlflowctl.api.auth import TokenAuth, TokenCache
+    from mlflowctl.api.auth import TOKEN_FILE, TokenAuth, TokenCache
 
-    cache = TokenCache(home / "token.json" if home else None)
+    cache = TokenCache(home / TOKEN_FILE if home else None)
     plain = url.startswith("http://")  # no TLS: skip building an SSL context (~50 ms CPU)
     return httpx.Client(
-        base_url=url, auth=TokenAuth(url, user, lambda: password, cache), timeout=timeout, verify=not plain
+        base_url=url, auth=TokenAuth(url, user, lambda: password, cache, warn=warn), timeout=timeout, verify=not plain
     )
 
 
-def dag_overview(url: str, user: str, password: str, *, home: Path | None = None) -> list[DagSummary]:
+def dag_overview(url: str, user: str, password: str, *, home: Path | None = None, warn=None) -> list[DagSummary]:
     from concurrent.futures import ThreadPoolExecutor
 
     import httpx
 
     try:
-        with api_client(url, user, password, home) as client:
+        with api_client(url, user, password, home, warn=warn) as client:
             response = client.get("/api/v2/dags", params={"limit": 100, "order_by": "dag_id"})
             _raise_for(response)
             dags = response.json().get("dags", [])

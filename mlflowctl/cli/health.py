@@ -33,7 +33,7 @@ def _clients(url: str | None, user: str | None, home: str | None, prometheus_url
     sys.modules.setdefault("trio", None)  # type: ignore[arg-type]
     from mlflowctl.api.airflow import AirflowClient
     from mlflowctl.api.prometheus import PrometheusClient
-    from mlflowctl.cli.runs import _password
+    from mlflowctl.cli.runs import _password, _warn
     from mlflowctl.config import load_config
 
     config = load_config({"airflow_url": url, "airflow_user": user, "home": home})
@@ -50,6 +50,7 @@ def _clients(url: str | None, user: str | None, home: str | None, prometheus_url
         transport=plain,
         timeout=API_TIMEOUT_S,
         retry_for=API_RETRY_S,
+        warn=_warn,
     )
     prometheus = PrometheusClient(_prometheus_url(prometheus_url) or f"http://127.0.0.1:{config.prometheus_port}")
     return airflow, prometheus, lambda: _live_workers(config.home_dir)

@@ -15,13 +15,11 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from mlflowctl.cli.options import Home, Json, Url, User
-from mlflowctl.errors import AuthError, RunFailedError, UsageError
+from mlflowctl.errors import RunFailedError, UsageError
 
 if TYPE_CHECKING:
     from mlflowctl.api.airflow import AirflowClient
     from mlflowctl.config import Config
-
-PASSWORD_ENV = "MLWF_AIRFLOW_PASSWORD"
 
 DagId = Annotated[str, typer.Argument(metavar="DAG", help="DAG id.", show_default=False)]
 
@@ -30,32 +28,34 @@ DagId = Annotated[str, typer.Argument(metavar="DAG", help="DAG id.", show_defaul
 
 
 def _password(config: Config) -> str:
-    """MLWF_AIRFLOW_PASSWORD, else the admin password of a stack mlwf started, else a hidden prompt."""
-    from mlflowctl.secrets import ADMIN_USER, read_admin_password
+    """MLWF_AIRFLOW_PASSWORD, else the generated one for the local stack's own URL only, else a
+    hidden prompt on a terminal (see mlflowctl.credentials)."""
+    from mlflowctl import credentials
 
-    if os.environ.get(PASSWORD_ENV):
-        return os.environ[PASSWORD_ENV]
-    if config.airflow_user == ADMIN_USER:
-        stored = read_admin_password(Path(config.home))
-        if stored:
-            return stored
-    if sys.stdin.isatty():
-        import getpass
+    password = credentials.known_password(config)
+    if password:
+        return password
+    if not sys.stdin.isatty():
+        raise credentials.no_password(config)
+    try:
+        return typer.prompt(
+            f"Airflow password for {config.airflow_user} at {config.api_url}", hide_input=True, err=True
+        )
+    except typer.Abort:  # Ctrl-C or end of input at the prompt
+        raise credentials.no_password(config) from None
 
-        return getpass.getpass(f"Airflow password for {config.airflow_user} at {config.api_url}: ")
-    raise AuthError(
-        f"no password for Airflow user '{config.airflow_user}' at {config.api_url}",
-        hint=f"set {PASSWORD_ENV}, or run from the project whose stack `mlwf up` started (or pass --home)",
-    )
+
+def _warn(message: str) -> None:
+    _note(f"warning: {message}")
 
 
 def connect(url: str | None = None, user: str | None = None, home: str | None = None) -> AirflowClient:
-    """A client for the configured server; the password is only looked up when a login is needed."""
+    """A client for the configured server; the password is looked up when the first request is sent."""
     from mlflowctl.api.airflow import AirflowClient
     from mlflowctl.config import load_config
 
     config = load_config({"airflow_url": url, "airflow_user": user, "home": home})
-    return AirflowClient(config.api_url, config.airflow_user, lambda: _password(config), home=config.home)
+    return AirflowClient(config.api_url, config.airflow_user, lambda: _password(config), home=config.home, warn=_warn)
 
 
 # -- output helpers -----------------------------------------------------------------------

@@ -206,14 +206,16 @@ def status(
 
 def _dags(config):
     from mlflowctl.backends.overview import dag_overview
+    from mlflowctl.cli.runs import _warn
+    from mlflowctl.credentials import known_password, no_password
     from mlflowctl.errors import MlwfError
-    from mlflowctl.secrets import read_admin_password
 
-    password = os.environ.get("MLWF_AIRFLOW_PASSWORD") or read_admin_password(config.home_dir)
+    password = known_password(config)
     if not password:
-        return None, "no password: set MLWF_AIRFLOW_PASSWORD or run in the project whose stack this is"
+        error = no_password(config)
+        return None, f"{error} ({error.hint})"
     try:
-        return dag_overview(config.api_url, config.airflow_user, password, home=config.home_dir), None
+        return dag_overview(config.api_url, config.airflow_user, password, home=config.home_dir, warn=_warn), None
     except MlwfError as exc:
         return None, str(exc)
 
