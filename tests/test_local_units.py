@@ -335,21 +335,6 @@ def test_every_launcher_preload_names_an_importable_module():
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-def test_spawner_refuses_a_plan_made_for_another_airflow_environment():
-    """Its children would inherit the settings it started with, not the ones asked for."""
-    import socket
-
-    launcher = _launcher_module()
-    client, served = socket.socketpair()
-    with client, served:
-        request = {"env": "digest-of-other-settings", "services": [{"name": "worker-9", "args": ["version"], "log": "/dev/null"}]}
-        client.sendall((json.dumps(request) + "\n").encode())
-        launcher._answer(served, served, "digest-of-the-stack")
-        client.settimeout(5)
-        reply = [json.loads(line) for line in client.recv(4096).decode().splitlines()]
-    assert reply == [{"event": "refused", "reason": "another Airflow environment"}]
-
-
 def test_task_modules_are_imported_where_tasks_are_forked():
     launcher = _launcher_module()
     modules = ["pandas", "sklearn.ensemble"]
