@@ -395,8 +395,8 @@ class _Spawner:
 
     def _fork(self, service: dict, connection) -> dict:
         """Fork one service; it must not hold the server or any client (a client reads to EOF)."""
-        open_fds = (self.server.fileno(), self.selector.fileno(), connection.fileno(), *(c.fileno() for c in self.clients))
-        pid = _fork_orphan(service, inherited=open_fds)
+        open_fds = (self.server, self.selector, connection, *self.clients)
+        pid = _fork_orphan(service, inherited=tuple(handle.fileno() for handle in open_fds))
         print(f"forked {service['name']} (pid {pid})", flush=True)
         return {"event": "started", "name": service["name"], "pid": pid}
 

@@ -578,13 +578,18 @@ class LocalBackend:
             pass  # what it started is recorded; a new launcher starts the rest
         return events
 
-    def _start_one_by_one(self, specs, env, runtime, migrate: bool, started: dict, report: Progress, deadline: Deadline) -> None:
+    def _start_one_by_one(
+        self, specs, env, runtime, migrate: bool, started: dict, report: Progress, deadline: Deadline
+    ) -> None:
         """One `airflow <component>` process each (MLWF_LAUNCHER=0): slower, for comparison."""
         if migrate:
             phase = "migrating the metadata database"
             report(phase, [])
             popen, record = processes.start_detached(
-                [runtime.airflow, "db", "migrate"], env=env, cwd=self.config.project_root, log_path=self._log_file("migrate")
+                [runtime.airflow, "db", "migrate"],
+                env=env,
+                cwd=self.config.project_root,
+                log_path=self._log_file("migrate"),
             )
             try:
                 code = popen.wait(deadline.left())
