@@ -87,7 +87,9 @@ def test_up_that_times_out_shows_the_log_tail_and_leaves_nothing_behind(make_sta
     stack = make_stack()
     result = stack.mlwf("up", "--timeout", "1", timeout=120)
     assert result.returncode == 6, result.stderr  # TimeoutExpired
-    assert "was not healthy after 1 s" in result.stderr and "last lines of" in result.stderr
+    error = next(line for line in result.stderr.splitlines() if line.startswith("error:"))
+    assert error.startswith("error: timed out after 1 s (--timeout) while "), result.stderr  # names the phase
+    assert "hint: mlwf logs " in result.stderr
     assert stack_processes(stack.home, project=stack.project) == []
     assert not list((stack.home / "run").glob("*.pid"))
     assert not port_open(stack.ports["airflow_port"])

@@ -80,6 +80,40 @@ def test_a_session_ignoring_term_is_killed(tmp_path):
     assert processes.session_members(popen.pid) == []
 
 
+FORKER = """
+import os, sys, time
+def fork(detach):
+    if os.fork() == 0:
+        if detach:
+            os.setsid()
+        time.sleep(120)
+        os._exit(0)
+fork(True); fork(True); fork(False)  # two services in sessions of their own, one not yet detached
+print("forked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_launcher_that_times_out_is_stopped_with_everything_it_forked(tmp_path):
+    """What `up` does when its deadline passes while the launcher runs (migration, forks)."""
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", FORKER], stdout=subprocess.PIPE, start_new_session=True, cwd=tmp_path
+    )
+    lines = processes.read_lines(launcher.stdout, time.monotonic() + 30)
+    assert next(lines) == "forked"
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        processes.read_lines(launcher.stdout, time.monotonic() + 0.5).__next__()
+    assert 0.4 < time.monotonic() - started < 5  # a silent child: the wait ends at its deadline
+    forked = psutil.Process(launcher.pid).children()
+    assert len(forked) == 3 and len({os.getsid(child.pid) for child in forked}) == 3
+
+    processes.stop_forker(launcher)
+    assert launcher.returncode is not None
+    assert not [child for child in forked if child.is_running() and child.status() != psutil.STATUS_ZOMBIE]
+    launcher.stdout.close()
+
+
 def test_reused_pid_is_not_trusted():
     me = psutil.Process()
     genuine = processes.PidRecord(me.pid, me.create_time(), me.cmdline())
@@ -336,21 +370,6 @@ def test_every_launcher_preload_names_an_importable_module():
     code = "import importlib, sys\nfor name in sys.argv[1:]: importlib.import_module(name)"
     result = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-
-
-def test_spawner_refuses_a_plan_made_for_another_airflow_environment():
-    """Its children would inherit the settings it started with, not the ones asked for."""
-    import socket
-
-    launcher = _launcher_module()
-    client, served = socket.socketpair()
-    with client, served:
-        request = {"env": "digest-of-other-settings", "services": [{"name": "worker-9", "args": ["version"], "log": "/dev/null"}]}
-        client.sendall((json.dumps(request) + "\n").encode())
-        launcher._answer(served, served, "digest-of-the-stack")
-        client.settimeout(5)
-        reply = [json.loads(line) for line in client.recv(4096).decode().splitlines()]
-    assert reply == [{"event": "refused", "reason": "another Airflow environment"}]
 
 
 def test_task_modules_are_imported_where_tasks_are_forked():

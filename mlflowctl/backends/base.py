@@ -7,6 +7,7 @@ backend cannot do raises `NotAvailableError`.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Protocol
 
@@ -52,6 +53,31 @@ class StartFailed(MlwfError):
         self.log_tail = log_tail
         if timed_out:
             self.exit_code = TimeoutExpired.exit_code
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """`up --timeout`: one budget that every phase of a start draws from, so no phase (a
+    migration behind a locked database, a launcher that never answers) can outlast it."""
+
+    seconds: float
+    ends: float
+
+    @classmethod
+    def start(cls, seconds: float) -> "Deadline":
+        return cls(seconds, time.monotonic() + seconds)
+
+    def left(self) -> float:
+        return max(0.0, self.ends - time.monotonic())
+
+    def expired(self, phase: str, *, service: str, log_tail: list[str]) -> StartFailed:
+        """The error for a phase that ran out of time; `service` names the log to read."""
+        return StartFailed(
+            f"timed out after {self.seconds:g} s (--timeout) while {phase}",
+            service=service,
+            log_tail=log_tail,
+            timed_out=True,
+        )
 
 
 #: `up` reports while it works: a one-line message and the services' current states.

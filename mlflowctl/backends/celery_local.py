@@ -56,6 +56,7 @@ from mlflowctl.errors import MissingDependencyError, MlwfError, StackDownError, 
 from mlflowctl.state import is_ours, mark, remove_tree
 
 if TYPE_CHECKING:  # pragma: no cover
+    from mlflowctl.backends.base import Deadline
     from mlflowctl.backends.local import LocalBackend, ServiceSpec
     from mlflowctl.secrets import Secrets
 
@@ -64,7 +65,6 @@ WORKER_CONCURRENCY = 2
 DATABASE = "airflow"
 DATABASE_USER = "airflow"
 POSTGRES_SYSTEM_USER = "postgres"
-READY_TIMEOUT = 60.0
 WARM_SHUTDOWN_TIMEOUT = 600.0
 #: Where PostgreSQL is installed when its binaries are not on PATH.
 POSTGRES_GLOBS = (
@@ -419,7 +419,7 @@ def broker_services(backend: "LocalBackend") -> list["ServiceSpec"]:
                 url=f"postgresql://127.0.0.1:{c.postgres_port}/{DATABASE}",
                 ports=[PortNeed("postgres", "postgres_port", c.postgres_port)],
                 prepare=lambda: init_postgres(c, _secrets(backend)),
-                ready=lambda: _ready(backend, "postgres", lambda: postgres_accepts(c)),
+                ready=lambda deadline: _ready(backend, "postgres", lambda: postgres_accepts(c), deadline),
                 check=lambda: (True, "") if _port_answers(c.postgres_port) else (
                     False, f"not answering on port {c.postgres_port}"
                 ),
@@ -439,7 +439,9 @@ def broker_services(backend: "LocalBackend") -> list["ServiceSpec"]:
                 url=f"redis://127.0.0.1:{c.redis_port}/0",
                 ports=[PortNeed("redis", "redis_port", c.redis_port)],
                 prepare=lambda: write_redis_config(c, _secrets(backend)),
-                ready=lambda: _ready(backend, "redis", lambda: redis_ping(c.redis_port, redis_password(_secrets(backend)))[0]),
+                ready=lambda deadline: _ready(
+                    backend, "redis", lambda: redis_ping(c.redis_port, redis_password(_secrets(backend)))[0], deadline
+                ),
                 check=lambda: _redis_status(c, _secrets(backend)),
             )
         )
@@ -468,23 +470,21 @@ def _secrets(backend: "LocalBackend") -> "Secrets":
     return load_or_create(backend.home)
 
 
-def _ready(backend: "LocalBackend", name: str, condition, timeout: float = READY_TIMEOUT) -> None:
-    """Block until `condition()`; StartFailed with the log's tail when the service dies or times out."""
+def _ready(backend: "LocalBackend", name: str, condition, deadline: "Deadline") -> None:
+    """Block until `condition()`; StartFailed with the log's tail when the service dies or
+    `up --timeout` runs out."""
     from mlflowctl.backends import processes
     from mlflowctl.backends.base import StartFailed
     from mlflowctl.backends.local import LOG_TAIL_LINES, tail_lines
 
-    deadline = time.monotonic() + timeout
     while not condition():
         record = processes.read_pid_file(backend.run_dir / f"{name}.pid")
         dead = record is None or record.process() is None
-        if dead or time.monotonic() > deadline:
-            raise StartFailed(
-                f"{name} exited while starting" if dead else f"{name} was not ready after {timeout:.0f} s",
-                service=name,
-                log_tail=tail_lines(backend.logs_dir / f"{name}.log", LOG_TAIL_LINES),
-                timed_out=not dead,
-            )
+        if dead or not deadline.left():
+            log_tail = tail_lines(backend.logs_dir / f"{name}.log", LOG_TAIL_LINES)
+            if dead:
+                raise StartFailed(f"{name} exited while starting", service=name, log_tail=log_tail)
+            raise deadline.expired(f"waiting for {name} to accept connections", service=name, log_tail=log_tail)
         time.sleep(0.1)
 
 

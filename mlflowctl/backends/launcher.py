@@ -1,4 +1,4 @@
-"""Start Airflow components from one pre-imported interpreter (run as a script, stdlib + Airflow).
+"""Start Airflow components from one pre-imported interpreter (run as a script: stdlib, Airflow, pydantic).
 
 Every `airflow <component>` process spends ~4 s of CPU importing Airflow before it does
 anything; four components and `db migrate` cost ~20 s of CPU, ~10 s of wall time on two
@@ -26,8 +26,10 @@ import gc
 import importlib
 import json
 import os
+import selectors
 import signal
 import sys
+import time
 
 
 # What each component imports beyond Airflow's core and CLI, imported here only for the
@@ -213,17 +215,75 @@ def main() -> int:
 # every component, as the workers started by `up` do. It waits on a Unix socket in a private
 # (0700) directory for a plan of services, forks them as the launcher does and answers with
 # the same events; it refuses a plan made for another Airflow environment.
+#
+# It outlives any client: each request is checked against one shape before anything is
+# forked (anything else gets one `refused` line and no fork), a client has CLIENT_TIMEOUT_S to
+# send its line, and clients are read side by side, so a silent one delays nobody.
+
+#: What the spawner forks: the stack's Airflow components (`airflow <these words> ...`).
+SPAWNABLE = (("api-server",), ("scheduler",), ("dag-processor",), ("triggerer",), ("celery", "worker"))
+CLIENT_TIMEOUT_S = 5.0
+MAX_REQUEST_BYTES = 64 * 1024
+MAX_CLIENTS = 16
+
+
+class Refused(Exception):
+    """A request the spawner does not fork for; its message is the answer's reason."""
+
+
+def _request_model():
+    """The one request shape: {"env": digest, "services": [{"name", "args", "log"}]}, strict
+    types, no other keys. pydantic is a dependency of Airflow, which has imported it already."""
+    from typing import Annotated
+
+    from pydantic import BaseModel, ConfigDict, Field
+
+    Word = Annotated[str, Field(min_length=1, max_length=4096, pattern=r"^[^\x00]*$")]
+
+    class Service(BaseModel):
+        model_config = ConfigDict(extra="forbid", strict=True)
+        name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,39}$")]
+        args: Annotated[list[Word], Field(min_length=1, max_length=32)]
+        log: Word
+
+    class Request(BaseModel):
+        model_config = ConfigDict(extra="forbid", strict=True)
+        env: Annotated[str, Field(min_length=1, max_length=128)]
+        services: Annotated[list[Service], Field(min_length=1, max_length=64)]
+
+    return Request
+
+
+def check_request(line: bytes, spec: dict, model) -> list[dict]:
+    """The services a request line asks for, or Refused saying why (nothing is forked then)."""
+    from pydantic import ValidationError
+
+    try:
+        request = model.model_validate_json(line)
+    except ValidationError as error:
+        first = error.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "request"
+        raise Refused(f"malformed request: {where}: {first['msg']}"[:300]) from None
+    if request.env != spec["env"]:
+        raise Refused("another Airflow environment")
+    logs = os.path.dirname(spec["log"])
+    for service in request.services:
+        if not any(tuple(service.args[: len(words)]) == words for words in SPAWNABLE):
+            raise Refused(f"{service.name}: not an Airflow component the spawner starts: {service.args[0]!r}")
+        if service.log != os.path.join(logs, f"{service.name}.log"):
+            raise Refused(f"{service.name}: its log must be {logs}/{service.name}.log")
+    return [service.model_dump() for service in request.services]
 
 
 def _start_spawner(spec: dict) -> None:
     import socket
     import tempfile
 
-    folder = tempfile.mkdtemp(prefix="mlwf-spawner-")  # short: a socket path has ~100 bytes
+    folder = tempfile.mkdtemp(prefix="mlwf-spawner-")  # 0700; short: a socket path has ~100 bytes
     path = os.path.join(folder, "socket")
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(path)
-    server.listen(8)
+    server.listen(MAX_CLIENTS)
     pid = os.fork()
     if pid == 0:
         _serve(server, folder, spec)
@@ -245,10 +305,7 @@ def _serve(server, folder: str, spec: dict) -> None:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         print(f"spawner pid {os.getpid()} listening on {folder}/socket", flush=True)
-        while True:
-            connection, _ = server.accept()
-            with connection:
-                _answer(connection, server, spec["env"])
+        _Spawner(server, spec).run()
     except BaseException:
         import traceback
 
@@ -258,25 +315,104 @@ def _serve(server, folder: str, spec: dict) -> None:
         os._exit(1)
 
 
-def _answer(connection, server, env: str) -> None:
-    """One request: {"env": digest, "services": [...]} -> one event line per service."""
-    reply = connection.makefile("w")
-    try:
-        request = json.loads(connection.makefile().readline())
-        if request.get("env") != env:
-            reply.write(json.dumps({"event": "refused", "reason": "another Airflow environment"}) + "\n")
-            return
-        for service in request["services"]:
-            pid = _fork_orphan(service, inherited=(server.fileno(), connection.fileno()))
-            print(f"forked {service['name']} (pid {pid})", flush=True)
-            reply.write(json.dumps({"event": "started", "name": service["name"], "pid": pid}) + "\n")
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        print(f"bad request: {error}", flush=True)
-    finally:
+class _Spawner:
+    """One thread, one selector: accept clients, collect each one's line (bounded in size and
+    time), answer it, close it. Nothing a client sends or fails to send ends the loop."""
+
+    def __init__(self, server, spec: dict) -> None:
+        self.server, self.spec, self.model = server, spec, _request_model()
+        self.selector = selectors.DefaultSelector()
+        self.clients: dict = {}  # connection -> [bytes received, or None once too long; deadline]
+        server.setblocking(False)
+        self.selector.register(server, selectors.EVENT_READ)
+
+    def run(self) -> None:
+        while True:
+            waits = [deadline for _, deadline in self.clients.values()]
+            timeout = max(0.0, min(waits) - time.monotonic()) if waits else None
+            for key, _ in self.selector.select(timeout):
+                if key.fileobj is self.server:
+                    self._accept()
+                else:
+                    self._receive(key.fileobj)
+            now = time.monotonic()
+            for connection in [c for c, (_, deadline) in self.clients.items() if deadline <= now]:
+                self._finish(connection, refused=f"no complete request line within {CLIENT_TIMEOUT_S:.0f} s")
+
+    def _accept(self) -> None:
         try:
-            reply.close()
+            connection, _ = self.server.accept()
+        except OSError as error:  # e.g. the client gave up already, or no descriptor left
+            print(f"accept failed: {error}", flush=True)
+            return
+        connection.setblocking(False)
+        self.clients[connection] = [b"", time.monotonic() + CLIENT_TIMEOUT_S]
+        self.selector.register(connection, selectors.EVENT_READ)
+        if len(self.clients) > MAX_CLIENTS:
+            self._finish(connection, refused=f"busy: {MAX_CLIENTS} clients are being served")
+
+    def _receive(self, connection) -> None:
+        try:
+            chunk = connection.recv(4096)
+        except BlockingIOError:
+            return
         except OSError:
-            pass
+            chunk = b""
+        state = self.clients[connection]
+        line, newline, _ = ((state[0] or b"") + chunk).partition(b"\n")
+        if state[0] is None or len(line) > MAX_REQUEST_BYTES:  # read to its end, keep nothing
+            state[0] = None
+            if newline or not chunk:
+                self._finish(connection, refused=f"request longer than {MAX_REQUEST_BYTES} bytes")
+        elif newline or not chunk:  # a whole line, or the client closed its side (its last line)
+            self._finish(connection, request=line)
+        else:
+            state[0] = line
+
+    def _finish(self, connection, *, request: bytes | None = None, refused: str | None = None) -> None:
+        """Answer the client (one line per event) and close it."""
+        self.selector.unregister(connection)
+        del self.clients[connection]
+        events = []
+        with connection:
+            try:
+                if refused is not None:
+                    raise Refused(refused)
+                for service in check_request(request, self.spec, self.model):
+                    events.append(self._fork(service, connection))
+            except Refused as reason:
+                events.append({"event": "refused", "reason": str(reason)})
+            except Exception as error:  # a fork that failed: say so, keep serving
+                events.append({"event": "refused", "reason": f"{type(error).__name__}: {error}"})
+            if events[-1]["event"] == "refused":
+                print(f"refused a request: {events[-1]['reason']}", flush=True)
+            try:
+                connection.settimeout(CLIENT_TIMEOUT_S)
+                connection.sendall("".join(json.dumps(event) + "\n" for event in events).encode())
+                _discard_unread(connection)
+            except OSError:
+                pass  # the client left: what was forked runs, its pid is in the log
+
+    def _fork(self, service: dict, connection) -> dict:
+        """Fork one service; it must not hold the server or any client (a client reads to EOF)."""
+        open_fds = (self.server, self.selector, connection, *self.clients)
+        pid = _fork_orphan(service, inherited=tuple(handle.fileno() for handle in open_fds))
+        print(f"forked {service['name']} (pid {pid})", flush=True)
+        return {"event": "started", "name": service["name"], "pid": pid}
+
+
+def _discard_unread(connection, limit: int = 1 << 20) -> None:
+    """Read what the client sent beyond its line: a socket closed with unread input resets the
+    connection, and the client would lose the answer."""
+    connection.setblocking(False)
+    try:
+        while limit > 0:
+            chunk = connection.recv(65536)
+            if not chunk:
+                return
+            limit -= len(chunk)
+    except BlockingIOError:
+        pass
 
 
 def _fork_orphan(service: dict, inherited: tuple[int, ...]) -> int:
@@ -285,12 +421,14 @@ def _fork_orphan(service: dict, inherited: tuple[int, ...]) -> int:
     read_end, write_end = os.pipe()
     middle = os.fork()
     if middle == 0:
-        os.close(read_end)
-        pid = os.fork()
-        if pid == 0:
-            _child(service["args"], service["log"], new_session=True, inherited=(*inherited, write_end))
-        os.write(write_end, str(pid).encode())
-        os._exit(0)
+        try:  # never return into the spawner's loop: that would be a second spawner
+            os.close(read_end)
+            pid = os.fork()
+            if pid == 0:
+                _child(service["args"], service["log"], new_session=True, inherited=(*inherited, write_end))
+            os.write(write_end, str(pid).encode())
+        finally:
+            os._exit(0)
     os.close(write_end)
     os.waitpid(middle, 0)
     with os.fdopen(read_end) as pipe:

@@ -28,7 +28,7 @@ from typing import Callable, Iterator
 import psutil
 
 from mlflowctl.backends import processes
-from mlflowctl.backends.base import Progress, ServiceStatus, StackStatus, StartFailed
+from mlflowctl.backends.base import Deadline, Progress, ServiceStatus, StackStatus, StartFailed
 from mlflowctl.backends.ports import PortNeed, check_free
 from mlflowctl.config import Config
 from mlflowctl.errors import DamagedStateError, MlwfError, NotAvailableError, NotFoundError
@@ -65,7 +65,7 @@ class ServiceSpec:
     airflow_args: list[str] | None = None  # an Airflow component: `airflow <args>`, forked by the launcher
     spawner: bool = False  # the launcher's fork server for later components (see launcher.py)
     prepare: Callable[[], None] | None = None  # runs before the service starts (writes its config)
-    ready: Callable[[], None] | None = None  # blocks after the start until it serves (a database before migrate)
+    ready: Callable[[Deadline], None] | None = None  # blocks after the start until it serves (a database before migrate)
 
 
 class LocalBackend:
@@ -377,7 +377,8 @@ class LocalBackend:
         report = progress or (lambda _message, _services: None)
         ensure_home(self.home, self.config.project_root)
         secrets = load_or_create(self.home)
-        runtime = self.runtime(progress)
+        runtime = self.runtime(progress)  # building one is the one phase that may take longer
+        deadline = Deadline.start(timeout)
         specs = self.services(exclude)
         notes: list[str] = []
 
@@ -419,15 +420,15 @@ class LocalBackend:
                     started[spec.name] = popen
                     if spec.ready is not None:
                         report(f"waiting for {spec.name}", [])
-                        spec.ready()
+                        spec.ready(deadline)
             airflow_specs = [spec for spec in to_start if spec.airflow_args is not None or spec.spawner]
             if _one_by_one():
-                self._start_one_by_one(airflow_specs, env, runtime, migrate, started, report)
+                self._start_one_by_one(airflow_specs, env, runtime, migrate, started, report, deadline)
             else:
-                self._launch(airflow_specs, env, runtime, migrate, started, report)
-            self._wait_healthy(specs, started, report, timeout)
+                self._launch(airflow_specs, env, runtime, migrate, started, report, deadline)
+            self._wait_healthy(specs, started, report, deadline)
             report("creating pools", self._snapshot(specs, waiting=True))
-            self._ensure_pools(secrets)
+            self._ensure_pools(secrets, deadline)
         except BaseException:
             self._stop_started(specs, started)
             raise
@@ -455,16 +456,19 @@ class LocalBackend:
             log_tail=tail_lines(self._log_file("migrate"), LOG_TAIL_LINES),
         )
 
-    def _launch(self, specs: list[ServiceSpec], env, runtime, migrate: bool, started: dict, report: Progress) -> None:
+    def _launch(
+        self, specs: list[ServiceSpec], env, runtime, migrate: bool, started: dict, report: Progress, deadline: Deadline
+    ) -> None:
         """Fork the Airflow components from one pre-imported interpreter (see launcher.py): the
-        stack's spawner when it runs, else a new launcher."""
+        stack's spawner when it runs, else a new launcher. On any failure, the timeout
+        included, the launcher is stopped with everything it forked."""
         services = [
             {"name": s.name, "args": s.airflow_args, "log": str(self._log_file(s.name))} for s in specs if not s.spawner
         ]
         task_preload = list(self.config.task_preload)
         digest = _airflow_env_digest(env, task_preload)
         if not migrate and not any(s.spawner for s in specs):
-            for event in self._ask_spawner({"env": digest, "services": services}):
+            for event in self._ask_spawner({"env": digest, "services": services}, deadline):
                 self._record_started(specs, event, started)
             services = [service for service in services if service["name"] not in started]
             if not services:
@@ -479,7 +483,8 @@ class LocalBackend:
         spawner = next((s for s in specs if s.spawner), None)
         if spawner is not None:
             plan["spawner"] = {"name": spawner.name, "log": str(self._log_file(spawner.name)), "env": digest}
-        report("loading Airflow", [])
+        phase, service = "loading Airflow", "launcher"
+        report(phase, [])
         launcher_log = self._log_file("launcher")
         with processes.open_log(launcher_log) as errors:
             launcher = subprocess.Popen(
@@ -489,25 +494,35 @@ class LocalBackend:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=errors,
-                text=True,
                 umask=processes.PRIVATE_UMASK,
+                start_new_session=True,  # its session holds the migration: stopped as one on failure
             )
         try:
             assert launcher.stdout is not None
-            for line in launcher.stdout:
+            for line in processes.read_lines(launcher.stdout, deadline.ends):
                 event = json.loads(line)
                 kind = event["event"]
                 if kind == "imported" and migrate:
-                    report("migrating the metadata database", [])
+                    phase, service = "migrating the metadata database", "migrate"
+                    report(phase, [])
                 elif kind == "migrated":
                     self._migration_done(runtime)
-                    report("starting the components", [])
+                    phase, service = "starting the components", "launcher"
+                    report(phase, [])
                 elif kind == "migrate_failed":
                     raise self._migration_failed(event["code"])
                 elif kind == "started":
                     self._record_started(specs, event, started)
+            phase = "waiting for the launcher to exit"
+            code = launcher.wait(deadline.left())
+        except (TimeoutError, subprocess.TimeoutExpired):
+            raise deadline.expired(
+                phase, service=service, log_tail=tail_lines(self._log_file(service), LOG_TAIL_LINES)
+            ) from None
         finally:
-            code = launcher.wait()
+            if launcher.poll() is None:
+                processes.stop_forker(launcher)
+            launcher.stdout.close()
         if code != 0 or len([s for s in specs if s.name in started]) != len(specs):
             raise StartFailed(
                 f"the Airflow launcher failed (exit {code})",
@@ -529,19 +544,19 @@ class LocalBackend:
             self._spawner_record.write_text(event["socket"])
         started[spec.name] = None
 
-    def _ask_spawner(self, request: dict) -> list[dict]:
+    def _ask_spawner(self, request: dict, deadline: Deadline) -> list[dict]:
         """The services the running spawner forked for this request; none when there is no
         spawner, it is unreachable, or it runs another Airflow environment."""
         import socket
 
         path = self._spawner_socket()
         record = processes.read_pid_file(self._pid_file(SPAWNER))
-        if path is None or record is None or record.process() is None:
+        if path is None or record is None or record.process() is None or not deadline.left():
             return []
         events = []
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-                connection.settimeout(30)
+                connection.settimeout(min(30.0, deadline.left()))
                 connection.connect(str(path))
                 connection.sendall((json.dumps(request) + "\n").encode())
                 for line in connection.makefile():
@@ -552,22 +567,28 @@ class LocalBackend:
             pass  # what it started is recorded; a new launcher starts the rest
         return events
 
-    def _start_one_by_one(self, specs, env, runtime, migrate: bool, started: dict, report: Progress) -> None:
+    def _start_one_by_one(
+        self, specs, env, runtime, migrate: bool, started: dict, report: Progress, deadline: Deadline
+    ) -> None:
         """One `airflow <component>` process each (MLWF_LAUNCHER=0): slower, for comparison."""
         if migrate:
-            report("migrating the metadata database", [])
-            with processes.open_log(self._log_file("migrate")) as log:
-                result = subprocess.run(
-                    [runtime.airflow, "db", "migrate"],
-                    env=env,
-                    cwd=self.config.project_root,
-                        stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    umask=processes.PRIVATE_UMASK,
-                )
-            if result.returncode != 0:
-                raise self._migration_failed(result.returncode)
+            phase = "migrating the metadata database"
+            report(phase, [])
+            popen, record = processes.start_detached(
+                [runtime.airflow, "db", "migrate"],
+                env=env,
+                cwd=self.config.project_root,
+                log_path=self._log_file("migrate"),
+            )
+            try:
+                code = popen.wait(deadline.left())
+            except subprocess.TimeoutExpired:
+                processes.stop_session(record, grace=3.0, second_grace=1.0, popen=popen)
+                raise deadline.expired(
+                    phase, service="migrate", log_tail=tail_lines(self._log_file("migrate"), LOG_TAIL_LINES)
+                ) from None
+            if code != 0:
+                raise self._migration_failed(code)
             self._migration_done(runtime)
         for spec in specs:
             popen, record = processes.start_detached(
@@ -576,8 +597,7 @@ class LocalBackend:
             processes.write_pid_file(self._pid_file(spec.name), record)
             started[spec.name] = popen
 
-    def _wait_healthy(self, specs, started: dict, report: Progress, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
+    def _wait_healthy(self, specs, started: dict, report: Progress, deadline: Deadline) -> None:
         by_name = {spec.name: spec for spec in specs}
         while True:
             for name, popen in started.items():
@@ -594,20 +614,20 @@ class LocalBackend:
             report(f"waiting for {', '.join(waiting)}" if waiting else "all healthy", services)
             if not waiting:
                 return
-            if time.monotonic() >= deadline:
+            if not deadline.left():
                 name = waiting[0]
-                raise StartFailed(
-                    f"{name} was not healthy after {timeout:.0f} s",
+                raise deadline.expired(
+                    f"waiting for {name} to be healthy",
                     service=name,
                     log_tail=tail_lines(self._log_file(name), LOG_TAIL_LINES),
-                    timed_out=True,
                 )
             time.sleep(0.25)
 
-    def _ensure_pools(self, secrets) -> None:
+    def _ensure_pools(self, secrets, deadline: Deadline) -> None:
         from mlflowctl.backends.overview import api_client
 
-        with api_client(self.url, secrets.admin_user, secrets.admin_password, self.home, timeout=10.0) as client:
+        timeout = max(1.0, min(10.0, deadline.left()))  # healthy already: the API answers at once
+        with api_client(self.url, secrets.admin_user, secrets.admin_password, self.home, timeout=timeout) as client:
             for name, (slots, description) in POOLS.items():
                 response = client.post(
                     "/api/v2/pools",

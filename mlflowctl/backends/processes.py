@@ -18,7 +18,7 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import IO, Iterator, Mapping, Sequence
 
 import psutil
 
@@ -260,3 +260,51 @@ def kill_processes(processes: list[psutil.Process], *, grace: float = 3.0) -> No
         except psutil.Error:
             pass
     psutil.wait_procs(alive, timeout=2)
+
+
+def read_lines(stream: IO[bytes], until: float) -> Iterator[str]:
+    """Lines from a child's pipe until it closes; TimeoutError once time.monotonic() passes
+    `until` (a plain readline would wait for a silent child forever)."""
+    import selectors
+
+    buffer = b""
+    with selectors.DefaultSelector() as selector:
+        selector.register(stream.fileno(), selectors.EVENT_READ)
+        while True:
+            *lines, buffer = buffer.split(b"\n")
+            yield from (line.decode("utf-8", "replace") for line in lines)
+            left = until - time.monotonic()
+            if left <= 0:
+                raise TimeoutError
+            if not selector.select(left):
+                continue
+            chunk = os.read(stream.fileno(), 65536)
+            if not chunk:
+                if buffer:
+                    yield buffer.decode("utf-8", "replace")
+                return
+            buffer += chunk
+
+
+def stop_forker(popen: subprocess.Popen) -> None:
+    """Stop a process that forks services into sessions of their own (mlwf's launcher), with
+    everything it forked: freeze it so that it forks nothing more, kill it, stop each child's
+    session, then the rest of its own session (children that have none of their own yet)."""
+    try:
+        forker = psutil.Process(popen.pid)
+        since = forker.create_time()
+        forker.suspend()
+        children = forker.children()
+    except psutil.Error:  # gone already: its session may still hold what it forked
+        since, children = 0.0, []
+    popen.kill()
+    records = []
+    for child in children:
+        try:
+            records.append(PidRecord(child.pid, child.create_time(), []))
+        except psutil.Error:
+            continue
+    for record in records:
+        stop_session(record, grace=3.0, second_grace=1.0)
+    stop_session(PidRecord(popen.pid, since, []), grace=3.0, second_grace=1.0, popen=popen)
+    popen.wait()

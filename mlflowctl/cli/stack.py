@@ -70,7 +70,10 @@ def up(
     executor: Annotated[Optional[str], typer.Option("--executor", help="local or celery (env MLWF_EXECUTOR).")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Celery workers (env MLWF_WORKERS).")] = None,
     timeout: Annotated[
-        float, typer.Option("--timeout", min=0.1, help="Seconds to wait for every service to be healthy.")
+        float,
+        typer.Option(
+            "--timeout", min=0.1, help="Seconds for the whole start: migration, launcher, health (a runtime build not counted)."
+        ),
     ] = 120.0,
     as_json: Json = False,
 ) -> None:
@@ -107,7 +110,8 @@ def up(
     except StartFailed as failure:
         if live is not None:
             live.stop()
-        console.print(f"last lines of {failure.service}'s log:", style="bold red", markup=False)
+        if failure.log_tail:  # a migration that waits on a lock writes nothing
+            console.print(f"last lines of {failure.service}'s log:", style="bold red", markup=False)
         for line in failure.log_tail:
             console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
         raise
