@@ -183,6 +183,14 @@ def poll(
         sleep(interval)
 
 
+class RunWaitTimedOut(TimeoutExpired):
+    """A wait for a run that gave up; carries the run as last seen (for a JUnit report)."""
+
+    def __init__(self, message: str, *, hint: str | None = None, snapshot: RunSnapshot) -> None:
+        super().__init__(message, hint=hint)
+        self.snapshot = snapshot
+
+
 def watch_run(
     client: AirflowClient, dag_id: str, run_id: str, *, timeout: float | None = None, interval: float = 0.3, **clocks
 ) -> Iterator[RunSnapshot]:
@@ -192,10 +200,11 @@ def watch_run(
         run = client.get_run(dag_id, run_id)
         return RunSnapshot(run, client.task_instances(dag_id, run_id), elapsed)
 
-    def late(snapshot: RunSnapshot) -> TimeoutExpired:
-        return TimeoutExpired(
+    def late(snapshot: RunSnapshot) -> RunWaitTimedOut:
+        return RunWaitTimedOut(
             f"run '{run_id}' of DAG '{dag_id}' still {snapshot.run.state} after {timeout:g} s",
             hint=f"the run goes on; watch it with `mlwf status {dag_id}`",
+            snapshot=snapshot,
         )
 
     return poll(fetch, lambda s: s.run.done, late, timeout=timeout, interval=interval, **clocks)

@@ -200,6 +200,19 @@ def test_failed_run_exit_code_log_tail_json_and_junit(stack, api, smoke, tmp_pat
     assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("3", "1", "1")
 
 
+def test_a_wait_that_gives_up_still_writes_a_valid_junit_report(stack, api, smoke, tmp_path):
+    report_file = tmp_path / "junit.xml"
+    result = cli(
+        stack, "trigger", smoke, "--unpause", "--conf", '{"sleep": 20}', "--timeout", "6", "--junit", str(report_file)
+    )
+    assert result.returncode == 6, result.stdout + result.stderr
+    suite = ET.parse(report_file).getroot().find("testsuite")
+    cases = {c.get("name"): c for c in suite.iter("testcase")}
+    assert set(cases) == {"extract", "check", "report"}
+    assert cases["report"].find("error").get("type") == "unfinished"
+    assert suite.get("errors") == str(sum(c.find("error") is not None for c in cases.values()))
+
+
 def test_conf_from_file_reaches_the_run(stack, api, smoke, tmp_path):
     conf = tmp_path / "conf.json"
     conf.write_text(json.dumps({"note": "from a file", "n": 3}))

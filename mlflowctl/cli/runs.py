@@ -176,6 +176,12 @@ def trigger(
             snapshot = _watch(client, service.watch_run(client, dag_id, run.run_id, timeout=timeout), live=not as_json)
         except KeyboardInterrupt:
             raise _interrupted(f"run {run.run_id}") from None
+        except service.RunWaitTimedOut as late:
+            if junit:  # CI still gets a report: the tasks that had not finished are marked so
+                from mlflowctl.junit import write_junit
+
+                write_junit(junit, late.snapshot, [], timed_out=True)
+            raise
         failed = service.failures(client, snapshot) if snapshot.run.state != "success" else []
     if junit:
         from mlflowctl.junit import write_junit
