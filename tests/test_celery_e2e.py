@@ -23,6 +23,7 @@ import httpx
 import psutil
 import pytest
 
+from mlflowctl.state import ensure_home
 from conftest import REPO, exposed_sockets, port_open, stack_processes
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
@@ -130,6 +131,7 @@ def test_celery_up_spread_scale_kill_down(make_stack):
 def _scenario(stack) -> None:
 
     # An existing SQLite stack is not moved to PostgreSQL: one clear line, exit 2, nothing started.
+    ensure_home(stack.home, stack.project)
     sqlite = stack.home / "airflow" / "airflow.db"
     sqlite.parent.mkdir(parents=True)
     sqlite.write_bytes(b"")
