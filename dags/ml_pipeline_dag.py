@@ -14,6 +14,8 @@ from typing import Any
 
 from airflow.sdk import DeadlineAlert, DeadlineReference, Param, SyncCallback, dag, task
 
+from mlpipeline.sources import SOURCE_HELP, SOURCE_PATTERN  # stdlib only: cheap at parse time
+
 DAG_ID = "ml_pipeline_dag"
 LABEL = "target"  # mlpipeline.data_processing.LABEL (checked by tests/test_dags.py)
 MODEL_TYPES = ("logistic_regression", "random_forest", "gradient_boosting")  # = model_training.MODEL_TYPES
@@ -56,10 +58,10 @@ DEFAULT_ARGS = {
 }
 
 PARAMS = {
+    # The form is checked at trigger time; the limits that need the task's environment (allowed
+    # folders) or arithmetic (synthetic sizes) by the download task before it reads anything.
     "source": Param(
-        "sklearn:breast_cancer", type="string", minLength=1,
-        description="sklearn:<breast_cancer|wine|iris|digits>, synthetic:rows=N,features=F,seed=S, "
-        "a local .csv/.parquet path, or an http(s) URL",
+        "sklearn:breast_cancer", type="string", minLength=1, pattern=SOURCE_PATTERN, description=SOURCE_HELP
     ),
     "sha256": Param(
         None, type=["null", "string"], pattern="^[0-9a-fA-F]{64}$",
@@ -133,13 +135,17 @@ def ml_pipeline_dag() -> None:
     @task(execution_timeout=dt.timedelta(minutes=20))
     def download_data(params: dict | None = None, run_id: str | None = None) -> dict:
         from mlpipeline import data_processing as dp
+        from mlpipeline.settings import SettingsError
 
-        out = _settings().run_dir(run_id, "download")
         try:
-            raw = dp.download_data(params["source"], out, sha256=params["sha256"])
+            settings = _settings()
+            raw = dp.download_data(params["source"], settings.run_dir(run_id, "download"), sha256=params["sha256"],
+                                   settings=settings)
+        except SettingsError as exc:
+            _fail_fast(exc)
         except dp.DataError as exc:
-            if not str(params["source"]).startswith(("http://", "https://")):
-                _fail_fast(exc)  # a network source may recover on retry; a bad file will not
+            if not exc.retryable:
+                _fail_fast(exc)  # a network source may recover on retry; a bad source or file will not
             raise
         _metric("rows_processed", raw["rows"], stage="download")
         return {

@@ -235,7 +235,10 @@ def test_monitoring_dag_structure(described):
 
 
 def test_bad_conf_is_refused_before_any_task(airflow_env):
-    confs = [{"model_type": "svm"}, {"seed": "forty"}, {"thresholds": {"accuracy": 3}}, {"test_size": 0}]
+    confs = [
+        {"model_type": "svm"}, {"seed": "forty"}, {"thresholds": {"accuracy": 3}}, {"test_size": 0},
+        {"source": "ftp://example.org/data.csv"}, {"source": "sklearn:boston"}, {"source": "s3:bucket/key.csv"},
+    ]
     results = airflow_env.driver_result("refuse", "ml_pipeline_dag", json.dumps(confs))
     for conf, result in zip(confs, results, strict=True):
         assert result["error"] == "ParamValidationError", (conf, result)
@@ -270,13 +273,14 @@ def test_pipeline_run_leaves_a_production_model(airflow_env):
 
 
 @pytest.mark.slow
-def test_run_on_invalid_data_stops_before_training(airflow_env, tmp_path):
+def test_run_on_invalid_data_stops_before_training(airflow_env):
     import numpy as np
     import pandas as pd
 
     rng = np.random.default_rng(0)
     bad = pd.DataFrame({"a": rng.normal(size=60), "b": [np.nan] * 60, "target": [1] * 60})
-    csv = tmp_path / "single_class.csv"
+    csv = airflow_env.data / "inputs" / "single_class.csv"  # data files are read from the data root
+    csv.parent.mkdir(parents=True, exist_ok=True)
     bad.to_csv(csv, index=False)
     before = set(ModelRegistry(airflow_env.data / "registry").list_versions())
 

@@ -122,6 +122,8 @@ PER_BACKEND = {
     "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK", "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT",
     "AIRFLOW_CONN_MLWF_API", "MLWF_AIRFLOW_URL", "MLWF_DATA_ROOT", "MLWF_STATSD_HOST", "MLWF_STATSD_PORT",
     "MLWF_HOME", "MLWF_STACK_HOME",
+    # the project is not mounted in the containers: their tasks read data files from the data root
+    "MLWF_PROJECT_ROOT",
     # the local launcher fixes the task supervisor, so its workers heartbeat at Airflow's 5 s
     "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL",
 }

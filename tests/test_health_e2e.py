@@ -88,9 +88,10 @@ def rows(report: dict, section: str) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def runs(stack, tmp_path_factory) -> dict:
+def runs(stack) -> dict:
     """A run that fails in validate_data (a one-class label), then a successful one."""
-    bad = tmp_path_factory.mktemp("health-data") / "single_class.csv"
+    bad = stack.project / "health-data" / "single_class.csv"  # data files are read from under the project
+    bad.parent.mkdir(exist_ok=True)
     bad.write_text("f1,f2,target\n" + "".join(f"{i * 0.1:.1f},{i % 7},1\n" for i in range(40)))
     failing = stack.mlwf(
         "trigger", DAG, "--unpause", "--json", "--conf", json.dumps({"source": str(bad)}), timeout=120

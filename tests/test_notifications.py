@@ -11,7 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from mlpipeline import notifications
-from mlpipeline.notifications import NotificationError, append_jsonl, deadline_missed, notify, read_log, redact_url
+from mlpipeline.notifications import NotificationError, append_jsonl, deadline_missed, notify, read_log
+from mlpipeline.remote import redact_url
 
 
 class _Hook:
@@ -169,6 +170,82 @@ def test_deadline_callback_notifies_with_airflow_context(tmp_path, monkeypatch):
 
 
 def test_redact_url():
-    assert redact_url("https://hooks.example.com/services/T0/B0/xyz?token=1") == "https://hooks.example.com/…"
-    assert redact_url("http://127.0.0.1:9000") == "http://127.0.0.1:9000"
+    hook = "https://hooks.example.com/services/T0/B0/xyz?token=1"
+    assert redact_url(hook, keep_path=False) == "https://hooks.example.com/…"
+    assert redact_url("http://127.0.0.1:9000", keep_path=False) == "http://127.0.0.1:9000"
     assert notifications.SEVERITIES == ("info", "warning", "critical")
+
+
+class _BadHook:
+    """A real webhook server on 127.0.0.1 that reads the POST, then answers slowly or forever."""
+
+    def __init__(self, mode: str) -> None:
+        stopping = self.stopping = threading.Event()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers["Content-Length"]))
+                try:
+                    if mode == "trickle":  # a status line, then one header byte every 0.5 s
+                        self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                        while not stopping.wait(0.5):
+                            self.wfile.write(b"x")
+                            self.wfile.flush()
+                    else:  # 200, then a body that never ends
+                        self.send_response(200)
+                        self.send_header("Connection", "close")
+                        self.end_headers()
+                        started = time.monotonic()
+                        while not stopping.is_set() and time.monotonic() - started < 30:
+                            self.wfile.write(b"x" * 65536)
+                except OSError:  # the client hung up
+                    pass
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> _BadHook:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stopping.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_trickling_webhook_gives_up_at_the_deadline(tmp_path):
+    with _BadHook("trickle") as hook:
+        started = time.monotonic()
+        rec = notify("e", "m", log_path=tmp_path / "n.jsonl", webhook_url=hook.url, timeout=30, deadline=1.5,
+                     backoff=0.01)
+        elapsed = time.monotonic() - started
+    assert 1.4 < elapsed < 3.5, elapsed
+    assert rec["webhook"]["status"] == "failed" and "no answer within 1.5 s" in rec["webhook"]["error"]
+    assert read_log(tmp_path / "n.jsonl")[0]["webhook"]["status"] == "failed"
+
+
+def test_an_endless_webhook_answer_is_not_read(tmp_path):
+    with _BadHook("endless") as hook:
+        started = time.monotonic()
+        rec = notify("e", "m", log_path=tmp_path / "n.jsonl", webhook_url=hook.url, deadline=10)
+        elapsed = time.monotonic() - started
+    assert rec["webhook"]["status"] == "sent" and rec["webhook"]["http_status"] == 200
+    assert elapsed < 2, elapsed
+
+
+def test_urls_in_notifications_are_recorded_without_credentials(tmp_path):
+    with _Hook() as hook:
+        rec = notify(
+            "task_failed", "GET https://bob:hunter2@data.example/x.csv?token=t0k failed",
+            payload={"source": "https://bob:hunter2@data.example/x.csv", "nested": ["http://h/?sig=abc"]},
+            log_path=tmp_path / "n.jsonl", webhook_url=hook.url,
+        )
+    assert rec["message"] == "GET https://data.example/x.csv?token=REDACTED failed"
+    assert rec["payload"] == {"source": "https://data.example/x.csv", "nested": ["http://h/?sig=REDACTED"]}
+    for text in ((tmp_path / "n.jsonl").read_text(), json.dumps(hook.bodies)):
+        assert "hunter2" not in text and "t0k" not in text and "abc" not in text

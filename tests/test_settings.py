@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from mlpipeline.settings import DEFAULT_THRESHOLDS, PipelineSettings, SettingsError, parse_thresholds, safe_run_id
@@ -13,6 +15,19 @@ def test_defaults_under_cwd(tmp_path):
     assert s.registry_dir == s.data_root / "registry"
     assert s.notifications_log == s.data_root / "notifications.jsonl"
     assert s.webhook_url is None and s.thresholds == DEFAULT_THRESHOLDS and s.tolerance == 0.02
+    assert s.project_root is None and s.data_dirs == (s.data_root,)
+    assert s.download_max_bytes == 200 * 1024 * 1024 and s.download_timeout == 300.0
+
+
+def test_input_limits_from_env(tmp_path):
+    env = {
+        "MLWF_DATA_ROOT": str(tmp_path / "d"), "MLWF_PROJECT_ROOT": str(tmp_path / "p"),
+        "MLWF_ALLOWED_DATA_DIRS": f"{tmp_path / 'a'}{os.pathsep}{os.pathsep}{tmp_path / 'b'}",
+        "MLWF_DOWNLOAD_MAX_BYTES": "1_000", "MLWF_DOWNLOAD_TIMEOUT": "2.5",
+    }
+    s = PipelineSettings.from_env(env)
+    assert s.data_dirs == (tmp_path / "d", tmp_path / "p", tmp_path / "a", tmp_path / "b")
+    assert s.download_max_bytes == 1000 and s.download_timeout == 2.5
 
 
 def test_env_overrides(tmp_path):
@@ -39,6 +54,13 @@ def test_env_overrides(tmp_path):
         ({"MLWF_THRESHOLDS": '{"f1": "high"}'}, "must be a number"),
         ({"MLWF_PROMOTION_TOLERANCE": "-1"}, ">= 0"),
         ({"MLWF_DEADLINE_MINUTES": "soon"}, "must be a number"),
+        ({"MLWF_DOWNLOAD_MAX_BYTES": "lots"}, "MLWF_DOWNLOAD_MAX_BYTES must be a whole number > 0, got 'lots'"),
+        ({"MLWF_DOWNLOAD_MAX_BYTES": "1e9"}, "MLWF_DOWNLOAD_MAX_BYTES must be a whole number"),
+        ({"MLWF_DOWNLOAD_MAX_BYTES": "0"}, "MLWF_DOWNLOAD_MAX_BYTES must be a finite number > 0"),
+        ({"MLWF_DOWNLOAD_TIMEOUT": "-5"}, "MLWF_DOWNLOAD_TIMEOUT must be a finite number > 0"),
+        ({"MLWF_DOWNLOAD_TIMEOUT": "inf"}, "MLWF_DOWNLOAD_TIMEOUT must be a finite number > 0"),
+        ({"MLWF_DOWNLOAD_TIMEOUT": "nan"}, "MLWF_DOWNLOAD_TIMEOUT must be a finite number > 0"),
+        ({"MLWF_ALLOWED_DATA_DIRS": "data"}, "MLWF_ALLOWED_DATA_DIRS entries must be absolute paths, got 'data'"),
     ],
 )
 def test_bad_env_is_a_clear_error(env, message):

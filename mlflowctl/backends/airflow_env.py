@@ -58,6 +58,7 @@ def task_environment(config: Config, secrets: Secrets) -> dict[str, str]:
     env = {
         "MLWF_HOME": str(config.home_dir),
         "MLWF_DATA_ROOT": str(config.home_dir / "data"),
+        "MLWF_PROJECT_ROOT": str(config.project_root),  # data files may be read from under it
         "MLWF_STATSD_HOST": "127.0.0.1",
         "MLWF_STATSD_PORT": str(config.statsd_port),
         "AIRFLOW_CONN_MLWF_API": api_connection(config, secrets),

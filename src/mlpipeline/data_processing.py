@@ -24,17 +24,21 @@ import pandera.pandas as pa
 import pyarrow as pyarrow
 import pyarrow.parquet as pq
 
-from mlpipeline.files import atomic_path, atomic_write_bytes, atomic_write_json, remove_stale_temps, temp_name
+from mlpipeline import remote
+from mlpipeline.files import atomic_path, atomic_write_json, remove_stale_temps, temp_name
+from mlpipeline.settings import PipelineSettings, load_settings
+from mlpipeline.sources import (
+    SKLEARN_DATASETS,
+    DataError,
+    check_source,
+    parse_synthetic_spec,
+    synthetic_layout,
+)
 
 LABEL = "target"
-SKLEARN_DATASETS = ("breast_cancer", "wine", "iris", "digits")
 DEFAULT_SOURCE = "sklearn:breast_cancer"
 SYNTHETIC_CHUNK_ROWS = 100_000  # fixed, so a (rows, seed) pair always yields the same data
 RAW_FILE = "raw.parquet"
-
-
-class DataError(ValueError):
-    """The dataset cannot be used: unreadable, corrupt, bad source string, bad checksum, unreachable."""
 
 
 class DataValidationError(DataError):
@@ -102,16 +106,19 @@ def download_data(
     *,
     sha256: str | None = None,
     timeout: float = 30.0,
+    settings: PipelineSettings | None = None,
 ) -> dict[str, Any]:
     """Fetch a dataset from `source` and write it to `out_dir/raw.parquet` (features + label).
 
-    Sources: `sklearn:<breast_cancer|wine|iris|digits>`, a local `.csv`/`.parquet` path,
-    an `http(s)://` URL (streamed; `sha256` verified when given), or
-    `synthetic:rows=N,features=F,seed=S[,classes=C]` (generated and written in chunks).
+    Sources: `sklearn:<breast_cancer|wine|iris|digits>`, a local `.csv`/`.parquet` path under
+    the allowed folders, an `http(s)://` URL (streamed, within the download cap and deadline;
+    `sha256` verified when given), or `synthetic:rows=N,features=F,seed=S[,classes=C]`
+    (generated and written in chunks). The source is checked against its limits
+    (`mlpipeline.sources`) before anything is read. `settings`: default from the environment.
     """
-    text = os.fspath(source).strip() if source is not None else ""
-    if not text:
-        raise DataError("empty data source")
+    settings = settings or load_settings()
+    checked = check_source(source, settings.data_dirs, base=settings.project_root)
+    text = checked.text
     if sha256 is not None:
         sha256 = sha256.strip().lower() or None
     if sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", sha256):
@@ -120,23 +127,16 @@ def download_data(
         raise DataError(f"a sha256 applies to URL and file sources, not to {text.split(':')[0]}: sources")
     out = ensure_out_dir(out_dir)
     target = out / RAW_FILE
-    result: dict[str, Any] = {"source": text}
-    if text.startswith("sklearn:"):
-        df = _load_sklearn(text.removeprefix("sklearn:"))
-        write_parquet(df, target)
-    elif text.startswith("synthetic:"):
-        spec = parse_synthetic_spec(text)
-        _write_synthetic(target, **spec)
-        result["synthetic"] = spec
-    elif re.match(r"^https?://", text, re.IGNORECASE):
-        result["source_sha256"] = _download_http(text, out, target, sha256=sha256, timeout=timeout)
-    elif re.match(r"^[a-z][a-z0-9+.-]+:", text, re.IGNORECASE) and not Path(text).exists():
-        raise DataError(
-            f"unsupported data source {text!r}: use sklearn:<name>, synthetic:rows=N,features=F,seed=S, "
-            "http(s)://..., or a local .csv/.parquet path"
-        )
+    result: dict[str, Any] = {"source": checked.shown}
+    if checked.kind == "sklearn":
+        write_parquet(_load_sklearn(text.removeprefix("sklearn:")), target)
+    elif checked.kind == "synthetic":
+        _write_synthetic(target, **checked.spec)
+        result["synthetic"] = checked.spec
+    elif checked.kind == "url":
+        result["source_sha256"] = _download_http(text, out, target, sha256=sha256, timeout=timeout, settings=settings)
     else:
-        path = Path(text).expanduser()
+        path = checked.path
         if sha256 is not None:
             actual = _checked_file_sha256(path, sha256)
             result["source_sha256"] = actual
@@ -154,8 +154,6 @@ def download_data(
 def _load_sklearn(name: str) -> pd.DataFrame:
     from sklearn import datasets
 
-    if name not in SKLEARN_DATASETS:
-        raise DataError(f"unknown sklearn dataset {name!r}; choose one of {', '.join(SKLEARN_DATASETS)}")
     bunch = getattr(datasets, f"load_{name}")(as_frame=True)
     frame = bunch.frame.copy()
     frame.columns = [str(c) for c in frame.columns]
@@ -216,28 +214,29 @@ def _checked_file_sha256(path: Path, expected: str) -> str:
     return actual
 
 
-def _download_http(url: str, out: Path, target: Path, *, sha256: str | None, timeout: float) -> str:
-    """Stream `url` into a temporary file, verify it, convert it to `target`; return its sha256."""
-    import httpx
+class DataUnavailableError(DataError):
+    """A URL source could not be fetched this time (network, 5xx, its deadline): worth a retry."""
 
-    digest = hashlib.sha256()
+    retryable = True
+
+
+def _download_http(url: str, out: Path, target: Path, *, sha256: str | None, timeout: float,
+                   settings: PipelineSettings) -> str:
+    """Stream `url` into a temporary file within the download cap and deadline, verify it,
+    convert it to `target`; return its sha256. Nothing is left behind when it fails."""
     tmp = temp_name(out / "download")
     try:
         with open(tmp, "xb") as fh:
             try:
-                with httpx.stream("GET", url, timeout=timeout, follow_redirects=True) as response:
-                    if response.status_code != 200:
-                        raise DataError(f"GET {url} answered HTTP {response.status_code}")
-                    for chunk in response.iter_bytes(1 << 20):
-                        fh.write(chunk)
-                        digest.update(chunk)
-            except httpx.HTTPError as exc:  # connect errors, timeouts, protocol errors
-                raise DataError(f"cannot download {url}: {type(exc).__name__}: {exc}") from exc
-            except httpx.InvalidURL as exc:
-                raise DataError(f"invalid URL {url}: {exc}") from exc
-        actual = digest.hexdigest()
+                actual = remote.download(
+                    url, fh, max_bytes=settings.download_max_bytes, seconds=settings.download_timeout, timeout=timeout
+                )
+            except remote.RemoteError as exc:
+                error = DataUnavailableError if exc.retryable else DataError
+                raise error(str(exc)) from None
         if sha256 is not None and actual.lower() != sha256.strip().lower():
-            raise DataError(f"checksum mismatch for {url}: expected sha256 {sha256}, got {actual}")
+            shown = remote.redact_url(url)
+            raise DataError(f"checksum mismatch for {shown}: expected sha256 {sha256}, got {actual}")
         write_parquet(_read_csv_or_parquet_bytes(tmp), target)
         return actual
     finally:
@@ -245,43 +244,6 @@ def _download_http(url: str, out: Path, target: Path, *, sha256: str | None, tim
 
 
 # --------------------------------------------------------------------------- synthetic data
-
-_SYNTHETIC_KEYS = {"rows": 1000, "features": 20, "seed": 0, "classes": 2}
-
-
-def parse_synthetic_spec(source: str) -> dict[str, int]:
-    """Parse `synthetic:rows=N,features=F,seed=S[,classes=C]` into a dict of ints."""
-    usage = "expected synthetic:rows=N,features=F,seed=S[,classes=C]"
-    body = source.removeprefix("synthetic:").strip()
-    spec = dict(_SYNTHETIC_KEYS)
-    if body:
-        for part in body.split(","):
-            key, sep, value = part.partition("=")
-            key = key.strip()
-            if not sep or key not in _SYNTHETIC_KEYS:
-                raise DataError(f"malformed synthetic source {source!r}: bad item {part!r}; {usage}")
-            try:
-                spec[key] = int(value.strip().replace("_", ""))
-            except ValueError:
-                raise DataError(f"malformed synthetic source {source!r}: {key} must be an integer; {usage}") from None
-    if spec["rows"] < 1:
-        raise DataError(f"malformed synthetic source {source!r}: rows must be >= 1")
-    if spec["features"] < 2:
-        raise DataError(f"malformed synthetic source {source!r}: features must be >= 2")
-    if spec["classes"] < 2:
-        raise DataError(f"malformed synthetic source {source!r}: classes must be >= 2")
-    if spec["seed"] < 0:
-        raise DataError(f"malformed synthetic source {source!r}: seed must be >= 0")
-    informative = _synthetic_layout(spec["features"])[0]
-    if spec["classes"] > 2 ** min(informative, 30):
-        raise DataError(f"malformed synthetic source {source!r}: too many classes for {spec['features']} features")
-    return spec
-
-
-def _synthetic_layout(features: int) -> tuple[int, int, int]:
-    informative = max(2, features // 2)
-    redundant = min(features - informative, features // 4)
-    return informative, redundant, features - informative - redundant
 
 
 class _SyntheticModel:
@@ -301,7 +263,7 @@ class _SyntheticModel:
     def __init__(self, features: int, classes: int, seed: int) -> None:
         rng = np.random.default_rng(np.random.SeedSequence([seed, 0]))
         self.features, self.classes, self.seed = features, classes, seed
-        self.informative, self.redundant, self.noise = _synthetic_layout(features)
+        self.informative, self.redundant, self.noise = synthetic_layout(features)
         per_class = 2 if classes * 2 <= 2 ** min(self.informative, 30) else 1
         self.clusters = classes * per_class
         self.centroids = self._vertices(rng) * self.class_sep
@@ -695,6 +657,7 @@ __all__ = [
     "LABEL",
     "SKLEARN_DATASETS",
     "DataError",
+    "DataUnavailableError",
     "DataValidationError",
     "OutputDirError",
     "download_data",

@@ -5,6 +5,8 @@ One line per notification, written with a single ``write`` on a file opened with
 deadline callback) never interleave. The line records the webhook outcome: a failed send
 is in the log with its error, and in the returned record, never swallowed. The pipeline
 fails because of a notification only when the caller asks (``raise_on_failure=True``).
+A webhook gets one overall deadline for all its attempts, and only its answer's status is
+read (`mlpipeline.remote`); URLs in the text and payload are recorded with credentials redacted.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+
+from mlpipeline.remote import Deadline, post_json, redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +35,6 @@ class NotificationError(RuntimeError):
 
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
-
-
-def redact_url(url: str) -> str:
-    """``scheme://host[:port]/…``: webhook paths and query strings often carry secrets."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return f"{parts.scheme}://{host}/…" if parts.path not in ("", "/") or parts.query else f"{parts.scheme}://{host}"
 
 
 def append_jsonl(path: str | os.PathLike[str], record: Mapping[str, Any]) -> None:
@@ -86,41 +80,58 @@ def post_webhook(
     payload: Mapping[str, Any],
     *,
     timeout: float = 5.0,
+    deadline: float = 15.0,
     attempts: int = 3,
     backoff: float = 0.5,
     transport: Any = None,
 ) -> dict[str, Any]:
-    """POST ``payload`` as JSON; retry connection errors, 429 and 5xx with exponential backoff.
+    """POST ``payload`` as JSON; retry connection errors, 429 and 5xx with exponential backoff,
+    all attempts within `deadline` seconds (`timeout` bounds each network operation).
 
     Returns ``{"status": "sent"|"failed", "attempts", "http_status", "error", "url"}``; never raises
     for delivery problems (the caller decides what a failure means).
     """
     import httpx
-    from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+    from tenacity import Retrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_exponential
 
-    outcome: dict[str, Any] = {"url": redact_url(url), "attempts": 0, "http_status": None, "error": None}
+    outcome: dict[str, Any] = {"url": redact_url(url, keep_path=False), "attempts": 0, "http_status": None,
+                               "error": None}
     body = json.dumps(payload, default=str).encode()  # datetimes (Airflow's deadline_time) become ISO text
     try:
-        with httpx.Client(timeout=timeout, transport=transport) as client:
+        with Deadline(deadline) as limit, httpx.Client(transport=transport) as client:
             for attempt in Retrying(
-                stop=stop_after_attempt(max(1, attempts)),
+                stop=stop_after_attempt(max(1, attempts)) | stop_after_delay(deadline),
                 wait=wait_exponential(multiplier=backoff, min=backoff, max=max(backoff, 30.0)),
                 retry=retry_if_exception(_retryable),
                 reraise=True,
             ):
                 with attempt:
                     outcome["attempts"] += 1
-                    response = client.post(url, content=body, headers={"Content-Type": "application/json"})
-                    outcome["http_status"] = response.status_code
-                    response.raise_for_status()
+                    try:
+                        outcome["http_status"] = post_json(client, url, body, limit, timeout=timeout)
+                    except httpx.HTTPStatusError as exc:
+                        outcome["http_status"] = exc.response.status_code
+                        raise
         outcome["status"] = "sent"
     except Exception as exc:  # noqa: BLE001 - any delivery problem is reported, never raised
         outcome["status"] = "failed"
         if isinstance(exc, httpx.HTTPStatusError):
             outcome["error"] = f"HTTP {exc.response.status_code} from webhook"
         else:
-            outcome["error"] = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            text = redact_text(str(exc))
+            outcome["error"] = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return outcome
+
+
+def _redacted(value: Any) -> Any:
+    """`value` (JSON data) with every URL in its strings redacted."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    return value
 
 
 def notify(
@@ -132,6 +143,7 @@ def notify(
     log_path: str | os.PathLike[str] | None = None,
     webhook_url: str | None = None,
     timeout: float = 5.0,
+    deadline: float = 15.0,
     attempts: int = 3,
     backoff: float = 0.5,
     raise_on_failure: bool = False,
@@ -156,13 +168,14 @@ def notify(
         "time": _now(),
         "event": event,
         "severity": severity,
-        "message": message,
+        "message": redact_text(message),
         # JSON-safe once, so the log line and the webhook body are the same document
-        "payload": json.loads(json.dumps(dict(payload or {}), default=str)),
+        "payload": _redacted(json.loads(json.dumps(dict(payload or {}), default=str))),
     }
     if webhook_url:
         record["webhook"] = post_webhook(
-            webhook_url, record, timeout=timeout, attempts=attempts, backoff=backoff, transport=transport
+            webhook_url, record, timeout=timeout, deadline=deadline, attempts=attempts, backoff=backoff,
+            transport=transport,
         )
     else:
         record["webhook"] = {"status": "not_configured"}
@@ -176,7 +189,8 @@ def notify(
         if raise_on_failure:
             raise NotificationError(text)
     else:
-        log.info("notification %s (%s): %s [webhook: %s]", event, severity, message, record["webhook"]["status"])
+        status = record["webhook"]["status"]
+        log.info("notification %s (%s): %s [webhook: %s]", event, severity, record["message"], status)
     return record
 
 

@@ -11,6 +11,12 @@ Every value has a default, so a fresh checkout runs with nothing set:
   (default ``{"accuracy": 0.7, "f1": 0.7, "roc_auc": 0.75}``).
 - ``MLWF_PROMOTION_TOLERANCE``: how much worse than production a candidate may be (default 0.02).
 - ``MLWF_DEADLINE_MINUTES``: the ml_pipeline_dag run deadline (default 120).
+- ``MLWF_PROJECT_ROOT``: the project (mlwf stacks set it); local data files may lie under it
+  or under the data root, and relative paths are relative to it.
+- ``MLWF_ALLOWED_DATA_DIRS``: more folders data files may be read from (``os.pathsep``-separated,
+  absolute).
+- ``MLWF_DOWNLOAD_MAX_BYTES``: the most a URL source may send (default 200 MiB).
+- ``MLWF_DOWNLOAD_TIMEOUT``: seconds a URL source has to send all of it (default 300).
 
 Run-scoped files go to ``<data_root>/runs/<safe run id>/``.
 """
@@ -29,6 +35,8 @@ from pathlib import Path
 DEFAULT_THRESHOLDS: dict[str, float] = {"accuracy": 0.7, "f1": 0.7, "roc_auc": 0.75}
 DEFAULT_TOLERANCE = 0.02
 DEFAULT_DEADLINE_MINUTES = 120
+DEFAULT_DOWNLOAD_MAX_BYTES = 200 * 1024 * 1024
+DEFAULT_DOWNLOAD_TIMEOUT = 300.0
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -87,6 +95,34 @@ def _float_env(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _positive_env(env: Mapping[str, str], name: str, default: float, kind: type = float) -> float:
+    """A number > 0 (an integer when `kind` is int), or SettingsError naming the variable."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        noun = "a whole number" if kind is int else "a number"
+        raise SettingsError(f"{name} must be {noun} > 0, got {raw!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise SettingsError(f"{name} must be a finite number > 0, got {raw!r}")
+    return value
+
+
+def _dirs_env(env: Mapping[str, str], name: str) -> tuple[Path, ...]:
+    """Absolute folders separated by ``os.pathsep`` (empty entries ignored)."""
+    dirs = []
+    for entry in env.get(name, "").split(os.pathsep):
+        if not entry.strip():
+            continue
+        path = Path(entry.strip()).expanduser()
+        if not path.is_absolute():
+            raise SettingsError(f"{name} entries must be absolute paths, got {entry!r}")
+        dirs.append(path)
+    return tuple(dirs)
+
+
 @dataclass(frozen=True)
 class PipelineSettings:
     data_root: Path
@@ -96,6 +132,10 @@ class PipelineSettings:
     thresholds: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
     tolerance: float = DEFAULT_TOLERANCE
     deadline_minutes: float = DEFAULT_DEADLINE_MINUTES
+    project_root: Path | None = None
+    allowed_data_dirs: tuple[Path, ...] = ()
+    download_max_bytes: int = DEFAULT_DOWNLOAD_MAX_BYTES
+    download_timeout: float = DEFAULT_DOWNLOAD_TIMEOUT
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *, cwd: Path | None = None) -> PipelineSettings:
@@ -104,6 +144,7 @@ class PipelineSettings:
         data_root = Path(env.get("MLWF_DATA_ROOT") or base / ".mlwf" / "data").expanduser().absolute()
         registry = Path(env.get("MLWF_REGISTRY_DIR") or data_root / "registry").expanduser().absolute()
         log = Path(env.get("MLWF_NOTIFICATIONS_LOG") or data_root / "notifications.jsonl").expanduser().absolute()
+        project = (env.get("MLWF_PROJECT_ROOT") or "").strip()
         return cls(
             data_root=data_root,
             registry_dir=registry,
@@ -112,11 +153,20 @@ class PipelineSettings:
             thresholds=parse_thresholds(env.get("MLWF_THRESHOLDS")),
             tolerance=_float_env(env, "MLWF_PROMOTION_TOLERANCE", DEFAULT_TOLERANCE),
             deadline_minutes=_float_env(env, "MLWF_DEADLINE_MINUTES", DEFAULT_DEADLINE_MINUTES),
+            project_root=Path(project).expanduser().absolute() if project else None,
+            allowed_data_dirs=_dirs_env(env, "MLWF_ALLOWED_DATA_DIRS"),
+            download_max_bytes=_positive_env(env, "MLWF_DOWNLOAD_MAX_BYTES", DEFAULT_DOWNLOAD_MAX_BYTES, int),
+            download_timeout=_positive_env(env, "MLWF_DOWNLOAD_TIMEOUT", DEFAULT_DOWNLOAD_TIMEOUT),
         )
 
     def run_dir(self, run_id: str, *parts: str) -> Path:
         """``<data_root>/runs/<safe run id>/<parts...>`` (not created)."""
         return self.data_root.joinpath("runs", safe_run_id(run_id), *parts)
+
+    @property
+    def data_dirs(self) -> tuple[Path, ...]:
+        """The folders local data files may be read from."""
+        return (self.data_root, *((self.project_root,) if self.project_root else ()), *self.allowed_data_dirs)
 
     @property
     def health_dir(self) -> Path:
