@@ -16,7 +16,7 @@ import psutil
 import pytest
 from rich.console import Console
 
-from mlflowctl.backends import processes, runtime, select
+from mlflowctl.backends import processes, runtime, choose
 from mlflowctl.backends.base import ServiceStatus, StackStatus
 from mlflowctl.backends.local import LocalBackend, follow_logs, tail_lines
 from mlflowctl.backends.ports import PortNeed, check_free
@@ -249,11 +249,11 @@ def test_backend_choice_flag_then_recorded_then_auto(tmp_path, monkeypatch):
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'no-daemon.sock'}")
     (tmp_path / "mlwf.toml").write_text("")
     config = load_config({}, cwd=tmp_path, environ={})
-    assert select.choose(config) == ("local", "auto: no Docker daemon answers")
-    select.record_backend(config, "docker")
-    assert select.choose(config)[0] == "docker"
+    assert choose.choose(config) == ("local", "auto: no Docker daemon answers")
+    choose.record_backend(config, "docker")
+    assert choose.choose(config)[0] == "docker"
     explicit = load_config({"backend": "local"}, cwd=tmp_path, environ={})
-    assert select.choose(explicit) == ("local", "backend=local from flag")
+    assert choose.choose(explicit) == ("local", "backend=local from flag")
 
 
 def test_docker_ping_on_a_socket_that_answers(tmp_path, monkeypatch):
@@ -270,7 +270,7 @@ def test_docker_ping_on_a_socket_that_answers(tmp_path, monkeypatch):
 
     threading.Thread(target=answer, daemon=True).start()
     monkeypatch.setenv("DOCKER_HOST", f"unix://{path}")
-    assert select.docker_answers() is True
+    assert choose.docker_answers() is True
     server.close()
 
 

@@ -29,7 +29,7 @@ def _config(**overrides):
 
 
 def _backend(config, *, announce: bool = True):
-    from mlflowctl.backends.select import make_backend
+    from mlflowctl.backends.choose import make_backend
     from mlflowctl.render.console import stderr
 
     backend, why = make_backend(config)
@@ -83,7 +83,7 @@ def up(
     from rich.text import Text
 
     from mlflowctl.backends.base import StartFailed
-    from mlflowctl.backends.select import record_backend
+    from mlflowctl.backends.choose import record_backend
     from mlflowctl.render.console import stderr, stdout
     from mlflowctl.render.stack import services_table, status_json
 

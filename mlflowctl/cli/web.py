@@ -36,7 +36,7 @@ def service_url(config, service: str) -> str:
     if service == "airflow":
         return config.api_url
     if service == "grafana":
-        from mlflowctl.backends.select import choose
+        from mlflowctl.backends.choose import choose
 
         backend, why = choose(config)
         if backend != "docker":
