@@ -22,7 +22,8 @@ from mlflowctl.backends.local import LocalBackend, follow_logs, tail_lines
 from mlflowctl.backends.ports import PortNeed, check_free
 from mlflowctl.config import load_config
 from mlflowctl.errors import DamagedStateError, PortInUseError
-from mlflowctl.render.stack import services_table, uptime
+from mlflowctl.render.durations import duration
+from mlflowctl.render.stack import services_table
 from mlflowctl.state import ensure_home
 
 MLWF = str(Path(sys.executable).parent / "mlwf")
@@ -283,7 +284,7 @@ def test_services_table_renders_states_and_uptime():
     console.print(services_table(services, backend="local"))
     text = console.file.getvalue()
     assert "api-server" in text and "healthy" in text and "1h02m" in text and "stale pid file" in text
-    assert uptime(59) == "59s" and uptime(None) == "-"
+    assert duration(59, tenths=False) == "59s" and duration(None) == "-"
     assert StackStatus("local", services).healthy is False
 
 

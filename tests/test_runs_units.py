@@ -13,6 +13,7 @@ from mlflowctl.api.airflow import DagRun, LogRecord, TaskInstance
 from mlflowctl.errors import UsageError
 from mlflowctl.junit import junit_xml, write_junit
 from mlflowctl.render import runs as render
+from mlflowctl.render.durations import duration
 from mlflowctl.runs import BackfillPlan, RunSnapshot, TaskFailure, backfill_range, parse_conf, parse_date
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
@@ -179,9 +180,9 @@ def test_run_table_lists_tasks_in_start_order_with_state_try_and_duration():
 def test_running_task_duration_counts_from_its_start():
     running = TaskInstance("train", "running", 1, start_date=T0)
     assert render.task_seconds(running, now=T0 + timedelta(seconds=90)) == 90
-    assert render.duration(90) == "1m30s"
-    assert render.duration(3700) == "1h01m"
-    assert render.duration(None) == "-"
+    assert duration(90) == "1m30s"
+    assert duration(3700) == "1h01m"
+    assert duration(None) == "-"
 
 
 def test_run_json_is_plain_json_with_failures():
@@ -296,3 +297,9 @@ def test_bad_input_is_refused_before_any_connection(tmp_path):
     for args in cases:
         result = CliRunner().invoke(app, [*args, *nowhere], env={"MLWF_AIRFLOW_PASSWORD": "x"})
         assert result.exit_code == 2, (args, result.output)
+
+
+def test_one_duration_format_for_runs_uptimes_and_probes():
+    assert [duration(s) for s in (4.25, 59.94, 125, 3725, 2 * 86400 + 4 * 3600)] == ["4.2s", "59.9s", "2m05s", "1h02m", "2d04h"]
+    assert duration(59.7, tenths=False) == "59s"  # an uptime counts whole seconds
+    assert duration(0.25, millis=True) == "250ms" and duration(0.25) == "0.2s"

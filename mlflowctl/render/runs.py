@@ -10,6 +10,8 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from mlflowctl.render.durations import duration
+
 if TYPE_CHECKING:
     from mlflowctl.api.airflow import DagRun, LogRecord, TaskInstance
     from mlflowctl.runs import BackfillPlan, BackfillProgress, DagsOverview, DagStatus, RunSnapshot, TaskFailure
@@ -39,18 +41,6 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]
     return value
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, rest = divmod(int(round(seconds)), 60)
-    if minutes < 60:
-        return f"{minutes}m{rest:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
 
 
 def when(value: datetime | None) -> str:

@@ -9,22 +9,10 @@ from rich.table import Table
 from rich.text import Text
 
 from mlflowctl.backends.base import ServiceStatus, StackStatus
+from mlflowctl.render.durations import duration
 
 STATE_STYLES = {"healthy": "green", "starting": "yellow", "unhealthy": "red", "stopped": "dim"}
 RUN_STYLES = {"success": "green", "failed": "red", "running": "yellow", "queued": "cyan"}
-
-
-def uptime(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    if seconds < 86400:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
 
 
 def services_table(services: list[ServiceStatus], *, backend: str, title: str | None = None) -> Table:
@@ -36,7 +24,7 @@ def services_table(services: list[ServiceStatus], *, backend: str, title: str | 
             service.name,
             Text(service.state, style=STATE_STYLES.get(service.state, "")),
             str(service.pid) if service.pid else "-",
-            uptime(service.uptime_seconds),
+            duration(service.uptime_seconds, tenths=False),
             str(service.port) if service.port else "-",
             service.url or "",
             service.detail,
