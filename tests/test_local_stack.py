@@ -59,6 +59,22 @@ def test_auth_is_on_and_the_generated_password_works(stack):
         assert stat.S_IMODE(os.stat(stack.home / name).st_mode) == 0o600
 
 
+def test_pools_are_created_through_the_client_and_an_existing_one_is_kept(stack, tmp_path):
+    from mlflowctl.api.airflow import AirflowClient
+
+    headers = {"Authorization": f"Bearer {stack.token()}"}
+    with AirflowClient(stack.url, "admin", lambda: stack.password, home=tmp_path) as client:
+        assert client.ensure_pool("ml_training", 7, "not this") is False  # `up` made it: kept as it is
+        try:
+            assert client.ensure_pool("mlwf_test_pool", 3, "made by a test") is True
+            made = httpx.get(f"{stack.url}/api/v2/pools/mlwf_test_pool", headers=headers, timeout=10).json()
+            assert (made["slots"], made["description"]) == (3, "made by a test")
+        finally:
+            httpx.delete(f"{stack.url}/api/v2/pools/mlwf_test_pool", headers=headers, timeout=10)
+    kept = httpx.get(f"{stack.url}/api/v2/pools/ml_training", headers=headers, timeout=10).json()
+    assert kept["slots"] == 1 and kept["description"] != "not this"
+
+
 def test_nothing_of_the_stack_listens_beyond_loopback(stack):
     """Every TCP/UDP socket of every stack process on 127.0.0.1 or ::1, every Unix socket in
     a private folder; and the sockets we know of are really there (the audit sees them)."""

@@ -323,6 +323,7 @@ class AirflowClient:
             base_url=f"{self.url}/api/v2",
             auth=TokenAuth(self.url, user, password, cache, warn=warn),
             transport=transport,
+            verify=not self.url.startswith("http://"),  # no TLS: skip building an SSL context (~50 ms CPU)
             timeout=httpx.Timeout(timeout, connect=5.0),
             headers={"Accept": "application/json"},
         )
@@ -586,6 +587,18 @@ class AirflowClient:
 
     def get_backfill(self, backfill_id: int) -> Backfill:
         return self._call("GET", f"/backfills/{backfill_id}", what=f"backfill {backfill_id}", parse=Backfill.from_api)
+
+    # -- pools -----------------------------------------------------------------------------
+
+    def ensure_pool(self, name: str, slots: int, description: str = "") -> bool:
+        """Create a pool unless one of that name exists (its slots, perhaps the user's, are kept);
+        True when this call created it. Safe to resend: a second POST finds it (409)."""
+        body = {"name": name, "slots": slots, "description": description, "include_deferred": False}
+        response, _ = self._send("POST", "/pools", resend=True, json=body)
+        if response.status_code == 409:
+            return False
+        self._parsed(response, "POST", "/pools", f"pool '{name}'", None)
+        return True
 
     # -- monitoring (`mlwf health`) ------------------------------------------------------
 

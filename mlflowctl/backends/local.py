@@ -31,7 +31,7 @@ from mlflowctl.backends import processes
 from mlflowctl.backends.base import Deadline, Progress, ServiceStatus, StackStatus, StartFailed
 from mlflowctl.backends.ports import PortNeed, check_free
 from mlflowctl.config import Config
-from mlflowctl.errors import DamagedStateError, MlwfError, NotAvailableError, NotFoundError
+from mlflowctl.errors import DamagedStateError, NotAvailableError, NotFoundError
 from mlflowctl.state import ensure_home, remove_tree
 
 CORE = "core"
@@ -624,17 +624,14 @@ class LocalBackend:
             time.sleep(0.25)
 
     def _ensure_pools(self, secrets, deadline: Deadline) -> None:
-        from mlflowctl.backends.overview import api_client
+        from mlflowctl.api.airflow import AirflowClient
 
         timeout = max(1.0, min(10.0, deadline.left()))  # healthy already: the API answers at once
-        with api_client(self.url, secrets.admin_user, secrets.admin_password, self.home, timeout=timeout) as client:
+        password = secrets.admin_password
+        with AirflowClient(self.url, secrets.admin_user, lambda: password, home=self.home, timeout=timeout,
+                           retry_for=timeout) as client:
             for name, (slots, description) in POOLS.items():
-                response = client.post(
-                    "/api/v2/pools",
-                    json={"name": name, "slots": slots, "description": description, "include_deferred": False},
-                )
-                if response.status_code not in (200, 201, 409):  # 409: it exists, keep the user's slots
-                    raise MlwfError(f"could not create pool {name} (HTTP {response.status_code}: {response.text[:200]})")
+                client.ensure_pool(name, slots, description)  # one that exists keeps the user's slots
 
     def _stop_started(self, specs: list[ServiceSpec], started: dict) -> None:
         """Undo this `up`: stop what it started, leave what was running before."""
