@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 from urllib.parse import urlsplit
 
 from mlflowctl.errors import AuthError
@@ -64,25 +64,39 @@ def known_password(config: Config, environ: Mapping[str, str] | None = None) -> 
     """MLWF_AIRFLOW_PASSWORD, else the generated admin password when talking to the local stack."""
     from pathlib import Path
 
-    from mlflowctl.secrets import ADMIN_USER, read_admin_password
+    from mlflowctl.secrets import ADMIN_USER, read_password
 
     environ = os.environ if environ is None else environ
     if environ.get(PASSWORD_ENV):
         return environ[PASSWORD_ENV]
     if config.airflow_user == ADMIN_USER and is_local_stack_url(config.api_url, config.airflow_port):
-        return read_admin_password(Path(config.home))
+        return read_password(Path(config.home))
     return None
+
+
+def resolve_password(
+    config: Config, ask: Callable[[str], str | None] | None = None, environ: Mapping[str, str] | None = None
+) -> str:
+    """The one rule for the password sent to `config`'s server: the known one, else what `ask`
+    returns for the prompt (None: no terminal, or the user gave up), else the no-password error."""
+    password = known_password(config, environ)
+    if password:
+        return password
+    typed = ask(f"Airflow password for {config.airflow_user} at {config.api_url}") if ask else None
+    if typed is None:
+        raise no_password(config)
+    return typed
 
 
 def no_password(config: Config) -> AuthError:
     """The error for a server we have no password for (and cannot ask: no terminal, or none typed)."""
     from pathlib import Path
 
-    from mlflowctl.secrets import read_admin_password
+    from mlflowctl.secrets import read_password
 
     if is_local_stack_url(config.api_url, config.airflow_port):
         hint = f"set {PASSWORD_ENV}, or run from the project whose stack `mlwf up` started (or pass --home)"
-    elif read_admin_password(Path(config.home)):
+    elif read_password(Path(config.home)):
         own = f"http://127.0.0.1:{config.airflow_port}"
         hint = f"set {PASSWORD_ENV} (the password of this project's stack is sent only to its own URL, {own})"
     else:

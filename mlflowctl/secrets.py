@@ -92,13 +92,14 @@ def _sync_passwords_file(path: Path, current: Secrets) -> None:
         write_private(path, json.dumps(expected))
 
 
-def read_admin_password(home: Path) -> str | None:
-    """The admin password of a stack mlwf started in `home`, or None when there is none."""
+def read_password(home: Path, key: str = "admin_password") -> str | None:
+    """A generated password (a key of `Secrets`) of the stack mlwf started in `home`, or None when
+    there is none."""
     path = Path(home) / SECRETS_FILE
     data = read_json(path, fix=_RESTORE)
     if data is None:
         return None
-    password = data.get("admin_password")
+    password = data.get(key)
     if not isinstance(password, str):
-        raise DamagedStateError(f"{path} is damaged: it has no admin password", hint=_RESTORE)
+        raise DamagedStateError(f"{path} is damaged: it has no {key.replace('_', ' ')}", hint=_RESTORE)
     return password

@@ -71,8 +71,8 @@ def test_secrets_generated_once_and_private(tmp_path):
     assert len(first.admin_password) >= 20 and first.admin_password != first.jwt_secret
     for name in (secrets.SECRETS_FILE, secrets.PASSWORDS_FILE):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600
-    assert secrets.read_admin_password(tmp_path) == first.admin_password
-    assert secrets.read_admin_password(tmp_path / "nowhere") is None
+    assert secrets.read_password(tmp_path) == first.admin_password
+    assert secrets.read_password(tmp_path / "nowhere") is None
 
 
 def test_task_preload_from_the_project_file_or_a_comma_separated_variable(tmp_path):

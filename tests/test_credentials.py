@@ -10,7 +10,8 @@ import pytest
 
 from mlflowctl import secrets
 from mlflowctl.config import load_config
-from mlflowctl.credentials import is_local_stack_url, known_password, no_password, plain_http_warning
+from mlflowctl.credentials import is_local_stack_url, known_password, no_password, plain_http_warning, resolve_password
+from mlflowctl.errors import AuthError
 
 
 @pytest.mark.parametrize(
@@ -98,3 +99,21 @@ def test_the_missing_password_error_says_why_the_stored_one_is_not_used(project)
     assert "only to its own URL" not in no_password(_config(tmp_path)).hint
     (tmp_path / ".mlwf" / "secrets.json").unlink()  # no stack here: nothing to explain
     assert no_password(_config(tmp_path, airflow_url="http://10.0.0.5:8080")).hint == "set MLWF_AIRFLOW_PASSWORD"
+
+
+def test_the_resolver_asks_only_when_no_password_is_known(project):
+    tmp_path, stored = project
+    prompts = []
+
+    def ask(prompt):
+        prompts.append(prompt)
+        return "typed"
+
+    assert resolve_password(_config(tmp_path), ask, environ={}) == stored
+    assert prompts == []  # the stack's own password: nobody is asked
+    elsewhere = _config(tmp_path, airflow_url="http://10.0.0.5:8080")
+    assert resolve_password(elsewhere, ask, environ={}) == "typed"
+    assert prompts == ["Airflow password for admin at http://10.0.0.5:8080"]
+    for cannot_ask in (None, lambda prompt: None):  # no terminal, or the user gave up at the prompt
+        with pytest.raises(AuthError, match="no password for Airflow user 'admin' at http://10.0.0.5:8080"):
+            resolve_password(elsewhere, cannot_ask, environ={})

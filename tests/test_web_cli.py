@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mlflowctl.cli.main import app
-from mlflowctl.cli.web import has_display
+from mlflowctl.ui import has_display
 from mlflowctl.errors import NotAvailableError, NotFoundError, UnreachableError, UsageError
 from mlflowctl.secrets import load_or_create
 

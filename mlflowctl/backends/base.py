@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Protocol
+from enum import Enum
+from typing import Iterator, Protocol, runtime_checkable
 
 from mlflowctl.errors import MlwfError, TimeoutExpired, UnhealthyError
 
@@ -80,8 +81,28 @@ class Deadline:
         )
 
 
-#: `up` reports while it works: a one-line message and the services' current states.
-Progress = Callable[[str, list[ServiceStatus]], None]
+class ProgressKind(Enum):
+    """What a progress report is, so the CLI decides how to show it without reading its words."""
+
+    STEP = "step"  # a phase begins, or a tool it runs says a line: worth a line in any log
+    WAITING = "waiting"  # the services' states while waiting: a live view redraws them
+    READY = "ready"  # every service is healthy
+
+    @classmethod
+    def of(cls, services: list[ServiceStatus], kind: ProgressKind | None) -> ProgressKind:
+        """The kind a backend gave, else: a report with the services' states is a wait, one without a step."""
+        return kind or (cls.WAITING if services else cls.STEP)
+
+
+class Progress(Protocol):
+    """`up` and `scale` report while they work: a one-line message, the services' current
+    states (may be empty) and, where the default of `ProgressKind.of` is not what it is, the kind."""
+
+    def __call__(self, message: str, services: list[ServiceStatus], kind: ProgressKind | None = None) -> None: ...
+
+
+def no_progress(message: str, services: list[ServiceStatus], kind: ProgressKind | None = None) -> None:
+    """The Progress of a caller that wants no reports."""
 
 
 class Backend(Protocol):
@@ -100,3 +121,11 @@ class Backend(Protocol):
 
     def logs(self, service: str | None = None, *, tail: int = 100, follow: bool = False) -> Iterator[str]:
         """Lines of one service's log, or all services' interleaved with a prefix."""
+
+
+@runtime_checkable
+class Scaling(Protocol):
+    """What a backend that can add and remove Celery workers has besides `Backend` (`mlwf scale`)."""
+
+    def scale(self, workers: int, *, progress: Progress | None = None, timeout: float = 120.0) -> StackStatus:
+        """Make it `workers` workers; removed ones finish their running tasks first."""

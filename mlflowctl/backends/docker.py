@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from typing import Callable, Iterator, Mapping
 
 from mlflowctl.backends import compose
-from mlflowctl.backends.base import Progress, ServiceStatus, StackStatus
+from mlflowctl.backends.base import Progress, ProgressKind, ServiceStatus, StackStatus, no_progress
 from mlflowctl.state import ensure_home, remove_tree
 from mlflowctl.config import Config
 from mlflowctl.errors import MlwfError, NotFoundError, StackDownError, UnreachableError, UsageError
@@ -213,7 +213,7 @@ class DockerBackend:
     ) -> StackStatus:
         from mlflowctl.secrets import load_or_create
 
-        report = progress or (lambda _message, _services: None)
+        report = progress or no_progress
         expected = self.expected(exclude)
         commands = self.commands()  # MissingDependencyError before anything is written
         client = self.client()  # UnreachableError likewise
@@ -240,10 +240,10 @@ class DockerBackend:
             services.append(compose.WORKER)
         elif leftovers:
             # The stack ran with the celery executor before: its broker and workers go first.
-            report("removing the celery broker and workers of the previous executor", before)
+            report("removing the celery broker and workers of the previous executor", before, ProgressKind.STEP)
             self._run(commands.remove(list(compose.CELERY)), lambda line: report(line, []), files.variables)
             notes.append("removed the celery broker and workers (executor is now local)")
-        report(f"starting {len(services)} services with {commands.flavour.label}", before)
+        report(f"starting {len(services)} services with {commands.flavour.label}", before, ProgressKind.STEP)
         self._run(
             commands.up(["airflow-init", *services], workers=self.config.workers if self.celery else None),
             lambda line: report(line, []),
@@ -281,7 +281,7 @@ class DockerBackend:
             services = self._snapshot(client, exclude)
             waiting = [s for s in services if s.state != "healthy"]
             if not waiting:
-                report("all services healthy", services)
+                report("all services healthy", services, ProgressKind.READY)
                 return services
             failed = next((s for s in waiting if s.name in compose.ONE_SHOT), None)
             if failed is not None:
@@ -318,7 +318,7 @@ class DockerBackend:
             raise UsageError("scaling workers needs the celery executor (mlwf up --backend docker --executor celery)")
         if workers < 1:
             raise UsageError("workers must be at least 1")
-        report = progress or (lambda _message, _services: None)
+        report = progress or no_progress
         commands = self.commands()
         client = self.client()
         files = compose.EnvFiles(

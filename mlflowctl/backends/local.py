@@ -28,7 +28,9 @@ from typing import Callable, Iterator
 import psutil
 
 from mlflowctl.backends import processes
-from mlflowctl.backends.base import Deadline, Progress, ServiceStatus, StackStatus, StartFailed
+from mlflowctl.backends.base import (
+    Deadline, Progress, ProgressKind, ServiceStatus, StackStatus, StartFailed, no_progress,
+)
 from mlflowctl.backends.ports import PortNeed, check_free
 from mlflowctl.config import Config
 from mlflowctl.errors import DamagedStateError, NotAvailableError, NotFoundError
@@ -374,7 +376,7 @@ class LocalBackend:
         from mlflowctl.backends.executors import check_switch, write_record
 
         check_switch(self.config)
-        report = progress or (lambda _message, _services: None)
+        report = progress or no_progress
         ensure_home(self.home, self.config.project_root)
         secrets = load_or_create(self.home)
         runtime = self.runtime(progress)  # building one is the one phase that may take longer
@@ -427,7 +429,7 @@ class LocalBackend:
             else:
                 self._launch(airflow_specs, env, runtime, migrate, started, report, deadline)
             self._wait_healthy(specs, started, report, deadline)
-            report("creating pools", self._snapshot(specs, waiting=True))
+            report("creating pools", self._snapshot(specs, waiting=True), ProgressKind.STEP)
             self._ensure_pools(secrets, deadline)
         except BaseException:
             self._stop_started(specs, started)
@@ -611,7 +613,8 @@ class LocalBackend:
                     )
             services = self._snapshot(specs, waiting=True)
             waiting = [s.name for s in services if s.state != "healthy"]
-            report(f"waiting for {', '.join(waiting)}" if waiting else "all healthy", services)
+            report(f"waiting for {', '.join(waiting)}" if waiting else "all healthy", services,
+                   ProgressKind.WAITING if waiting else ProgressKind.READY)
             if not waiting:
                 return
             if not deadline.left():

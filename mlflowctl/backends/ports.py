@@ -1,4 +1,5 @@
-"""Port checks before anything starts: a taken port is named, with its holder."""
+"""Port checks: before anything starts, a taken port is named with its holder; later, whether
+something answers on one."""
 
 from __future__ import annotations
 
@@ -86,3 +87,12 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def answers(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True when something accepts a TCP connection at host:port within `timeout` s."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from mlflowctl.cli.context import App
 from mlflowctl.cli.options import Home, Json, Url, User
 
 if TYPE_CHECKING:
@@ -25,33 +26,16 @@ API_RETRY_S = 1.0
 API_TIMEOUT_S = 10.0
 
 
-def _clients(url: str | None, user: str | None, home: str | None, prometheus_url: str | None):
+def _clients(app: App, url: str | None, user: str | None, home: str | None, prometheus_url: str | None):
     import sys
 
     # httpcore imports trio, when installed, for async locks this synchronous process never
     # takes: ~80-100 ms of CPU of a ~0.5 s command. A None entry makes that import fail fast.
     sys.modules.setdefault("trio", None)  # type: ignore[arg-type]
-    from mlflowctl.api.airflow import AirflowClient
     from mlflowctl.api.prometheus import PrometheusClient
-    from mlflowctl.cli.runs import _password, _warn
-    from mlflowctl.config import load_config
 
-    config = load_config({"airflow_url": url, "airflow_user": user, "home": home})
-    plain = None
-    if config.api_url.startswith("http://"):  # no TLS at all: skip building an SSL context
-        import httpx
-
-        plain = httpx.HTTPTransport(verify=False)
-    airflow = AirflowClient(
-        config.api_url,
-        config.airflow_user,
-        lambda: _password(config),
-        home=config.home,
-        transport=plain,
-        timeout=API_TIMEOUT_S,
-        retry_for=API_RETRY_S,
-        warn=_warn,
-    )
+    config = app.config(airflow_url=url, airflow_user=user, home=home)
+    airflow = app.client(config, timeout=API_TIMEOUT_S, retry_for=API_RETRY_S)
     prometheus = PrometheusClient(_prometheus_url(prometheus_url) or f"http://127.0.0.1:{config.prometheus_port}")
     return airflow, prometheus, lambda: _live_workers(config.home_dir)
 
@@ -78,13 +62,14 @@ def _live_workers(home) -> int | None:
     return sum(1 for path in files if (record := read_pid_file(path)) is not None and record.process() is not None)
 
 
-def _json_line(report: HealthReport, *, indent: int | None) -> None:
+def _json_line(app: App, report: HealthReport, *, indent: int | None) -> None:
     import json
 
-    typer.echo(json.dumps(report.to_dict(), indent=indent, default=str))
+    app.echo(json.dumps(report.to_dict(), indent=indent, default=str))
 
 
 def health(
+    ctx: typer.Context,
     window: Annotated[
         str, typer.Option("--window", help="Time range the runs, failures, durations and trends cover: 30m, 1h, 1d.")
     ] = "1h",
@@ -124,43 +109,42 @@ def health(
     if fail_on is not None and fail_on.lower() not in service.FAIL_ON:
         raise UsageError(f"--fail-on {fail_on!r}: use warning or critical")
     fail_on = fail_on.lower() if fail_on else None
-    airflow, prometheus, workers = _clients(url, user, home, prometheus_url)
+    app: App = ctx.obj
+    airflow, prometheus, workers = _clients(app, url, user, home, prometheus_url)
     def collect() -> HealthReport:
         return service.collect(airflow, prometheus, window=window, workers=workers)
 
     with airflow, prometheus:
         if watch:
-            report = _watch(collect, interval, as_json)
+            report = _watch(app, collect, interval, as_json)
         else:
             report = collect()
             if as_json:
-                _json_line(report, indent=2)
+                _json_line(app, report, indent=2)
             else:
-                from mlflowctl.render.console import stdout
                 from mlflowctl.render.health import report_view
 
-                stdout().print(report_view(report))
+                app.out.print(report_view(report))
     error = service.exit_error(report, fail_on)
     if error is not None:
         raise error
 
 
-def _watch(collect, interval: float, as_json: bool) -> HealthReport:
+def _watch(app: App, collect, interval: float, as_json: bool) -> HealthReport:
     """Refresh until Ctrl-C; returns the last report (its exit rule applies). JSON: one line per refresh."""
     report = None
     try:
         report = collect()
         if as_json:
             while True:
-                _json_line(report, indent=None)
+                _json_line(app, report, indent=None)
                 time.sleep(interval)
                 report = collect()
         from rich.live import Live
 
-        from mlflowctl.render.console import stdout
         from mlflowctl.render.health import report_view
 
-        with Live(report_view(report), console=stdout(), auto_refresh=False, transient=False) as live:
+        with Live(report_view(report), console=app.out, auto_refresh=False, transient=False) as live:
             while True:
                 time.sleep(interval)
                 report = collect()

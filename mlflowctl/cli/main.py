@@ -1,4 +1,5 @@
-"""The root `mlwf` app: composes the command modules and maps errors to exit codes.
+"""The root `mlwf` app: builds the context commands take (cli/context.py), composes the command
+modules and maps errors to exit codes.
 
 Command modules import nothing heavy at module level (no httpx, docker, Airflow,
 pandas): `mlwf --help` must stay instant. Each command function is wrapped so a
@@ -15,6 +16,7 @@ from typing import Callable
 import typer
 
 from mlflowctl.cli import health, runs, scale, stack, web
+from mlflowctl.cli.context import App, current
 from mlflowctl.errors import MlwfError
 
 app = typer.Typer(
@@ -27,10 +29,15 @@ app = typer.Typer(
 )
 
 
-def _say(line: str) -> None:
-    from mlflowctl.render.console import stderr
+@app.callback()
+def root(ctx: typer.Context) -> None:
+    # The one context object every command takes; a test passes its own with `invoke(obj=...)`.
+    if ctx.obj is None:
+        ctx.obj = App()
 
-    stderr().print(line, markup=False, highlight=False, soft_wrap=True)
+
+def _say(line: str) -> None:
+    current().say(line)
 
 
 def with_error_handling(command: Callable) -> Callable:

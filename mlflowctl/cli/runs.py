@@ -14,124 +14,84 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from mlflowctl.cli.context import App
 from mlflowctl.cli.options import Home, Json, Url, User
 from mlflowctl.errors import RunFailedError, UsageError
 
 if TYPE_CHECKING:
     from mlflowctl.api.airflow import AirflowClient
-    from mlflowctl.config import Config
 
 DagId = Annotated[str, typer.Argument(metavar="DAG", help="DAG id.", show_default=False)]
 
 
-# -- connection ---------------------------------------------------------------------------
+# -- connection and output ----------------------------------------------------------------
 
 
-def _password(config: Config) -> str:
-    """MLWF_AIRFLOW_PASSWORD, else the generated one for the local stack's own URL only, else a
-    hidden prompt on a terminal (see mlflowctl.credentials)."""
-    from mlflowctl import credentials
-
-    password = credentials.known_password(config)
-    if password:
-        return password
-    if not sys.stdin.isatty():
-        raise credentials.no_password(config)
-    try:
-        return typer.prompt(
-            f"Airflow password for {config.airflow_user} at {config.api_url}", hide_input=True, err=True
-        )
-    except typer.Abort:  # Ctrl-C or end of input at the prompt
-        raise credentials.no_password(config) from None
+def connect(app: App, url: str | None = None, user: str | None = None, home: str | None = None) -> AirflowClient:
+    """A client for the configured server; the password is resolved when the first request is sent."""
+    return app.client(app.config(airflow_url=url, airflow_user=user, home=home))
 
 
-def _warn(message: str) -> None:
-    _note(f"warning: {message}")
-
-
-def connect(url: str | None = None, user: str | None = None, home: str | None = None) -> AirflowClient:
-    """A client for the configured server; the password is looked up when the first request is sent."""
-    from mlflowctl.api.airflow import AirflowClient
-    from mlflowctl.config import load_config
-
-    config = load_config({"airflow_url": url, "airflow_user": user, "home": home})
-    return AirflowClient(config.api_url, config.airflow_user, lambda: _password(config), home=config.home, warn=_warn)
-
-
-# -- output helpers -----------------------------------------------------------------------
-
-
-def _out():
-    from mlflowctl.render.console import stdout
-
-    return stdout()
-
-
-def _print_json(data) -> None:
+def _print_json(app: App, data) -> None:
     import json
 
-    typer.echo(json.dumps(data, indent=2, default=str))
+    app.echo(json.dumps(data, indent=2, default=str))
 
 
-def _print_lines(lines, *, indent: str = "") -> None:
-    for line in lines:
-        typer.echo(f"{indent}{line}")
-
-
-def _note(message: str) -> None:
-    from mlflowctl.render.console import stderr
-
-    stderr().print(message, markup=False, highlight=False, soft_wrap=True)
-
-
-def _interrupted(what: str) -> typer.Exit:
-    _note(f"stopped watching; {what} goes on in Airflow")
+def _interrupted(app: App, what: str) -> typer.Exit:
+    app.say(f"stopped watching; {what} goes on in Airflow")
     return typer.Exit(130)
 
 
 # -- dags, pause, unpause -----------------------------------------------------------------
 
 
-def dags(as_json: Json = False, url: Url = None, user: User = None, home: Home = None) -> None:
+def dags(ctx: typer.Context, as_json: Json = False, url: Url = None, user: User = None, home: Home = None) -> None:
     """List the DAGs: paused state, schedule, last run and its state, import errors."""
     from mlflowctl import runs as service
     from mlflowctl.render import runs as render
 
-    with connect(url, user, home) as client:
+    app: App = ctx.obj
+    with connect(app, url, user, home) as client:
         overview = service.dags_overview(client)
     if as_json:
-        _print_json(render.dags_json(overview))
+        _print_json(app, render.dags_json(overview))
         return
-    _out().print(render.dags_table(overview))
+    app.out.print(render.dags_table(overview))
     if overview.import_errors:
-        _out().print(render.import_errors_table(overview))
+        app.out.print(render.import_errors_table(overview))
 
 
-def _set_paused(dag_id: str, paused: bool, as_json: bool, url, user, home) -> None:
+def _set_paused(app: App, dag_id: str, paused: bool, as_json: bool, url, user, home) -> None:
     from mlflowctl.render.runs import jsonable
 
-    with connect(url, user, home) as client:
+    with connect(app, url, user, home) as client:
         dag = client.set_paused(dag_id, paused)
     if as_json:
-        _print_json(jsonable(dag))
+        _print_json(app, jsonable(dag))
     else:
-        typer.echo(f"DAG {dag.dag_id} is {'paused' if dag.is_paused else 'unpaused'}")
+        app.echo(f"DAG {dag.dag_id} is {'paused' if dag.is_paused else 'unpaused'}")
 
 
-def pause(dag_id: DagId, as_json: Json = False, url: Url = None, user: User = None, home: Home = None) -> None:
+def pause(
+    ctx: typer.Context, dag_id: DagId, as_json: Json = False, url: Url = None, user: User = None, home: Home = None
+) -> None:
     """Pause a DAG: the scheduler creates no new runs of it."""
-    _set_paused(dag_id, True, as_json, url, user, home)
+    _set_paused(ctx.obj, dag_id, True, as_json, url, user, home)
 
 
-def unpause(dag_id: DagId, as_json: Json = False, url: Url = None, user: User = None, home: Home = None) -> None:
+def unpause(
+    ctx: typer.Context, dag_id: DagId, as_json: Json = False, url: Url = None, user: User = None, home: Home = None
+) -> None:
     """Unpause a DAG (a scheduled DAG may start its latest due run at once)."""
-    _set_paused(dag_id, False, as_json, url, user, home)
+    _set_paused(ctx.obj, dag_id, False, as_json, url, user, home)
 
 
 # -- trigger ------------------------------------------------------------------------------
 
 
 def trigger(
+    ctx: typer.Context,
     dag_id: DagId,
     conf: Annotated[
         Optional[str], typer.Option("--conf", help="Run conf as a JSON object, or @file.json.", show_default=False)
@@ -154,28 +114,29 @@ def trigger(
     from mlflowctl import runs as service
     from mlflowctl.render import runs as render
 
+    app: App = ctx.obj
     payload = service.parse_conf(conf)  # bad JSON is refused before anything is sent
     if junit:
         _check_writable(junit, "--junit")
-    with connect(url, user, home) as client:
+    with connect(app, url, user, home) as client:
         run, unpaused = service.trigger(client, dag_id, payload, unpause=unpause)
         if unpaused is not None:
-            _note(
+            app.say(
                 f"unpaused {dag_id}"
                 + (f"; its schedule ({unpaused.schedule}) may start a scheduled run now too" if unpaused.schedule else "")
             )
         if not (wait or junit):
             if as_json:
-                _print_json(render.jsonable(run))
+                _print_json(app, render.jsonable(run))
             else:
-                typer.echo(run.run_id)
+                app.echo(run.run_id)
             return
         if not as_json:
-            typer.echo(f"triggered {dag_id} run {run.run_id}")
+            app.echo(f"triggered {dag_id} run {run.run_id}")
         try:
-            snapshot = _watch(client, service.watch_run(client, dag_id, run.run_id, timeout=timeout), live=not as_json)
+            snapshot = _watch(app, service.watch_run(client, dag_id, run.run_id, timeout=timeout), live=not as_json)
         except KeyboardInterrupt:
-            raise _interrupted(f"run {run.run_id}") from None
+            raise _interrupted(app, f"run {run.run_id}") from None
         except service.RunWaitTimedOut as late:
             if junit:  # CI still gets a report: the tasks that had not finished are marked so
                 from mlflowctl.junit import write_junit
@@ -188,11 +149,12 @@ def trigger(
 
         write_junit(junit, snapshot, failed)
     if as_json:
-        _print_json(render.run_json(snapshot, failed))
+        _print_json(app, render.run_json(snapshot, failed))
     else:
         for failure in failed:
-            typer.echo(f"\ntask {failure.task.task_id} failed (try {failure.task.try_number}); end of its log:")
-            _print_lines(failure.log_tail, indent="  ")
+            app.echo(f"\ntask {failure.task.task_id} failed (try {failure.task.try_number}); end of its log:")
+            for line in failure.log_tail:
+                app.echo(f"  {line}")
     if snapshot.run.state != "success":
         names = ", ".join(f.task.task_id for f in failed) or "no task failed"
         raise RunFailedError(
@@ -211,20 +173,20 @@ def _check_writable(path: Path, flag: str) -> None:
         raise UsageError(f"{flag} {path}: not a writable file")
 
 
-def _watch(client, snapshots, *, live: bool):
+def _watch(app: App, snapshots, *, live: bool):
     """Drain a watch_run generator, redrawing the tasks table when `live`; the last snapshot."""
     from rich.live import Live
 
     from mlflowctl.render.runs import run_table
 
     last = None
-    if not (live and _out().is_terminal):
+    if not (live and app.out.is_terminal):
         for last in snapshots:
             pass
         if live:
-            _out().print(run_table(last))
+            app.out.print(run_table(last))
         return last
-    with Live(console=_out(), auto_refresh=False) as screen:
+    with Live(console=app.out, auto_refresh=False) as screen:
         for last in snapshots:
             screen.update(run_table(last), refresh=True)
     return last
@@ -234,6 +196,7 @@ def _watch(client, snapshots, *, live: bool):
 
 
 def backfill(
+    ctx: typer.Context,
     dag_id: DagId,
     start_date: Annotated[str, typer.Option("--start-date", help="First logical date, YYYY-MM-DD or ISO 8601 (UTC if no zone).", show_default=False)],
     end_date: Annotated[str, typer.Option("--end-date", help="Last logical date (inclusive).", show_default=False)],
@@ -253,35 +216,37 @@ def backfill(
     from mlflowctl import runs as service
     from mlflowctl.render import runs as render
 
+    app: App = ctx.obj
     if reprocess not in service.REPROCESS:
         raise UsageError(f"--reprocess {reprocess!r}: use one of {', '.join(service.REPROCESS)}")
     if max_active_runs < 1:
         raise UsageError(f"--max-active-runs must be at least 1, not {max_active_runs}")
     start, end = service.backfill_range(start_date, end_date)
-    with connect(url, user, home) as client:
+    with connect(app, url, user, home) as client:
         plan = service.plan_backfill(client, dag_id, start, end, reprocess=reprocess, max_active_runs=max_active_runs)
         service.require_dates(plan)
         if dry_run:
             if as_json:
-                _print_json(render.backfill_plan_json(plan))
+                _print_json(app, render.backfill_plan_json(plan))
             else:
-                _out().print(render.backfill_plan_table(plan))
+                app.out.print(render.backfill_plan_table(plan))
             return
         created = service.start_backfill(client, plan)
         if not as_json:
-            typer.echo(f"backfill {created.id} of {dag_id} created: {len(plan.dates)} runs")
+            app.echo(f"backfill {created.id} of {dag_id} created: {len(plan.dates)} runs")
         if not wait:
             if as_json:
-                _print_json({"backfill": render.jsonable(created), **render.backfill_plan_json(plan)})
+                _print_json(app, {"backfill": render.jsonable(created), **render.backfill_plan_json(plan)})
             return
         try:
-            progress = _watch_backfill(service.watch_backfill(client, plan, timeout=timeout), len(plan.dates), live=not as_json)
+            snapshots = service.watch_backfill(client, plan, timeout=timeout)
+            progress = _watch_backfill(app, snapshots, len(plan.dates), live=not as_json)
         except KeyboardInterrupt:
-            raise _interrupted(f"backfill {created.id}") from None
+            raise _interrupted(app, f"backfill {created.id}") from None
     if as_json:
-        _print_json({"backfill": render.jsonable(created), "runs": render.jsonable(progress.runs), "total": progress.total})
+        _print_json(app, {"backfill": render.jsonable(created), "runs": render.jsonable(progress.runs), "total": progress.total})
     else:
-        _out().print(render.backfill_summary_table(progress))
+        app.out.print(render.backfill_summary_table(progress))
     if progress.failed:
         raise RunFailedError(
             f"backfill {created.id} of DAG {dag_id}: {len(progress.failed)} of {progress.total} runs failed",
@@ -289,7 +254,7 @@ def backfill(
         )
 
 
-def _watch_backfill(snapshots, total: int, *, live: bool):
+def _watch_backfill(app: App, snapshots, total: int, *, live: bool):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     last = None
@@ -298,7 +263,7 @@ def _watch_backfill(snapshots, total: int, *, live: bool):
             pass
         return last
     columns = (TextColumn("runs ended"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=_out()) as bar:
+    with Progress(*columns, console=app.out) as bar:
         task = bar.add_task("backfill", total=total)
         for last in snapshots:
             bar.update(task, completed=last.finished)
@@ -309,22 +274,29 @@ def _watch_backfill(snapshots, total: int, *, live: bool):
 
 
 def show_dag_status(
-    dag_id: str, *, url: str | None = None, user: str | None = None, as_json: bool = False, home: str | None = None
+    app: App,
+    dag_id: str,
+    *,
+    url: str | None = None,
+    user: str | None = None,
+    as_json: bool = False,
+    home: str | None = None,
 ) -> None:
     """`mlwf status DAG`: recent runs (state, start, duration) and the latest run's task durations."""
     from mlflowctl import runs as service
     from mlflowctl.render import runs as render
 
-    with connect(url, user, home) as client:
+    with connect(app, url, user, home) as client:
         status = service.dag_status(client, dag_id)
     if as_json:
-        _print_json(render.dag_status_json(status))
+        _print_json(app, render.dag_status_json(status))
         return
     for table in render.dag_status_tables(status):
-        _out().print(table)
+        app.out.print(table)
 
 
 def show_task_logs(
+    app: App,
     dag_id: str,
     task_id: str,
     *,
@@ -339,12 +311,13 @@ def show_task_logs(
     from mlflowctl import runs as service
     from mlflowctl.render.runs import log_text
 
-    with connect(url, user, home) as client:
+    with connect(app, url, user, home) as client:
         target = service.log_target(client, dag_id, task_id, run=run, try_number=try_number)
-        _note(f"# {dag_id} / {target.run.run_id} / {task_id} try {target.try_number} ({target.task.state})")
+        app.say(f"# {dag_id} / {target.run.run_id} / {task_id} try {target.try_number} ({target.task.state})")
         try:
             for records in service.follow_log(client, target, follow=follow):
-                _print_lines(log_text(records))
+                for line in log_text(records):
+                    app.echo(line)
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
         except BrokenPipeError:  # `mlwf logs DAG TASK | head`

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Optional
 
 import typer
 
+from mlflowctl.cli.context import App
 from mlflowctl.cli.options import Home, Json
-from mlflowctl.errors import UnhealthyError, UsageError
+from mlflowctl.errors import NotAvailableError, UnhealthyError, UsageError
 
 
 def scale(
+    ctx: typer.Context,
     what: Annotated[str, typer.Argument(help="What to scale: workers.")],
     count: Annotated[int, typer.Argument(help="How many there should be (at least 1).")],
     backend: Annotated[
@@ -22,40 +23,44 @@ def scale(
     as_json: Json = False,
 ) -> None:
     """Add or remove Celery workers of the running stack; removed workers finish their running tasks first."""
-    from mlflowctl.cli.stack import _backend, _config, _print_notes, holding_state
-    from mlflowctl.render.console import stderr, stdout
-    from mlflowctl.render.stack import services_table, status_json
+    from mlflowctl.backends.base import ProgressKind
+    from mlflowctl.cli.stack import holding_state, stack_result
+    from mlflowctl.config import MAX_WORKERS
 
     if what != "workers":
         raise UsageError(f"cannot scale {what!r}: only `mlwf scale workers N`")
     if count < 1:
         raise UsageError("workers must be at least 1 (`mlwf down` stops the stack)")
-    from mlflowctl.config import MAX_WORKERS
-
     if count > MAX_WORKERS:
         raise UsageError(f"{count} workers is more than one machine runs (at most {MAX_WORKERS}); nothing was started")
-    config = _config(backend=backend, home=home)
-    chosen = _backend(config)
-    console = stderr()
+    app: App = ctx.obj
+    config = app.config(backend=backend, home=home)
+    chosen = app.backend(config)
 
-    def progress(message: str, services) -> None:
-        if not services or message.startswith(("warm", "all healthy")):
-            console.print(message, markup=False, highlight=False)
+    def progress(message: str, services, kind=None) -> None:
+        if ProgressKind.of(services, kind) is not ProgressKind.WAITING:
+            app.say(message)
 
-    with holding_state(config, f"mlwf scale workers {count}", create=False):
-        if hasattr(chosen, "scale"):
-            status = chosen.scale(count, progress=progress, timeout=timeout)
-        else:  # the local backend: its celery plugin does it
-            from mlflowctl.backends.celery_local import scale as scale_local
-
-            status = scale_local(chosen, count, progress=progress, timeout=timeout)
-    if as_json:
-        print(json.dumps(status_json(status, None), indent=2))
-    else:
-        _print_notes(status.notes)
-        stdout().print(services_table(status.services, backend=status.backend))
+    with holding_state(app, config, f"mlwf scale workers {count}", create=False):
+        status = _scaler(chosen)(count, progress=progress, timeout=timeout)
+    stack_result(app, status, as_json=as_json)
     if not status.healthy:
         raise UnhealthyError("scaled, but not every service is healthy")
+
+
+def _scaler(backend):
+    """The backend's `scale`; the local backend's is its celery executor's. Others cannot scale."""
+    from mlflowctl.backends.base import Scaling
+
+    if isinstance(backend, Scaling):
+        return backend.scale
+    if backend.name == "local":  # until the local backend implements Scaling itself
+        from functools import partial
+
+        from mlflowctl.backends.celery_local import scale
+
+        return partial(scale, backend)
+    raise NotAvailableError(f"the {backend.name} backend cannot scale workers")
 
 
 COMMANDS = {"scale": scale}

@@ -1,7 +1,7 @@
 """Stack lifecycle commands: up, down, status, logs, config.
 
-Each command loads the effective config, picks the backend (saying which), calls one
-backend method and renders its dataclasses. `status DAG` and `logs DAG TASK` hand over
+Each command takes the App (cli/context.py), loads the effective config, picks the backend
+(saying which), calls one backend method and renders its dataclasses. `status DAG` and `logs DAG TASK` hand over
 to the API commands in `mlflowctl.cli.runs`.
 """
 
@@ -14,33 +14,18 @@ from typing import Annotated, List, Optional
 
 import typer
 
+from mlflowctl.cli.context import App
 from mlflowctl.cli.options import Home, Json, Url, User
-from mlflowctl.errors import NotAvailableError, StackDownError, UnhealthyError, UsageError
+from mlflowctl.errors import StackDownError, UnhealthyError, UsageError
 
+DAGS_TIMEOUT_S = 5.0  # `status`: the DAGs table is a glance, not worth a long wait
 Backend = Annotated[
     Optional[str], typer.Option("--backend", help="auto, local or docker (env MLWF_BACKEND).")
 ]
 
 
-def _config(**overrides):
-    from mlflowctl.config import load_config
-
-    return load_config(overrides)
-
-
-def _backend(config, *, announce: bool = True):
-    from mlflowctl.backends.choose import make_backend
-    from mlflowctl.render.console import stderr
-
-    backend, why = make_backend(config)
-    if announce:
-        stderr().print(why, style="dim", markup=False, highlight=False)
-    return backend
-
-
-def holding_state(config, command: str, *, create: bool = True):
+def holding_state(app: App, config, command: str, *, create: bool = True):
     """The state directory's lock for a command that changes the stack (up, down, scale)."""
-    from mlflowctl.render.console import stderr
     from mlflowctl.state import locked
 
     return locked(
@@ -48,19 +33,29 @@ def holding_state(config, command: str, *, create: bool = True):
         config.project_root,
         command=command,
         wait=config.lock_wait,
-        on_wait=lambda message: stderr().print(message, markup=False, highlight=False),
+        on_wait=app.say,
         create=create,
     )
 
 
-def _print_notes(notes: list[str]) -> None:
-    from mlflowctl.render.console import stderr
-
+def print_notes(app: App, notes: list[str]) -> None:
     for note in notes:
-        stderr().print(note, markup=False, highlight=False)
+        app.say(note)
+
+
+def stack_result(app: App, status, *, as_json: bool) -> None:
+    """What `up` and `scale` print when done: the notes and the services table, or the JSON."""
+    from mlflowctl.render.stack import services_table, status_json
+
+    if as_json:
+        app.echo(json.dumps(status_json(status, None), indent=2))
+        return
+    print_notes(app, status.notes)
+    app.out.print(services_table(status.services, backend=status.backend))
 
 
 def up(
+    ctx: typer.Context,
     exclude: Annotated[
         Optional[List[str]],
         typer.Option("--exclude", help="Skip an optional service group or a service (repeatable), e.g. monitoring."),
@@ -82,27 +77,27 @@ def up(
     from rich.live import Live
     from rich.text import Text
 
-    from mlflowctl.backends.base import StartFailed
+    from mlflowctl.backends.base import ProgressKind, StartFailed
     from mlflowctl.backends.choose import record_backend
-    from mlflowctl.render.console import stderr, stdout
-    from mlflowctl.render.stack import services_table, status_json
+    from mlflowctl.render.stack import services_table
 
-    config = _config(backend=backend, home=home, executor=executor, workers=workers)
-    chosen = _backend(config)
-    console = stderr()
+    app: App = ctx.obj
+    config = app.config(backend=backend, home=home, executor=executor, workers=workers)
+    chosen = app.backend(config)
+    console = app.err
     live = Live(console=console, transient=True, refresh_per_second=8) if console.is_terminal else None
 
-    def progress(message: str, services) -> None:
+    def progress(message: str, services, kind=None) -> None:
         if live is not None:
             parts = [Text(message, style="bold")]
             if services:
                 parts.append(services_table(services, backend=chosen.name, title="starting"))
             live.update(Group(*parts))
-        elif not services or message.startswith(("migrating", "runtime", "creating")):
-            console.print(message, markup=False, highlight=False)
+        elif ProgressKind.of(services, kind) is ProgressKind.STEP:
+            app.say(message)
 
     try:
-        with holding_state(config, "mlwf up"):
+        with holding_state(app, config, "mlwf up"):
             if live is not None:
                 live.start()
             status = chosen.up(exclude=frozenset(exclude or ()), progress=progress, timeout=timeout)
@@ -113,17 +108,14 @@ def up(
         if failure.log_tail:  # a migration that waits on a lock writes nothing
             console.print(f"last lines of {failure.service}'s log:", style="bold red", markup=False)
         for line in failure.log_tail:
-            console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+            app.say(f"  {line}")
         raise
     finally:
         if live is not None:
             live.stop()
-    if as_json:
-        print(json.dumps(status_json(status, None), indent=2))
-    else:
-        _print_notes(status.notes)
-        stdout().print(services_table(status.services, backend=chosen.name))
-        stdout().print(
+    stack_result(app, status, as_json=as_json)
+    if not as_json:
+        app.out.print(
             f"Airflow UI: {config.api_url}  user: {config.airflow_user}  password: kept in "
             f"{config.home_dir / 'secrets.json'} (show it with `mlwf config --show-password`)",
             markup=False,
@@ -135,6 +127,7 @@ def up(
 
 
 def down(
+    ctx: typer.Context,
     volumes: Annotated[
         bool, typer.Option("--volumes", help="Also delete the state directory: database, logs, data, secrets.")
     ] = False,
@@ -143,7 +136,8 @@ def down(
     home: Home = None,
 ) -> None:
     """Stop every service (TERM, TERM again, then KILL); data is kept unless --volumes."""
-    config = _config(backend=backend, home=home)
+    app: App = ctx.obj
+    config = app.config(backend=backend, home=home)
     if volumes:
         from mlflowctl.state import check_removable
 
@@ -153,15 +147,14 @@ def down(
             raise UsageError("--volumes deletes all state and data; confirm with --yes when not interactive")
         if not typer.confirm(f"Delete {config.home} (metadata database, logs, pipeline data, secrets)?"):
             raise UsageError("nothing deleted")
-    with holding_state(config, "mlwf down", create=False):
-        status = _backend(config).down(volumes=volumes)
-    _print_notes(status.notes)
-    from mlflowctl.render.console import stdout
-
-    stdout().print("stack stopped", markup=False)
+    with holding_state(app, config, "mlwf down", create=False):
+        status = app.backend(config).down(volumes=volumes)
+    print_notes(app, status.notes)
+    app.out.print("stack stopped", markup=False)
 
 
 def status(
+    ctx: typer.Context,
     dag: Annotated[Optional[str], typer.Argument(help="A DAG: its recent runs and task durations.")] = None,
     as_json: Json = False,
     backend: Backend = None,
@@ -170,37 +163,36 @@ def status(
     user: User = None,
 ) -> None:
     """Services (state, pid, uptime, port) and DAGs (paused, last run, next run); exit 0 only when healthy."""
+    app: App = ctx.obj
     if dag is not None:
-        try:
-            from mlflowctl.cli.runs import show_dag_status  # type: ignore[attr-defined]
-        except ImportError:
-            raise NotAvailableError("`mlwf status DAG` is not available in this mlwf version") from None
-        return show_dag_status(dag, url=url, user=user, as_json=as_json, home=home)
+        from mlflowctl.cli.runs import show_dag_status
 
-    from mlflowctl.render.console import stdout
-    from mlflowctl.render.stack import dags_table, services_table, status_json
+        return show_dag_status(app, dag, url=url, user=user, as_json=as_json, home=home)
 
-    from concurrent.futures import ThreadPoolExecutor
+    from mlflowctl import runs, status as service
+    from mlflowctl.render.runs import dags_table
+    from mlflowctl.render.stack import services_table, status_json
 
     # As in `mlwf health`: httpcore's optional trio import costs ~80 ms CPU and is never used here.
     sys.modules.setdefault("trio", None)  # type: ignore[arg-type]
-    config = _config(backend=backend, home=home, airflow_url=url, airflow_user=user)
-    chosen = _backend(config, announce=False)
-    with ThreadPoolExecutor(max_workers=2) as pool:  # the DAGs table does not wait for the probes
-        dags_future = pool.submit(_dags, config)
-        stack = chosen.status()
-        dags, dags_error = dags_future.result()
-    if not any(s.name == "api-server" and s.state == "healthy" for s in stack.services):
-        dags, dags_error = None, None
+    config = app.config(backend=backend, home=home, airflow_url=url, airflow_user=user)
+
+    def fetch_dags():
+        # Never a prompt (status is for scripts too), and no retries: an api-server that is down
+        # shows in the services table, which must not wait for it.
+        with app.client(config, interactive=False, timeout=DAGS_TIMEOUT_S, retry_for=0.0) as client:
+            return runs.dags_overview(client)
+
+    found = service.overview(app.backend(config, announce=False), fetch_dags)
+    stack = found.stack
     if as_json:
-        print(json.dumps(status_json(stack, dags, dags_error), indent=2))
+        app.echo(json.dumps(status_json(stack, found.dags, found.dags_error), indent=2))
     else:
-        console = stdout()
-        console.print(services_table(stack.services, backend=stack.backend))
-        if dags is not None:
-            console.print(dags_table(dags))
-        elif dags_error:
-            console.print(f"DAGs: {dags_error}", markup=False)
+        app.out.print(services_table(stack.services, backend=stack.backend))
+        if found.dags is not None:
+            app.out.print(dags_table(found.dags, title="DAGs"))
+        elif found.dags_error:
+            app.out.print(f"DAGs: {found.dags_error}", markup=False)
     if not stack.running:
         raise StackDownError("the stack is not running", hint="start it with `mlwf up`")
     if not stack.healthy:
@@ -208,23 +200,8 @@ def status(
         raise UnhealthyError(f"not every service is healthy: {', '.join(bad)}", hint="`mlwf up` restarts stopped services")
 
 
-def _dags(config):
-    from mlflowctl.backends.overview import dag_overview
-    from mlflowctl.cli.runs import _warn
-    from mlflowctl.credentials import known_password, no_password
-    from mlflowctl.errors import MlwfError
-
-    password = known_password(config)
-    if not password:
-        error = no_password(config)
-        return None, f"{error} ({error.hint})"
-    try:
-        return dag_overview(config.api_url, config.airflow_user, password, home=config.home_dir, warn=_warn), None
-    except MlwfError as exc:
-        return None, str(exc)
-
-
 def logs(
+    ctx: typer.Context,
     service: Annotated[
         Optional[str], typer.Argument(help="A service (api-server, scheduler, ...), or a DAG when TASK follows.")
     ] = None,
@@ -239,24 +216,20 @@ def logs(
     user: User = None,
 ) -> None:
     """A service's log, or all services' logs interleaved; `logs DAG TASK` shows a task's log."""
+    app: App = ctx.obj
     if tail < 0:
         raise UsageError("--tail must be 0 or more")
     if task is not None:
-        try:
-            from mlflowctl.cli.runs import show_task_logs  # type: ignore[attr-defined]
-        except ImportError:
-            raise NotAvailableError("`mlwf logs DAG TASK` is not available in this mlwf version") from None
+        from mlflowctl.cli.runs import show_task_logs
+
         return show_task_logs(
-            service, task, run=run, try_number=try_number, follow=follow, url=url, user=user, home=home
+            app, service, task, run=run, try_number=try_number, follow=follow, url=url, user=user, home=home
         )
-    config = _config(backend=backend, home=home)
-    lines = _backend(config, announce=False).logs(service, tail=tail, follow=follow)
-    out = sys.stdout
+    config = app.config(backend=backend, home=home)
+    lines = app.backend(config, announce=False).logs(service, tail=tail, follow=follow)
     try:
         for line in lines:
-            out.write(line + "\n")
-            if follow:
-                out.flush()
+            app.echo(line)
     except KeyboardInterrupt:
         pass
     except BrokenPipeError:  # `mlwf logs | head`
@@ -264,6 +237,7 @@ def logs(
 
 
 def config(
+    ctx: typer.Context,
     as_json: Json = False,
     home: Home = None,
     show_password: Annotated[
@@ -271,18 +245,14 @@ def config(
     ] = False,
 ) -> None:
     """The effective configuration and where each value came from (secrets masked)."""
-    from mlflowctl.render.console import stdout
     from mlflowctl.render.stack import config_table, mask
 
-    settings = _config(home=home)
+    app: App = ctx.obj
+    settings = app.config(home=home)
     if show_password:
-        from mlflowctl.errors import NotFoundError
-        from mlflowctl.secrets import read_admin_password
+        from mlflowctl.ui import password
 
-        password = read_admin_password(settings.home_dir)
-        if password is None:
-            raise NotFoundError(f"no generated password in {settings.home}: run `mlwf up` first")
-        print(password)
+        app.echo(password(settings, "airflow"))
         return
     items = settings.items()
     if as_json:
@@ -290,11 +260,10 @@ def config(
             name: {"value": mask(value) if secret else value, "source": source} for name, value, source, secret in items
         }
         data["project_root"] = {"value": str(settings.project_root), "source": "found"}
-        print(json.dumps(data, indent=2))
+        app.echo(json.dumps(data, indent=2))
         return
-    console = stdout()
-    console.print(f"project: {settings.project_root}", markup=False, highlight=False)
-    console.print(config_table(items))
+    app.out.print(f"project: {settings.project_root}", markup=False, highlight=False)
+    app.out.print(config_table(items))
 
 
 COMMANDS = {"up": up, "down": down, "status": status, "logs": logs, "config": config}

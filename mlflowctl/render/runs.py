@@ -126,7 +126,8 @@ def log_text(records: Iterable[LogRecord]) -> list[str]:
     return lines
 
 
-def dags_table(overview: DagsOverview) -> Table:
+def dags_table(overview: DagsOverview, *, title: str | None = None):
+    """The one DAG table: `mlwf dags`, and `mlwf status` under the services."""
     table = Table()
     for column in ("dag", "paused", "schedule", "last run", "state", "next run", "tags"):
         table.add_column(column)
@@ -141,7 +142,7 @@ def dags_table(overview: DagsOverview) -> Table:
             when(dag.next_run),
             ", ".join(dag.tags) or "-",
         )
-    return table
+    return titled(title, table)
 
 
 def import_errors_table(overview: DagsOverview):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 from rich.text import Text
@@ -11,8 +12,10 @@ from rich.text import Text
 from mlflowctl.backends.base import ServiceStatus, StackStatus
 from mlflowctl.render.durations import duration
 
+if TYPE_CHECKING:
+    from mlflowctl.runs import DagRow, DagsOverview
+
 STATE_STYLES = {"healthy": "green", "starting": "yellow", "unhealthy": "red", "stopped": "dim"}
-RUN_STYLES = {"success": "green", "failed": "red", "running": "yellow", "queued": "cyan"}
 
 
 def services_table(services: list[ServiceStatus], *, backend: str, title: str | None = None) -> Table:
@@ -32,41 +35,38 @@ def services_table(services: list[ServiceStatus], *, backend: str, title: str | 
     return table
 
 
-def dags_table(dags: list) -> Table:
-    table = Table(title="DAGs", title_justify="left")
-    for column in ("dag", "paused", "schedule", "last run", "state", "next run"):
-        table.add_column(column, overflow="fold")
-    for dag in dags:
-        table.add_row(
-            dag.dag_id,
-            "yes" if dag.paused else "no",
-            dag.schedule or "-",
-            _short_time(dag.last_run_start) if dag.last_run_id else "-",
-            Text(dag.last_run_state or "-", style=RUN_STYLES.get(dag.last_run_state or "", "")),
-            _short_time(dag.next_run),
-        )
-    return table
-
-
-def _short_time(value: str | None) -> str:
-    if not value:
-        return "-"
-    return value.replace("T", " ")[:19]
-
-
-def status_json(status: StackStatus, dags: list | None, dags_error: str | None = None) -> dict[str, Any]:
+def status_json(status: StackStatus, dags: DagsOverview | None, dags_error: str | None = None) -> dict[str, Any]:
     data: dict[str, Any] = {
         "backend": status.backend,
         "healthy": status.healthy,
         "running": status.running,
         "services": [asdict(service) for service in status.services],
-        "dags": [asdict(dag) for dag in dags] if dags is not None else None,
+        "dags": [_dag_json(row) for row in dags.dags] if dags is not None else None,
     }
     if dags_error:
         data["dags_error"] = dags_error
     if status.notes:
         data["notes"] = list(status.notes)
     return data
+
+
+def _dag_json(row: DagRow) -> dict[str, Any]:
+    """One DAG as `status --json` has always written it (`dags --json` writes the API's fields)."""
+    dag, last = row.dag, row.last_run
+    return {
+        "dag_id": dag.dag_id,
+        "paused": dag.is_paused,
+        "schedule": dag.schedule,
+        "last_run_id": last.run_id if last else None,
+        "last_run_state": last.state if last else None,
+        "last_run_start": _iso(last.start_date) if last else None,
+        "next_run": None if dag.is_paused else _iso(dag.next_run),
+        "import_errors": int(dag.has_import_errors),
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
 
 
 def config_table(items: list[tuple[str, Any, str, bool]]) -> Table:

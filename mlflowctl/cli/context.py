@@ -1,0 +1,128 @@
+"""What every command takes (`ctx.obj`): built once at the root, replaced whole by tests.
+
+It holds the consoles, the configuration (loaded from a command's flags), the backend
+factory and the Airflow client factory with its password resolver. A test passes its own
+`App(backends=..., transport=..., ask=...)` to `CliRunner().invoke(app, args, obj=...)`: a
+fake backend that satisfies `backends.base.Backend` and an `httpx.MockTransport` server.
+Nothing heavy is imported here: rich, httpx and the backends load when first used.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from mlflowctl.api.airflow import AirflowClient
+    from mlflowctl.backends.base import Backend
+    from mlflowctl.config import Config
+
+#: Builds the backend for a configuration: (backend, 'backend: NAME (why)').
+BackendFactory = Callable[["Config"], "tuple[Backend, str]"]
+
+
+def ask_on_terminal(prompt: str) -> str | None:
+    """A hidden prompt on stderr when stdin is a terminal; None when there is none or the user gave up."""
+    import typer
+
+    if not sys.stdin.isatty():
+        return None
+    try:
+        return typer.prompt(prompt, hide_input=True, err=True)
+    except typer.Abort:  # Ctrl-C or end of input at the prompt
+        return None
+
+
+def _chosen_backend(config: Config):
+    from mlflowctl.backends.choose import make_backend
+
+    return make_backend(config)
+
+
+class App:
+    def __init__(
+        self,
+        *,
+        backends: BackendFactory = _chosen_backend,
+        transport: Any = None,
+        ask: Callable[[str], str | None] | None = ask_on_terminal,
+        out: Console | None = None,
+        err: Console | None = None,
+    ) -> None:
+        self._backends = backends
+        self._transport = transport  # an httpx transport for every Airflow client; None: the network
+        self._ask = ask
+        self._out, self._err = out, err
+
+    # -- output: tables through rich, raw text (JSON, log lines) as it is --------------------
+
+    @functools.cached_property
+    def out(self) -> Console:
+        from rich.console import Console
+
+        return self._out or Console()
+
+    @functools.cached_property
+    def err(self) -> Console:
+        from rich.console import Console
+
+        return self._err or Console(stderr=True)
+
+    def echo(self, text: str) -> None:
+        """A line on stdout exactly as given (JSON, a URL, a log line): no markup, wrapping or cropping."""
+        self.out.file.write(text + "\n")
+        self.out.file.flush()
+
+    def say(self, text: str) -> None:
+        """A line for the user on stderr (stdout carries only the command's result)."""
+        self.err.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def warn(self, message: str) -> None:
+        self.say(f"warning: {message}")
+
+    # -- configuration, backend, Airflow client ---------------------------------------------
+
+    def config(self, **overrides) -> Config:
+        """The effective configuration: a command's flags (None: not given) over env and files."""
+        from mlflowctl.config import load_config
+
+        return load_config(overrides)
+
+    def backend(self, config: Config, *, announce: bool = True) -> Backend:
+        backend, why = self._backends(config)
+        if announce:
+            self.err.print(why, style="dim", markup=False, highlight=False)
+        return backend
+
+    def password(self, config: Config, *, interactive: bool = True) -> str:
+        """The password for config's server (see mlflowctl.credentials); asked for only when `interactive`."""
+        from mlflowctl.credentials import resolve_password
+
+        return resolve_password(config, self._ask if interactive else None)
+
+    def client(self, config: Config, *, interactive: bool = True, **options) -> AirflowClient:
+        """A client for config's server; the password is resolved when the first request is sent.
+        `options` go to AirflowClient (timeout, retry_for)."""
+        from mlflowctl.api.airflow import AirflowClient
+
+        return AirflowClient(
+            config.api_url,
+            config.airflow_user,
+            lambda: self.password(config, interactive=interactive),
+            home=config.home,
+            transport=self._transport,
+            warn=self.warn,
+            **options,
+        )
+
+
+def current() -> App:
+    """The App of the command being run (a command wrapped outside mlwf's root gets a default one)."""
+    import click
+
+    context = click.get_current_context(silent=True)
+    found = context.find_object(App) if context is not None else None
+    return found if found is not None else App()
