@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from mlflowctl.health import SECTIONS, HealthReport, Row
+from mlflowctl.render.durations import duration
 
 STATUS_STYLES = {
     "ok": "green",
@@ -44,19 +45,6 @@ def sparkline(values: Iterable[float | None] | None) -> str:
     return "".join(out)
 
 
-def seconds(value: float) -> str:
-    if value < 1:
-        return f"{value * 1000:.0f}ms"
-    if value < 60:
-        return f"{value:.1f}s"
-    value = int(round(value))
-    if value < 3600:
-        return f"{value // 60}m{value % 60:02d}s"
-    if value < 86400:
-        return f"{value // 3600}h{value % 3600 // 60:02d}m"
-    return f"{value // 86400}d{value % 86400 // 3600:02d}h"
-
-
 def value_text(row: Row) -> str:
     v = row.value
     if v is None:
@@ -64,7 +52,7 @@ def value_text(row: Row) -> str:
     if isinstance(v, str):
         return v
     if row.unit == "s":
-        return seconds(float(v))
+        return duration(float(v), millis=True)
     if row.unit == "ratio":
         return f"{float(v):.0%}"
     if row.unit == "/s":
