@@ -2,7 +2,8 @@
 
 The DAGs are fetched while the backend probes its services (neither waits for the other),
 and are shown only when the api-server is healthy. A DAG list that cannot be had is a line
-in the report, not a failure: the services are the command's answer.
+in the report, not a failure: the services are the command's answer (a damaged state file
+still is one).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from mlflowctl.errors import AuthError, MlwfError
+from mlflowctl.errors import AuthError, DamagedStateError, MlwfError
 
 if TYPE_CHECKING:
     from mlflowctl.backends.base import Backend, StackStatus
@@ -39,6 +40,8 @@ def overview(backend: Backend, fetch_dags: Callable[[], DagsOverview]) -> Overvi
 def _dags(fetch: Callable[[], DagsOverview]) -> tuple[DagsOverview | None, str | None]:
     try:
         return fetch(), None
+    except DamagedStateError:  # a damaged secrets.json is the user's to repair: `status` says so, as all do
+        raise
     except AuthError as exc:  # its hint says how to give the credentials: keep it
         return None, f"{exc} ({exc.hint})" if exc.hint else str(exc)
     except MlwfError as exc:

@@ -251,3 +251,14 @@ def test_scale_on_a_backend_that_can_shows_its_steps_and_the_services(project):
     assert "warm shutdown of worker-3 (running tasks finish first)" in result.stderr
     assert "all healthy" in result.stderr and "waiting for" not in result.stderr
     assert "api-server" in result.stdout
+
+
+def test_status_with_a_damaged_secrets_file_says_so(project):
+    from mlflowctl.errors import DamagedStateError
+    from mlflowctl.state import ensure_home
+
+    home = ensure_home(project / ".mlwf", project)
+    (home / "secrets.json").write_text('{"admin_pass')
+    result = mlwf(["status"], FakeBackend(services()), password=None)  # the stack's own URL: its password is read
+    assert result.exit_code == DamagedStateError.exit_code
+    assert "secrets.json is damaged" in result.stderr
