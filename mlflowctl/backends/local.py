@@ -46,7 +46,8 @@ EXCLUDE_FILE = "excluded.json"  # in run/: what the last `up` left out, so `stat
 __all__ = ["LocalBackend", "StartFailed", "LOG_TAIL_LINES"]
 LAUNCHER = Path(__file__).with_name("launcher.py")
 SPAWNER = "spawner"
-# Run launcher.py by path without putting its folder on sys.path (it would shadow `select`).
+# Run launcher.py by path without putting its folder on sys.path (its siblings, e.g. docker.py,
+# would shadow modules of those names).
 LAUNCH_CODE = "import runpy, sys; sys.path.pop(0); sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
 
 

@@ -1,8 +1,8 @@
 """Stack lifecycle commands: up, down, status, logs, config.
 
 Each command takes the App (cli/context.py), loads the effective config, picks the backend
-(saying which), calls one backend method and renders its dataclasses. `status DAG` and `logs DAG TASK` hand over
-to the API commands in `mlflowctl.cli.runs`.
+(saying which), calls one backend method and renders its dataclasses. `status DAG` and
+`logs DAG TASK` hand over to the API commands in `mlflowctl.cli.runs`.
 """
 
 from __future__ import annotations
