@@ -26,6 +26,7 @@ import pytest
 
 from mlflowctl.state import ensure_home
 
+from mlflowctl.backends.base import ProgressKind
 from mlflowctl.backends import compose
 from mlflowctl.backends.docker import ComposeFailed, DockerBackend
 from mlflowctl.config import load_config
@@ -289,9 +290,13 @@ def test_up_builds_a_missing_image_starts_and_waits_until_healthy(tmp_path, engi
     engine.healthy_after = 2
     backend = _backend(tmp_path, engine, bin_dir=docker_cli)
     reports: list[tuple[str, list]] = []
+    kinds: dict[str, ProgressKind] = {}
 
-    status = backend.up(progress=lambda message, services: reports.append((message, [s.state for s in services])),
-                        timeout=30)
+    def progress(message, services, kind=None):
+        reports.append((message, [s.state for s in services]))
+        kinds[message] = ProgressKind.of(services, kind)
+
+    status = backend.up(progress=progress, timeout=30)
 
     assert status.healthy and status.backend == "docker"
     assert [s.name for s in status.services] == list(backend.expected())
@@ -305,7 +310,9 @@ def test_up_builds_a_missing_image_starts_and_waits_until_healthy(tmp_path, engi
     messages = [m for m, _ in reports]
     assert messages[0].startswith("building mlwf-airflow:3.3.2-")
     assert any(m.startswith("waiting for ") and "starting" in states for m, states in reports)
-    assert messages[-1] == "all services healthy"
+    assert messages[-1] == "all services healthy" and kinds["all services healthy"] is ProgressKind.READY
+    assert kinds[messages[0]] is ProgressKind.STEP
+    assert {kinds[m] for m, states in reports if m.startswith("waiting for ")} == {ProgressKind.WAITING}
     for name in ("compose.env", "airflow.env"):
         assert (env_file.parent / name).stat().st_mode & 0o777 == 0o600
     assert any("secrets.json" in note for note in status.notes)
