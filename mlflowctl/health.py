@@ -42,6 +42,7 @@ from mlflowctl.errors import (
     UsageError,
 )
 from mlpipeline import monitoring as rules
+from mlpipeline import thresholds as limits
 
 if TYPE_CHECKING:  # both client modules import httpx
     from mlflowctl.api.airflow import AirflowClient
@@ -62,7 +63,7 @@ TREND_POINTS = 24
 MIN_WINDOW_S, MAX_WINDOW_S = 60.0, 90 * 86400.0
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _WINDOW_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-#: Model metrics judged against the promotion gate (mlpipeline.settings.DEFAULT_THRESHOLDS).
+#: Model metrics judged against the promotion gate (mlpipeline.thresholds.PROMOTION_MINIMUMS).
 MODEL_METRICS = ("accuracy", "f1", "roc_auc")
 
 
@@ -533,10 +534,10 @@ def _scheduler(got: _Gathered, report: HealthReport) -> list[Row]:
 def _executor(got: _Gathered) -> list[Row]:
     rows: list[Row] = []
     if got.workers is not None:
-        sev = rules.OK if got.workers > 0 else rules.CRITICAL
-        detail = f"{got.workers} live Celery worker(s)" + ("" if got.workers else ": queued tasks will wait")
+        sev = rules.OK if got.workers >= limits.CELERY_WORKERS_MIN else rules.CRITICAL
+        detail = f"{got.workers} live Celery worker(s)" + ("" if sev == rules.OK else ": queued tasks will wait")
         rows.append(Row("executor", "celery workers", sev, got.workers, detail=detail, source="stack",
-                        rule="celery_workers", threshold=1))
+                        rule="celery_workers", threshold=limits.CELERY_WORKERS_MIN))
     if got.prometheus != "ok":
         return [*rows, _unknown("executor", f"Prometheus: {got.prometheus}")]
     open_slots = _by(got.instant.get("open_slots"), "executor_class_name")
@@ -570,13 +571,11 @@ def _n(value: float | None) -> str:
 def _model_quality(got: _Gathered) -> list[Row]:
     if got.prometheus != "ok":
         return [_unknown("model_quality", f"Prometheus: {got.prometheus}")]
-    from mlpipeline.settings import DEFAULT_THRESHOLDS
-
     rows: list[Row] = []
     for (dag_id,), failures in sorted(_by(got.instant.get("validation_failures"), "dag_id").items()):
-        sev = rules.WARNING if failures > 0 else rules.OK
+        sev = rules.WARNING if failures > limits.VALIDATION_FAILURES_ALLOWED else rules.OK
         rows.append(Row("model_quality", f"{dag_id} validation", sev, failures, source="prometheus",
-                        rule="data_validation", threshold=0,
+                        rule="data_validation", threshold=limits.VALIDATION_FAILURES_ALLOWED,
                         detail=f"last validation: {failures:g} failed check(s)"))
     metrics = {m: _by(got.instant.get(f"model_{m}"), "dag_id", "version", "model_type") for m in MODEL_METRICS}
     promoted = _by(got.instant.get("model_promoted"), "dag_id", "version")
@@ -592,7 +591,7 @@ def _model_quality(got: _Gathered) -> list[Row]:
             value = metrics[metric].get((dag_id, version, model_type))
             if value is None:
                 continue
-            gate = DEFAULT_THRESHOLDS.get(metric)
+            gate = limits.PROMOTION_MINIMUMS.get(metric)
             sev = rules.WARNING if gate is not None and value < gate else rules.OK
             detail = f"{model_type} {version}: {metric} {value:.4f}"
             detail += f" {'under' if sev != rules.OK else 'at or above'} {gate:g}" if gate is not None else ""
