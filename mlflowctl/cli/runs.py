@@ -337,14 +337,13 @@ def show_task_logs(
 ) -> None:
     """`mlwf logs DAG TASK`: a task's log as text; `follow` keeps printing until the task ends."""
     from mlflowctl import runs as service
-    from mlflowctl.render.runs import log_text
 
     with connect(url, user, home) as client:
         target = service.log_target(client, dag_id, task_id, run=run, try_number=try_number)
         _note(f"# {dag_id} / {target.run.run_id} / {task_id} try {target.try_number} ({target.task.state})")
         try:
             for records in service.follow_log(client, target, follow=follow):
-                _print_lines(log_text(records))
+                _print_lines(service.log_text(records))
         except KeyboardInterrupt:
             raise typer.Exit(130) from None
         except BrokenPipeError:  # `mlwf logs DAG TASK | head`
