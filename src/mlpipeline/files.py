@@ -3,9 +3,10 @@ pipeline's stages and registry and for mlwf's own state files (``mlflowctl.state
 
 A writer fills a temporary file in the target's own directory, named
 ``.<name>.<pid>.<random>.tmp`` and created afresh (never through a planted symlink), fsyncs
-it, renames it over the target (``os.replace``) and fsyncs the directory. Readers only ever open the final names, so they see the old file or
-the new one, whole, even after a kill -9 or a power cut; a crash leaves at most a stray
-temporary file, which `remove_stale_temps` deletes once its writer is gone.
+it, renames it over the target (``os.replace``) and fsyncs the directory. Readers only ever
+open the final names, so they see the old file or the new one, whole, even after a kill -9
+or a power cut; a crash leaves at most a stray temporary file, which `remove_stale_temps`
+deletes once its writer is gone.
 Stdlib only: cheap to import anywhere, the CLI included.
 """
 
