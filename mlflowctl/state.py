@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from mlflowctl.errors import DamagedStateError, StateBusyError, UsageError
+from mlpipeline.files import atomic_write_bytes
 
 MARKER = ".mlwf-state"
 MARKER_TEXT = "This directory was created by mlwf; `mlwf down --volumes` may delete it.\n"
@@ -212,21 +213,8 @@ def read_json(path: Path, *, expect: type = dict, fix: str) -> object | None:
 
 
 def write_durably(path: Path, text: str, *, mode: int = 0o600) -> None:
-    """Replace `path` atomically with `text`, fsynced with its directory: a crash leaves old or new, never half."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-    try:
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    """Replace `path` atomically with `text`, fsynced with its directory: a crash leaves old or new, never half.
+
+    State files are private (0600) unless `mode` says otherwise; the write is `mlpipeline.files`'s.
+    """
+    atomic_write_bytes(path, text.encode(), mode=mode)
