@@ -150,6 +150,39 @@ def read_until(master: int, wanted: bytes, deadline: float) -> bytes:
 
 
 @dataclass
+class Prompted:
+    returncode: int
+    stdout: str
+    shown: bytes  # all the terminal showed, prompt included
+    prompt: bytes
+
+
+def answer_prompt(argv: list[str], *, prompt: str, typed: bytes, env: dict, cwd, timeout: float = 120) -> Prompted:
+    """Run `argv` with a pseudo-terminal as stdin/stderr, wait for `prompt` and type `typed`.
+
+    The prompt's last byte comes after echo is off and type-ahead flushed, so typing only
+    after it is seen is what a person does; every wait is bounded."""
+    master, slave = os.openpty()
+    process = subprocess.Popen(
+        argv, stdin=slave, stdout=subprocess.PIPE, stderr=slave, env=env, cwd=cwd, start_new_session=True
+    )
+    os.close(slave)
+    try:
+        wanted = prompt.encode()
+        shown = read_until(master, wanted, time.monotonic() + 60)
+        assert wanted in shown, shown
+        os.write(master, typed)
+        out, _ = process.communicate(timeout=timeout)
+        shown += read_until(master, b"\0never", time.monotonic() + 5)  # the rest it showed
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(master)
+    return Prompted(process.returncode, out.decode(), shown, wanted)
+
+
+@dataclass
 class Stack:
     """A project copy with its own mlwf.toml, state directory and ports."""
 
