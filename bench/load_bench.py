@@ -51,7 +51,7 @@ from stack_bench import (  # noqa: E402  (the helpers of the lifecycle benchmark
 
 DAG = "mlwf_burst"
 HEALTH_KEYS = ("metadatabase", "scheduler", "triggerer", "dag_processor")
-RUNS_END_WITHIN_S = 1800
+RUNS_END_WITHIN_S = 900  # a stack whose scheduler died never ends its runs: the burst reports None
 IDLE_SETTLE_S = 20
 
 
@@ -314,6 +314,7 @@ def main() -> None:
             projects.append((sqlite_project, sqlite_env))
             results["sqlite"] = up_and_idle(sqlite_project, sqlite_env, args.rounds)
             subprocess.run([MLWF, "down"], cwd=sqlite_project, env=sqlite_env, capture_output=True)
+            print(json.dumps({"postgres": results["postgres"], "sqlite": results["sqlite"]}), flush=True)
         subprocess.run([MLWF, "up"], cwd=project, env=env, check=True, capture_output=True)
         if "burst" not in args.skip:
             results["mlwf_burst"] = mlwf_burst(project, env, ports, args)
