@@ -65,15 +65,27 @@ def stack_sessions(home: Path) -> set[int]:
     return sessions
 
 
+def postgres_data(home: Path) -> str | None:
+    """The stack's PostgreSQL data folder, from its record (it may live outside the home)."""
+    try:
+        base = json.loads((home / "executor.json").read_text()).get("postgres_dir")
+    except (OSError, ValueError):
+        return None
+    return str(Path(base) / "data") if base else None
+
+
 def stack_processes(home: Path, sessions: set[int] = frozenset(), project: Path | None = None) -> list[int]:
     """Pids of live processes of the stack: in one of its sessions, carrying its env marker,
-    or (for a test's temporary project) working in its project directory.
+    working in its PostgreSQL data folder, or (for a test's temporary project) working in its
+    project directory.
 
     (The marker alone is not enough: setproctitle, which Airflow uses, overwrites
-    /proc/<pid>/environ; sessions survive it.)
+    /proc/<pid>/environ; sessions survive it. PostgreSQL's processes leave the session, each
+    leads its own, and overwrite their environment, but all work in the data folder.)
     """
     import psutil
 
+    data = postgres_data(home)
     found = []
     for process in psutil.process_iter(["status"]):
         try:
@@ -81,7 +93,9 @@ def stack_processes(home: Path, sessions: set[int] = frozenset(), project: Path 
                 continue
             if os.getsid(process.pid) in sessions or process.environ().get("MLWF_STACK_HOME") == str(home):
                 found.append(process.pid)
-            elif project is not None and process.pid != os.getpid() and process.cwd() == str(project):
+            elif process.pid != os.getpid() and process.cwd() in ({str(project)} if project else set()) | (
+                {data} if data else set()
+            ):
                 found.append(process.pid)
         except (psutil.Error, ProcessLookupError):
             continue

@@ -69,6 +69,10 @@ def up(
     home: Home = None,
     executor: Annotated[Optional[str], typer.Option("--executor", help="local or celery (env MLWF_EXECUTOR).")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Celery workers (env MLWF_WORKERS).")] = None,
+    database: Annotated[
+        Optional[str],
+        typer.Option("--database", help="postgres or sqlite, for a new stack; an existing one keeps its own (env MLWF_DATABASE)."),
+    ] = None,
     timeout: Annotated[
         float,
         typer.Option(
@@ -87,7 +91,7 @@ def up(
     from mlflowctl.render.console import stderr, stdout
     from mlflowctl.render.stack import services_table, status_json
 
-    config = _config(backend=backend, home=home, executor=executor, workers=workers)
+    config = _config(backend=backend, home=home, executor=executor, workers=workers, database=database)
     chosen = _backend(config)
     console = stderr()
     live = Live(console=console, transient=True, refresh_per_second=8) if console.is_terminal else None
@@ -122,7 +126,7 @@ def up(
         print(json.dumps(status_json(status, None), indent=2))
     else:
         _print_notes(status.notes)
-        stdout().print(services_table(status.services, backend=chosen.name))
+        stdout().print(services_table(status.services, backend=chosen.name, database=status.database))
         stdout().print(
             f"Airflow UI: {config.api_url}  user: {config.airflow_user}  password: kept in "
             f"{config.home_dir / 'secrets.json'} (show it with `mlwf config --show-password`)",
@@ -196,7 +200,7 @@ def status(
         print(json.dumps(status_json(stack, dags, dags_error), indent=2))
     else:
         console = stdout()
-        console.print(services_table(stack.services, backend=stack.backend))
+        console.print(services_table(stack.services, backend=stack.backend, database=stack.database))
         if dags is not None:
             console.print(dags_table(dags))
         elif dags_error:

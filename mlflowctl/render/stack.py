@@ -27,8 +27,15 @@ def uptime(seconds: float | None) -> str:
     return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
 
 
-def services_table(services: list[ServiceStatus], *, backend: str, title: str | None = None) -> Table:
-    table = Table(title=title or f"services ({backend} backend)", title_justify="left")
+#: How `status` names each metadata database.
+DATABASE_NAMES = {"postgres": "PostgreSQL", "sqlite": "SQLite", "database_url": "the database at database_url"}
+
+
+def services_table(
+    services: list[ServiceStatus], *, backend: str, title: str | None = None, database: str = ""
+) -> Table:
+    on = f", metadata in {DATABASE_NAMES.get(database, database)}" if database else ""
+    table = Table(title=title or f"services ({backend} backend{on})", title_justify="left")
     for column in ("service", "state", "pid", "uptime", "port", "url", "detail"):
         table.add_column(column, overflow="fold")
     for service in services:
@@ -69,6 +76,7 @@ def _short_time(value: str | None) -> str:
 def status_json(status: StackStatus, dags: list | None, dags_error: str | None = None) -> dict[str, Any]:
     data: dict[str, Any] = {
         "backend": status.backend,
+        "database": status.database or None,
         "healthy": status.healthy,
         "running": status.running,
         "services": [asdict(service) for service in status.services],
