@@ -32,8 +32,8 @@ from mlflowctl.backends import processes
 from mlflowctl.backends.base import Deadline, Progress, ServiceStatus, StackStatus, StartFailed
 from mlflowctl.backends.ports import PortNeed, check_free
 from mlflowctl.config import Config
-from mlflowctl.errors import DamagedStateError, MlwfError, NotAvailableError, NotFoundError
-from mlflowctl.state import ensure_home, remove_tree
+from mlflowctl.errors import DamagedStateError, MlwfError, NotAvailableError, NotFoundError, UsageError
+from mlflowctl.state import ensure_home, remove_tree, write_durably
 
 CORE = "core"
 MONITORING = "monitoring"
@@ -390,7 +390,7 @@ class LocalBackend:
             raise NotAvailableError(
                 "Airflow does not run natively on Windows", hint="run mlwf inside WSL, or use --backend docker"
             )
-        from mlflowctl.backends.executors import check_switch, write_record
+        from mlflowctl.backends.executors import check_switch, read_record, write_record
 
         check_switch(self.requested)
         report = progress or (lambda _message, _services: None)
@@ -403,14 +403,28 @@ class LocalBackend:
         notes: list[str] = []
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / EXCLUDE_FILE).write_text(json.dumps(sorted(exclude)))
         running = {spec.name for spec in specs if self._live(spec) is not None}
+        recorded = read_record(self.home).get("executor", self.config.executor)
+        if recorded != self.config.executor and "scheduler" in running:
+            raise UsageError(
+                f"the stack runs with the {recorded} executor; stop it with `mlwf down` first to start it "
+                f"with the {self.config.executor} executor"
+            )
+        write_durably(self.run_dir / EXCLUDE_FILE, json.dumps(sorted(exclude)))
         to_start = [spec for spec in specs if spec.name not in running]
         if not to_start:
             status = StackStatus(backend=self.name, services=self._snapshot(specs), database=self.database_name())
             status.notes.append("the stack is already running; nothing changed")
             return status
 
+        if any(spec.database for spec in to_start):
+            # Components that outlived their database keep failing, or die while this `up`
+            # waits for them: restart them with it.
+            survivors = [spec for spec in specs if spec.airflow_args is not None and spec.name in running]
+            for spec in survivors:
+                self._clean_leftovers(spec)
+                running.discard(spec.name)
+            to_start = [spec for spec in specs if spec.name not in running]
         for spec in to_start:
             self._clean_leftovers(spec)
         check_free([need for spec in to_start for need in spec.ports])
@@ -686,7 +700,8 @@ class LocalBackend:
                 self._pid_file(spec.name).unlink(missing_ok=True)
 
     def _clean_leftovers(self, spec: ServiceSpec) -> None:
-        """A dead leader's session (log server, executor workers, tasks) still holds ports: stop it."""
+        """Stop the service's whole session: a live one, or what a dead leader left (its workers
+        and tasks still hold ports)."""
         record = processes.read_pid_file(self._pid_file(spec.name))
         if record is None:
             return
