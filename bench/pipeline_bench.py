@@ -81,18 +81,21 @@ def _maxrss_mib() -> float:
 def run_child(rows: int, features: int, workdir: Path, model_type: str) -> dict[str, Any]:
     """Run every stage once on `rows` synthetic rows; return the per-stage figures."""
     started = time.perf_counter()
-    from mlpipeline import data_processing as dp
     from mlpipeline import model_training as mt
+    from mlpipeline.download import download_data
+    from mlpipeline.features import feature_engineering
+    from mlpipeline.preprocessing import preprocess_data
+    from mlpipeline.validation import validate_data
 
     import_seconds = time.perf_counter() - started
     baseline = _maxrss_mib()
     out = workdir / "run"
     state: dict[str, Any] = {}
     steps: list[tuple[str, Callable[[], Any]]] = [
-        ("download", lambda: dp.download_data(f"synthetic:rows={rows},features={features},seed=7", out)),
-        ("validate", lambda: dp.validate_data(state["download"]["path"], out)),
-        ("preprocess", lambda: dp.preprocess_data(state["download"]["path"], out)),
-        ("features", lambda: dp.feature_engineering(
+        ("download", lambda: download_data(f"synthetic:rows={rows},features={features},seed=7", out)),
+        ("validate", lambda: validate_data(state["download"]["path"], out)),
+        ("preprocess", lambda: preprocess_data(state["download"]["path"], out)),
+        ("features", lambda: feature_engineering(
             state["preprocess"]["train_path"], state["preprocess"]["holdout_path"], out)),
         ("train", lambda: mt.train_model(state["features"]["train_path"], out, model_type=model_type)),
         ("evaluate", lambda: mt.evaluate_model(state["train"]["model_path"], state["features"]["holdout_path"], out)),

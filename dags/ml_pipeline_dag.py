@@ -17,7 +17,7 @@ from airflow.sdk import DeadlineAlert, DeadlineReference, Param, SyncCallback, d
 from mlpipeline.sources import SOURCE_HELP, SOURCE_PATTERN  # stdlib only: cheap at parse time
 
 DAG_ID = "ml_pipeline_dag"
-LABEL = "target"  # mlpipeline.data_processing.LABEL (checked by tests/test_dags.py)
+LABEL = "target"  # mlpipeline.storage.LABEL (checked by tests/test_dags.py)
 MODEL_TYPES = ("logistic_regression", "random_forest", "gradient_boosting")  # = model_training.MODEL_TYPES
 TRAINING_POOL = "ml_training"
 CODE_DIR = str(Path(__file__).resolve().parent)
@@ -134,16 +134,17 @@ def _fail_fast(exc: Exception) -> None:
 def ml_pipeline_dag() -> None:
     @task(execution_timeout=dt.timedelta(minutes=20))
     def download_data(params: dict | None = None, run_id: str | None = None) -> dict:
-        from mlpipeline import data_processing as dp
+        from mlpipeline import download
         from mlpipeline.settings import SettingsError
+        from mlpipeline.sources import DataError
 
         try:
             settings = _settings()
-            raw = dp.download_data(params["source"], settings.run_dir(run_id, "download"), sha256=params["sha256"],
-                                   settings=settings)
+            raw = download.download_data(params["source"], settings.run_dir(run_id, "download"),
+                                         sha256=params["sha256"], settings=settings)
         except SettingsError as exc:
             _fail_fast(exc)
-        except dp.DataError as exc:
+        except DataError as exc:
             if not exc.retryable:
                 _fail_fast(exc)  # a network source may recover on retry; a bad source or file will not
             raise
@@ -159,20 +160,21 @@ def ml_pipeline_dag() -> None:
 
     @task(execution_timeout=dt.timedelta(minutes=20))
     def validate_data(state: dict, params: dict | None = None) -> dict:
-        from mlpipeline import data_processing as dp
+        from mlpipeline import validation
+        from mlpipeline.sources import DataError
 
         out = _settings().run_dir(state["run_id"], "validate")
         try:
-            report = dp.validate_data(
+            report = validation.validate_data(
                 state["raw_path"], out, label=LABEL,
                 max_null_fraction=params["max_null_fraction"],
                 max_duplicate_fraction=params["max_duplicate_fraction"],
                 min_rows=params["min_rows"],
             )
-        except dp.DataValidationError as exc:
+        except validation.DataValidationError as exc:
             _metric("validation_failures", len(exc.failures))
             _fail_fast(exc)
-        except dp.DataError as exc:
+        except DataError as exc:
             _fail_fast(exc)
         _metric("validation_failures", 0)
         _metric("rows_processed", report["rows"], stage="validate")
@@ -180,10 +182,12 @@ def ml_pipeline_dag() -> None:
 
     @task(execution_timeout=dt.timedelta(minutes=30))
     def preprocess_data(state: dict, params: dict | None = None) -> dict:
-        from mlpipeline import data_processing as dp
+        from mlpipeline import preprocessing
 
         out = _settings().run_dir(state["run_id"], "preprocess")
-        r = dp.preprocess_data(state["raw_path"], out, label=LABEL, test_size=params["test_size"], seed=params["seed"])
+        r = preprocessing.preprocess_data(
+            state["raw_path"], out, label=LABEL, test_size=params["test_size"], seed=params["seed"]
+        )
         _metric("rows_processed", r["rows_train"] + r["rows_holdout"], stage="preprocess")
         return {
             **state, "rows_train": r["rows_train"], "rows_holdout": r["rows_holdout"],
@@ -192,10 +196,10 @@ def ml_pipeline_dag() -> None:
 
     @task(execution_timeout=dt.timedelta(minutes=30))
     def feature_engineering(state: dict, params: dict | None = None) -> dict:
-        from mlpipeline import data_processing as dp
+        from mlpipeline import features
 
         out = _settings().run_dir(state["run_id"], "features")
-        r = dp.feature_engineering(
+        r = features.feature_engineering(
             state["pre_train_path"], state["pre_holdout_path"], out, label=LABEL, seed=params["seed"]
         )
         return {**state, "train_path": r["train_path"], "holdout_path": r["holdout_path"], "features": _count(r["features"])}

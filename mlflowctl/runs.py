@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, TypeVar
 
 from mlflowctl.errors import NotFoundError, TimeoutExpired, UnreachableError, UsageError
 
@@ -25,6 +25,7 @@ REPROCESS = ("none", "failed", "completed")
 FAILED_TASK_STATES = frozenset({"failed", "upstream_failed"})
 LOG_TAIL_LINES = 20
 POLL_TOLERANCE_S = 120.0  # how long a wait rides out a server that stopped answering
+SOURCE_GROUP = "::group::Log message source details"
 
 
 # -- input, checked before anything is sent -----------------------------------------------
@@ -218,8 +219,6 @@ class TaskFailure:
 
 def failures(client: AirflowClient, snapshot: RunSnapshot, *, lines: int = LOG_TAIL_LINES) -> list[TaskFailure]:
     """The failed tasks of a finished run, each with the tail of its last try's log."""
-    from mlflowctl.render.runs import log_text
-
     result = []
     for task in snapshot.failed_tasks:
         try:
@@ -401,3 +400,27 @@ def follow_log(
             if ended_reads > 1:
                 return
         sleep(interval)
+
+
+def log_text(records: Iterable[LogRecord]) -> list[str]:
+    """Readable lines: `[time] LEVEL - message`, tracebacks under their line; group markers dropped."""
+    lines: list[str] = []
+    skipping = False
+    for record in records:
+        event = record.event
+        if event == SOURCE_GROUP:
+            skipping = True
+            continue
+        if event.startswith("::endgroup::"):
+            skipping = False
+            continue
+        if skipping or event.startswith("::group::"):
+            continue
+        if record.timestamp:
+            stamp = record.timestamp.replace("T", " ")[:19]
+            level = (record.level or "info").upper()
+            lines.append(f"[{stamp}] {level} - {event}")
+        else:
+            lines.append(event)
+        lines.extend(record.exception)
+    return lines

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from mlflowctl.errors import DamagedStateError, StateBusyError, UsageError
+from mlpipeline.files import atomic_write_bytes
 
 MARKER = ".mlwf-state"
 MARKER_TEXT = "This directory was created by mlwf; `mlwf down --volumes` may delete it.\n"
@@ -141,7 +142,8 @@ def locked(
     if not create and not Path(home).exists():
         yield None
         return
-    deadline = time.monotonic() + wait
+    started = time.monotonic()
+    deadline = started + wait
     told = False
     while True:
         home = ensure_home(home, project_root)
@@ -152,14 +154,14 @@ def locked(
             os.close(descriptor)
             if exc.errno not in (errno.EAGAIN, errno.EACCES):
                 raise
-            holder = _holder(home / LOCK_FILE)
+            holder = _holder(home / LOCK_FILE)  # None for a moment: the holder writes it after locking
             if time.monotonic() >= deadline:
                 raise StateBusyError(
-                    f"{home} is held by {holder}; gave up after {wait:.0f} s",
+                    f"{home} is held by {holder or 'another mlwf command'}; gave up after {wait:.0f} s",
                     hint="wait for it to finish, or raise MLWF_LOCK_WAIT",
                 ) from None
-            if not told:
-                on_wait(f"waiting for {holder} to finish with {home} (at most {wait:.0f} s)")
+            if not told and (holder or time.monotonic() >= started + 1):
+                on_wait(f"waiting for {holder or 'another mlwf command'} to finish with {home} (at most {wait:.0f} s)")
                 told = True
             time.sleep(0.2)
             continue
@@ -171,6 +173,7 @@ def locked(
         os.write(descriptor, json.dumps({"pid": os.getpid(), "command": command}).encode())
         yield home
     finally:
+        os.ftruncate(descriptor, 0)  # no stale holder for the next waiter to name
         os.close(descriptor)
 
 
@@ -182,12 +185,15 @@ def _same_file(descriptor: int, path: Path) -> bool:
     return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
-def _holder(path: Path) -> str:
+def _holder(path: Path) -> str | None:
+    """Who holds the lock, as the holder wrote it; None until it has, or when the writer is gone."""
     try:
         data = json.loads(path.read_text())
-        return f"`{data['command']}` (pid {int(data['pid'])})"
+        pid = int(data["pid"])
+        os.kill(pid, 0)
+        return f"`{data['command']}` (pid {pid})"
     except (OSError, ValueError, KeyError, TypeError):
-        return "another mlwf command"
+        return None
 
 
 # ----------------------------------------------------------------------------- state files
@@ -212,21 +218,8 @@ def read_json(path: Path, *, expect: type = dict, fix: str) -> object | None:
 
 
 def write_durably(path: Path, text: str, *, mode: int = 0o600) -> None:
-    """Replace `path` atomically with `text`, fsynced with its directory: a crash leaves old or new, never half."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-    try:
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    """Replace `path` atomically with `text`, fsynced with its directory: a crash leaves old or new, never half.
+
+    State files are private (0600) unless `mode` says otherwise; the write is `mlpipeline.files`'s.
+    """
+    atomic_write_bytes(path, text.encode(), mode=mode)

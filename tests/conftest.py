@@ -65,15 +65,27 @@ def stack_sessions(home: Path) -> set[int]:
     return sessions
 
 
+def postgres_data(home: Path) -> str | None:
+    """The stack's PostgreSQL data folder, from its record (it may live outside the home)."""
+    try:
+        base = json.loads((home / "executor.json").read_text()).get("postgres_dir")
+    except (OSError, ValueError):
+        return None
+    return str(Path(base) / "data") if base else None
+
+
 def stack_processes(home: Path, sessions: set[int] = frozenset(), project: Path | None = None) -> list[int]:
     """Pids of live processes of the stack: in one of its sessions, carrying its env marker,
-    or (for a test's temporary project) working in its project directory.
+    working in its PostgreSQL data folder, or (for a test's temporary project) working in its
+    project directory.
 
     (The marker alone is not enough: setproctitle, which Airflow uses, overwrites
-    /proc/<pid>/environ; sessions survive it.)
+    /proc/<pid>/environ; sessions survive it. PostgreSQL's processes leave the session, each
+    leads its own, and overwrite their environment, but all work in the data folder.)
     """
     import psutil
 
+    data = postgres_data(home)
     found = []
     for process in psutil.process_iter(["status"]):
         try:
@@ -81,7 +93,9 @@ def stack_processes(home: Path, sessions: set[int] = frozenset(), project: Path 
                 continue
             if os.getsid(process.pid) in sessions or process.environ().get("MLWF_STACK_HOME") == str(home):
                 found.append(process.pid)
-            elif project is not None and process.pid != os.getpid() and process.cwd() == str(project):
+            elif process.pid != os.getpid() and process.cwd() in ({str(project)} if project else set()) | (
+                {data} if data else set()
+            ):
                 found.append(process.pid)
         except (psutil.Error, ProcessLookupError):
             continue
@@ -147,6 +161,39 @@ def read_until(master: int, wanted: bytes, deadline: float) -> bytes:
                 break
             seen += chunk
     return seen
+
+
+@dataclass
+class Prompted:
+    returncode: int
+    stdout: str
+    shown: bytes  # all the terminal showed, prompt included
+    prompt: bytes
+
+
+def answer_prompt(argv: list[str], *, prompt: str, typed: bytes, env: dict, cwd, timeout: float = 120) -> Prompted:
+    """Run `argv` with a pseudo-terminal as stdin/stderr, wait for `prompt` and type `typed`.
+
+    The prompt's last byte comes after echo is off and type-ahead flushed, so typing only
+    after it is seen is what a person does; every wait is bounded."""
+    master, slave = os.openpty()
+    process = subprocess.Popen(
+        argv, stdin=slave, stdout=subprocess.PIPE, stderr=slave, env=env, cwd=cwd, start_new_session=True
+    )
+    os.close(slave)
+    try:
+        wanted = prompt.encode()
+        shown = read_until(master, wanted, time.monotonic() + 60)
+        assert wanted in shown, shown
+        os.write(master, typed)
+        out, _ = process.communicate(timeout=timeout)
+        shown += read_until(master, b"\0never", time.monotonic() + 5)  # the rest it showed
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(master)
+    return Prompted(process.returncode, out.decode(), shown, wanted)
 
 
 @dataclass

@@ -151,9 +151,12 @@ def _scenario(stack) -> None:
     assert services["postgres"]["port"] == stack.ports["postgres_port"]
     assert exposed_sockets(stack.home, stack.project) == []  # workers, Redis, PostgreSQL, spawner included
 
-    # Going back to SQLite under this stack's data is refused too.
+    # Another executor under the running stack is refused: workers would be left behind.
     back = stack.mlwf("up", "--executor", "local", timeout=120)
-    assert back.returncode == 2 and "PostgreSQL" in back.stderr, back.stderr
+    assert back.returncode == 2 and "mlwf down" in back.stderr, back.stderr
+    # SQLite under this stack's PostgreSQL data is refused too.
+    sqlite_back = stack.mlwf("up", "--database", "sqlite", timeout=120)
+    assert sqlite_back.returncode == 2 and "PostgreSQL" in sqlite_back.stderr, sqlite_back.stderr
 
     deadline = time.monotonic() + 300
     while DAG not in {d["dag_id"] for d in _call("get", f"{stack.url}/api/v2/dags", headers=_headers(stack)).json()["dags"]}:

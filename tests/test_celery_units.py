@@ -1,12 +1,12 @@
-"""Celery plugin pieces without a stack: the executor record, refusals, binaries, Redis, PostgreSQL.
+"""Celery plugin pieces without a stack: the executor record, refusals, binaries, Redis.
 
-Redis and PostgreSQL run for real here (the installed binaries, free ports, a temporary
-state directory); missing binaries are simulated by emptying the search path.
+Redis runs for real here (the installed binary, a free port, a temporary state directory);
+a missing binary is simulated by emptying the search path. PostgreSQL, which both executors
+use, has its own tests (test_postgres_units.py).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import MLWF, free_ports, port_open
+from conftest import MLWF, free_ports
 from mlflowctl.backends import celery_local, executors
 from mlflowctl.config import load_config
 from mlflowctl.errors import MissingDependencyError, UsageError
@@ -38,41 +38,37 @@ def test_effective_config_follows_the_started_stack_unless_the_user_says_otherwi
     assert (explicit.executor, explicit.workers) == ("local", 5)
 
 
-def test_switching_databases_under_existing_data_is_refused(tmp_path):
-    config = _config(tmp_path, executor="celery")
-    executors.check_switch(config)  # fresh state: fine
-    sqlite = config.home_dir / "airflow" / "airflow.db"
+def test_celery_on_sqlite_is_refused_and_an_existing_sqlite_stack_is_not_moved(tmp_path):
+    executors.check_switch(_config(tmp_path, executor="celery"))  # fresh state, default database: fine
+    with pytest.raises(UsageError, match="celery executor needs PostgreSQL, and database = sqlite"):
+        executors.check_switch(_config(tmp_path, executor="celery", database="sqlite"))
+    sqlite = tmp_path / "home" / "airflow" / "airflow.db"  # a local stack from before the record said so
     sqlite.parent.mkdir(parents=True)
     sqlite.write_bytes(b"")
-    with pytest.raises(UsageError, match="SQLite.*mlwf down --volumes"):
-        executors.check_switch(config)
+    with pytest.raises(UsageError, match="keeps its metadata in SQLite") as refused:
+        executors.check_switch(_config(tmp_path, executor="celery"))
+    assert "mlwf down --volumes" in refused.value.hint and "no automatic migration" in refused.value.hint
     # A user-given database is the user's business.
     executors.check_switch(_config(tmp_path, executor="celery", database_url="postgresql://x@db/airflow"))
+    # A Celery stack (PostgreSQL) may go on with the LocalExecutor: same database.
     sqlite.unlink()
-    executors.write_record(config.home_dir, executor="celery")
-    with pytest.raises(UsageError, match="PostgreSQL.*mlwf down --volumes"):
-        executors.check_switch(_config(tmp_path, executor="local"))
+    executors.write_record(tmp_path / "home", executor="celery")
+    executors.check_switch(_config(tmp_path, executor="local"))
+    assert executors.effective_config(_config(tmp_path, executor="local")).database == "postgres"
 
 
-def test_missing_binaries_say_what_to_install(tmp_path, monkeypatch):
+def test_missing_redis_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr(celery_local, "REDIS_DIRS", (str(tmp_path),))
-    monkeypatch.setattr(celery_local, "POSTGRES_GLOBS", (str(tmp_path / "nothing-*"),))
     with pytest.raises(MissingDependencyError, match="apt-get install redis-server"):
         celery_local.find_redis()
-    with pytest.raises(MissingDependencyError, match="apt-get install postgresql"):
-        celery_local.find_postgres_bin()
 
 
 def test_user_urls_are_used_as_given(tmp_path):
-    config = _config(tmp_path, executor="celery", broker_url="redis://broker:6379/1", database_url="postgresql://u@db/a")
-    assert celery_local.urls(config, load_or_create(config.home_dir)) == {
-        "database_url": "postgresql://u@db/a",
-        "broker_url": "redis://broker:6379/1",
-    }
+    config = _config(tmp_path, executor="celery", broker_url="redis://broker:6379/1")
+    assert celery_local.urls(config, load_or_create(config.home_dir)) == {"broker_url": "redis://broker:6379/1"}
     own = _config(tmp_path, executor="celery")
     urls = celery_local.urls(own, load_or_create(own.home_dir))
-    assert urls["database_url"].startswith("postgresql+psycopg2://airflow:")
     assert urls["broker_url"].startswith("redis://:") and f"127.0.0.1:{own.redis_port}/0" in urls["broker_url"]
 
 
@@ -96,43 +92,6 @@ def test_own_redis_needs_its_password_and_keeps_nothing(tmp_path):
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(10)
     assert not any((config.home_dir / "redis").glob("*.rdb")) and not any((config.home_dir / "redis").glob("*.aof"))
-
-
-def test_own_postgres_initialises_serves_the_password_and_stops_fast(tmp_path):
-    (port,) = free_ports(1)
-    config = _config(tmp_path, executor="celery", postgres_port=port)
-    secrets = load_or_create(config.home_dir)
-    celery_local.init_postgres(config, secrets)
-    base = celery_local.postgres_dir(config)
-    assert (base / "data" / "PG_VERSION").is_file()
-    assert json.loads((config.home_dir / "executor.json").read_text())["postgres_dir"] == str(base)
-    server = subprocess.Popen(celery_local.postgres_argv(config), start_new_session=True, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while not celery_local.postgres_accepts(config):
-            assert time.monotonic() < deadline and server.poll() is None
-            time.sleep(0.2)
-        import psycopg2
-
-        url = celery_local.database_url(config, secrets).replace("postgresql+psycopg2", "postgresql")
-        with psycopg2.connect(url) as connection, connection.cursor() as cursor:
-            cursor.execute("select current_database()")
-            assert cursor.fetchone() == ("airflow",)
-        with pytest.raises(psycopg2.OperationalError):
-            psycopg2.connect(url.replace(secrets.postgres_password, "wrong")).close()
-        # A client still connected: TERM (smart shutdown) becomes a fast shutdown.
-        held = psycopg2.connect(url)
-        started = time.monotonic()
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(15)
-        assert time.monotonic() - started < 10
-        held.close()
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGKILL)
-    assert not port_open(port)
-    assert celery_local.remove_data(config) in (None, f"deleted {base}")
 
 
 def _mlwf(tmp_path, *args):

@@ -21,10 +21,10 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, stack_processes, stack_sessions
-from mlpipeline import data_processing as dp
 from mlpipeline.files import atomic_write_bytes, is_temp, temp_name
 from mlpipeline.model_deployment import ModelRegistry, PointerDamagedError, deploy_model, rollback
 from mlpipeline.model_training import load_model, save_model
+from mlpipeline.storage import ensure_out_dir, read_parquet, write_parquet
 
 THRESHOLDS = {"accuracy": 0.8}
 GOOD = {"accuracy": 0.95}
@@ -80,8 +80,8 @@ def test_a_stage_output_killed_mid_write_is_never_read_and_is_swept(tmp_path):
     out = tmp_path / "preprocess"
     target = out / "train.parquet"
     old = pd.DataFrame({"x": [1.0, 2.0, 3.0], "target": [0, 1, 0]})
-    dp.ensure_out_dir(out)
-    dp.write_parquet(old, target)
+    ensure_out_dir(out)
+    write_parquet(old, target)
     # A writer that has written the start of a new Parquet file when the machine "loses power".
     code = (
         "import sys, time\n"
@@ -94,11 +94,11 @@ def test_a_stage_output_killed_mid_write_is_never_read_and_is_swept(tmp_path):
     start_and_kill(code, str(target))
     left = temps(out)
     assert len(left) == 1 and left[0].startswith(".train.parquet.")  # the half file, under a temp name
-    pd.testing.assert_frame_equal(dp.read_parquet(target), old)  # the final name still holds the old file
+    pd.testing.assert_frame_equal(read_parquet(target), old)  # the final name still holds the old file
     # A live writer's temporary file is left alone; the dead one's goes when the stage runs again.
     live = temp_name(target)
     live.write_bytes(b"in progress")
-    dp.ensure_out_dir(out)
+    ensure_out_dir(out)
     assert temps(out) == [live.name]
     live.unlink()
     assert sorted(p.name for p in out.iterdir()) == ["train.parquet"]
@@ -225,7 +225,7 @@ def _kill_everything(stack) -> int:
 def _check_file(path: Path) -> None:
     """A stage output under its final name is whole: it reads as what its name says."""
     if path.suffix == ".parquet":
-        dp.read_parquet(path)
+        read_parquet(path)
     elif path.suffix == ".json":
         json.loads(path.read_text())
     elif path.suffix == ".skops":

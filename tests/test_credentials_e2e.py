@@ -10,18 +10,15 @@ test_credentials.py): no test may send traffic beyond loopback.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 import subprocess
-import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import MLWF, read_until
+from conftest import MLWF, answer_prompt
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -207,52 +204,27 @@ def test_another_server_never_receives_the_stacks_password(stack, recorder, how)
 
 def test_on_a_terminal_another_server_gets_what_the_user_types(stack, recorder):
     """The stack's password is at hand (its project and home), yet mlwf asks for the other server's."""
-    master, slave = os.openpty()
     env = {k: v for k, v in stack.env.items() if k != "MLWF_AIRFLOW_PASSWORD"}
-    process = subprocess.Popen(
-        [MLWF, "dags", "--json", "--url", recorder.url],
-        stdin=slave, stdout=subprocess.PIPE, stderr=slave, env=env, cwd=stack.project, start_new_session=True,
+    run = answer_prompt(
+        [MLWF, "dags", "--json", "--url", recorder.url], prompt=f"Airflow password for admin at {recorder.url}: ",
+        typed=b"typed-pw\n", env=env, cwd=stack.project, timeout=60,
     )
-    os.close(slave)
-    try:
-        # The prompt's last byte comes after echo is off and type-ahead flushed: wait for it.
-        prompt, deadline = f"Airflow password for admin at {recorder.url}: ".encode(), time.monotonic() + 60
-        seen = read_until(master, prompt, deadline)
-        assert prompt in seen, seen
-        os.write(master, b"typed-pw\n")
-        out, _ = process.communicate(timeout=60)
-        seen += read_until(master, b"\0never", time.monotonic() + 5)  # all it showed, to check no echo
-    finally:
-        process.kill() if process.poll() is None else None
-        os.close(master)
-    assert process.returncode == 0
-    assert json.loads(out)["dags"] == []
-    assert b"typed-pw" not in seen  # not echoed
+    assert run.returncode == 0
+    assert json.loads(run.stdout)["dags"] == []
+    assert b"typed-pw" not in run.shown  # not echoed
     logins = [json.loads(r["body"]) for r in recorder.requests if r["path"] == "/auth/token"]
     assert logins == [{"username": "admin", "password": "typed-pw"}]
     assert stack.password not in recorder.everything_sent()
 
 
 def test_end_of_input_at_the_prompt_is_one_line_and_exit_3(stack, recorder):
-    master, slave = os.openpty()
     env = {k: v for k, v in stack.env.items() if k != "MLWF_AIRFLOW_PASSWORD"}
-    process = subprocess.Popen(
-        [MLWF, "dags", "--url", recorder.url],
-        stdin=slave, stdout=subprocess.PIPE, stderr=slave, env=env, cwd=stack.project, start_new_session=True,
+    run = answer_prompt(
+        [MLWF, "dags", "--url", recorder.url], prompt=f"Airflow password for admin at {recorder.url}: ",
+        typed=b"\x04", env=env, cwd=stack.project, timeout=60,  # Ctrl-D
     )
-    os.close(slave)
-    try:
-        prompt, deadline = f"Airflow password for admin at {recorder.url}: ".encode(), time.monotonic() + 60
-        seen = read_until(master, prompt, deadline)
-        assert prompt in seen, seen
-        os.write(master, b"\x04")  # Ctrl-D
-        process.wait(timeout=60)
-        seen += read_until(master, b"\0never", time.monotonic() + 5)
-    finally:
-        process.kill() if process.poll() is None else None
-        os.close(master)
-    after = seen.split(prompt, 1)[1].decode()
-    assert process.returncode == 3, after
+    after = run.shown.split(run.prompt, 1)[1].decode()
+    assert run.returncode == 3, after
     assert f"error: no password for Airflow user 'admin' at {recorder.url}" in after
     assert "Traceback" not in after
     assert recorder.requests == []

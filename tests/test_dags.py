@@ -215,8 +215,8 @@ def test_ml_pipeline_dag_structure(described):
 
 
 def test_ml_pipeline_params_are_typed(described):
-    from mlpipeline.data_processing import LABEL
     from mlpipeline.model_training import MODEL_TYPES
+    from mlpipeline.storage import LABEL
 
     params = described["dags"]["ml_pipeline_dag"]["params"]
     assert params["source"]["value"] == "sklearn:breast_cancer" and params["source"]["schema"]["type"] == "string"

@@ -1,4 +1,5 @@
-"""mlpipeline.data_processing on real files (tmp_path) and a real local HTTP server."""
+"""The data stages (download, validation, preprocessing, features) on real files (tmp_path) and a real
+local HTTP server."""
 
 from __future__ import annotations
 
@@ -18,8 +19,13 @@ import pytest
 from sklearn.impute import SimpleImputer
 from sklearn.model_selection import train_test_split
 
-from mlpipeline import data_processing as dp
-from mlpipeline.data_processing import LABEL, DataError, DataValidationError, OutputDirError
+from mlpipeline.download import DEFAULT_SOURCE, download_data
+from mlpipeline.features import feature_engineering
+from mlpipeline.preprocessing import _fill_medians, preprocess_data
+from mlpipeline.sources import DataError
+from mlpipeline.storage import LABEL, OutputDirError
+from mlpipeline.synthetic import SYNTHETIC_CHUNK_ROWS
+from mlpipeline.validation import DataValidationError, _count_duplicates, validate_data
 
 
 @pytest.fixture(autouse=True)
@@ -87,7 +93,7 @@ def closed_port() -> int:
     ("name", "rows", "classes"), [("breast_cancer", 569, 2), ("wine", 178, 3), ("iris", 150, 3), ("digits", 1797, 10)]
 )
 def test_download_sklearn_datasets(tmp_path: Path, name: str, rows: int, classes: int) -> None:
-    result = dp.download_data(f"sklearn:{name}", tmp_path)
+    result = download_data(f"sklearn:{name}", tmp_path)
     raw = tmp_path / "raw.parquet"
     assert result["path"] == str(raw)
     assert result["rows"] == rows
@@ -100,9 +106,9 @@ def test_download_sklearn_datasets(tmp_path: Path, name: str, rows: int, classes
 
 
 def test_download_default_source_is_breast_cancer_and_rerun_is_identical(tmp_path: Path) -> None:
-    first = dp.download_data(out_dir=tmp_path / "a")
-    again = dp.download_data(dp.DEFAULT_SOURCE, tmp_path / "a")
-    other = dp.download_data("sklearn:breast_cancer", tmp_path / "b")
+    first = download_data(out_dir=tmp_path / "a")
+    again = download_data(DEFAULT_SOURCE, tmp_path / "a")
+    other = download_data("sklearn:breast_cancer", tmp_path / "b")
     assert first["source"] == "sklearn:breast_cancer" and first["rows"] == 569
     assert first["fingerprint"] == again["fingerprint"] == other["fingerprint"]
     assert leftovers(tmp_path / "a") == []
@@ -110,7 +116,7 @@ def test_download_default_source_is_breast_cancer_and_rerun_is_identical(tmp_pat
 
 def test_unknown_sklearn_dataset(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="unknown sklearn dataset 'boston'.*breast_cancer"):
-        dp.download_data("sklearn:boston", tmp_path)
+        download_data("sklearn:boston", tmp_path)
     assert not (tmp_path / "raw.parquet").exists()
 
 
@@ -118,27 +124,27 @@ def test_download_local_csv_and_parquet(tmp_path: Path) -> None:
     df = frame(rows=20)
     csv = tmp_path / "in.csv"
     df.to_csv(csv, index=False)
-    from_csv = dp.download_data(str(csv), tmp_path / "csv")
+    from_csv = download_data(str(csv), tmp_path / "csv")
     pd.testing.assert_frame_equal(pd.read_parquet(from_csv["path"]), df)
     assert from_csv["columns"] == ["x0", "x1", "x2", LABEL]
     parquet = write(df, tmp_path / "in.parquet")
-    from_parquet = dp.download_data(parquet, tmp_path / "pq")  # a Path works as well as a string
+    from_parquet = download_data(parquet, tmp_path / "pq")  # a Path works as well as a string
     pd.testing.assert_frame_equal(pd.read_parquet(from_parquet["path"]), df)
 
 
 def test_local_file_with_checksum(tmp_path: Path) -> None:
     csv = tmp_path / "in.csv"
     frame(rows=12).to_csv(csv, index=False)
-    good = dp.download_data(str(csv), tmp_path / "ok", sha256=sha256_of(csv).upper())
+    good = download_data(str(csv), tmp_path / "ok", sha256=sha256_of(csv).upper())
     assert good["source_sha256"] == sha256_of(csv)
     with pytest.raises(DataError, match="checksum mismatch"):
-        dp.download_data(str(csv), tmp_path / "bad", sha256="0" * 64)
+        download_data(str(csv), tmp_path / "bad", sha256="0" * 64)
     assert not (tmp_path / "bad" / "raw.parquet").exists()
     with pytest.raises(DataError, match="sha256 must be 64 hexadecimal digits"):
-        dp.download_data(str(csv), tmp_path / "bad", sha256="abc")
-    assert "source_sha256" not in dp.download_data(str(csv), tmp_path / "blank", sha256=" ")  # blank = none
+        download_data(str(csv), tmp_path / "bad", sha256="abc")
+    assert "source_sha256" not in download_data(str(csv), tmp_path / "blank", sha256=" ")  # blank = none
     with pytest.raises(DataError, match="sha256 applies to URL and file sources"):
-        dp.download_data("sklearn:iris", tmp_path / "iris", sha256="0" * 64)
+        download_data("sklearn:iris", tmp_path / "iris", sha256="0" * 64)
 
 
 @pytest.mark.parametrize(
@@ -154,7 +160,7 @@ def test_corrupt_csv(tmp_path: Path, content: bytes, message: str) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_bytes(content)
     with pytest.raises(DataError, match=message):
-        dp.download_data(str(bad), tmp_path / "out")
+        download_data(str(bad), tmp_path / "out")
     assert not (tmp_path / "out" / "raw.parquet").exists()
 
 
@@ -162,7 +168,7 @@ def test_corrupt_parquet(tmp_path: Path) -> None:
     bad = tmp_path / "bad.parquet"
     bad.write_bytes(b"PAR1 this is not really parquet")
     with pytest.raises(DataError, match="cannot read"):
-        dp.download_data(str(bad), tmp_path / "out")
+        download_data(str(bad), tmp_path / "out")
 
 
 @pytest.mark.parametrize(
@@ -177,24 +183,24 @@ def test_corrupt_parquet(tmp_path: Path) -> None:
 )
 def test_bad_sources(tmp_path: Path, source: str, message: str) -> None:
     with pytest.raises(DataError, match=message):
-        dp.download_data(source.format(tmp=tmp_path), tmp_path)
+        download_data(source.format(tmp=tmp_path), tmp_path)
 
 
 def test_unsupported_file_type_and_directory(tmp_path: Path) -> None:
     text = tmp_path / "data.txt"
     text.write_text("a,b\n")
     with pytest.raises(DataError, match="unsupported file type .txt"):
-        dp.download_data(str(text), tmp_path / "out")
+        download_data(str(text), tmp_path / "out")
     (tmp_path / "dir.csv").mkdir()
     with pytest.raises(DataError, match="not a file"):
-        dp.download_data(str(tmp_path / "dir.csv"), tmp_path / "out")
+        download_data(str(tmp_path / "dir.csv"), tmp_path / "out")
 
 
 def test_synthetic_is_seeded_and_shaped(tmp_path: Path) -> None:
     spec = "synthetic:rows=500,features=6,seed=3"
-    first = dp.download_data(spec, tmp_path / "a")
-    second = dp.download_data(spec, tmp_path / "b")
-    other = dp.download_data("synthetic:rows=500,features=6,seed=4", tmp_path / "c")
+    first = download_data(spec, tmp_path / "a")
+    second = download_data(spec, tmp_path / "b")
+    other = download_data("synthetic:rows=500,features=6,seed=4", tmp_path / "c")
     assert first["fingerprint"] == second["fingerprint"] != other["fingerprint"]
     assert first["synthetic"] == {"rows": 500, "features": 6, "seed": 3, "classes": 2}
     df = pd.read_parquet(first["path"])
@@ -205,7 +211,7 @@ def test_synthetic_is_seeded_and_shaped(tmp_path: Path) -> None:
 
 
 def test_synthetic_multiclass(tmp_path: Path) -> None:
-    result = dp.download_data("synthetic:rows=300,features=8,seed=1,classes=4", tmp_path)
+    result = download_data("synthetic:rows=300,features=8,seed=1,classes=4", tmp_path)
     assert set(pd.read_parquet(result["path"])[LABEL]) == {0, 1, 2, 3}
 
 
@@ -214,12 +220,12 @@ def test_synthetic_is_written_in_chunks_that_share_one_problem(tmp_path: Path) -
     predicts the second one (every chunk is drawn from the same class structure)."""
     from sklearn.linear_model import LogisticRegression
 
-    rows = dp.SYNTHETIC_CHUNK_ROWS + 20_000
-    result = dp.download_data(f"synthetic:rows={rows},features=10,seed=5", tmp_path)
+    rows = SYNTHETIC_CHUNK_ROWS + 20_000
+    result = download_data(f"synthetic:rows={rows},features=10,seed=5", tmp_path)
     assert result["rows"] == rows
     assert pq.ParquetFile(result["path"]).metadata.num_row_groups == 2
     df = pd.read_parquet(result["path"])
-    first, second = df.iloc[: dp.SYNTHETIC_CHUNK_ROWS], df.iloc[dp.SYNTHETIC_CHUNK_ROWS :]
+    first, second = df.iloc[: SYNTHETIC_CHUNK_ROWS], df.iloc[SYNTHETIC_CHUNK_ROWS :]
     model = LogisticRegression(max_iter=500).fit(first.drop(columns=LABEL), first[LABEL])
     assert model.score(second.drop(columns=LABEL), second[LABEL]) > 0.7
     assert 0.4 < df[LABEL].mean() < 0.6
@@ -241,7 +247,7 @@ def test_synthetic_is_written_in_chunks_that_share_one_problem(tmp_path: Path) -
 )
 def test_malformed_synthetic_spec(tmp_path: Path, spec: str) -> None:
     with pytest.raises(DataError, match="malformed synthetic source"):
-        dp.download_data(spec, tmp_path)
+        download_data(spec, tmp_path)
     assert not (tmp_path / "raw.parquet").exists()
 
 
@@ -250,7 +256,7 @@ def test_http_download_csv_with_checksum(tmp_path: Path, http_dir: tuple[Path, s
     df = frame(rows=30)
     df.to_csv(root / "data.csv", index=False)
     digest = sha256_of(root / "data.csv")
-    result = dp.download_data(f"{base}/data.csv", tmp_path / "out", sha256=digest)
+    result = download_data(f"{base}/data.csv", tmp_path / "out", sha256=digest)
     assert result["source_sha256"] == digest
     pd.testing.assert_frame_equal(pd.read_parquet(result["path"]), df)
     assert leftovers(tmp_path / "out") == []
@@ -260,16 +266,16 @@ def test_http_download_parquet_without_checksum(tmp_path: Path, http_dir: tuple[
     root, base = http_dir
     df = frame(rows=25)
     write(df, root / "data.bin")  # format found from the content, not the name
-    result = dp.download_data(f"{base}/data.bin", tmp_path)
+    result = download_data(f"{base}/data.bin", tmp_path)
     pd.testing.assert_frame_equal(pd.read_parquet(result["path"]), df)
 
 
 def test_http_wrong_checksum_keeps_previous_data(tmp_path: Path, http_dir: tuple[Path, str]) -> None:
     root, base = http_dir
     frame(rows=30).to_csv(root / "data.csv", index=False)
-    previous = dp.download_data("sklearn:iris", tmp_path)
+    previous = download_data("sklearn:iris", tmp_path)
     with pytest.raises(DataError, match="checksum mismatch.*expected sha256 " + "ab" * 32):
-        dp.download_data(f"{base}/data.csv", tmp_path, sha256="ab" * 32)
+        download_data(f"{base}/data.csv", tmp_path, sha256="ab" * 32)
     assert sha256_of(tmp_path / "raw.parquet") == previous["fingerprint"]  # untouched
     assert leftovers(tmp_path) == []
 
@@ -277,14 +283,14 @@ def test_http_wrong_checksum_keeps_previous_data(tmp_path: Path, http_dir: tuple
 def test_http_not_found(tmp_path: Path, http_dir: tuple[Path, str]) -> None:
     _, base = http_dir
     with pytest.raises(DataError, match="HTTP 404"):
-        dp.download_data(f"{base}/missing.csv", tmp_path)
+        download_data(f"{base}/missing.csv", tmp_path)
     assert leftovers(tmp_path) == []
 
 
 def test_unreachable_url_fails_fast(tmp_path: Path, closed_port: int) -> None:
     started = time.monotonic()
     with pytest.raises(DataError, match="cannot download .*ConnectError"):
-        dp.download_data(f"http://127.0.0.1:{closed_port}/data.csv", tmp_path, timeout=5)
+        download_data(f"http://127.0.0.1:{closed_port}/data.csv", tmp_path, timeout=5)
     assert time.monotonic() - started < 5
     assert leftovers(tmp_path) == []
 
@@ -293,7 +299,7 @@ def test_out_dir_blocked_by_a_file(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     with pytest.raises(OutputDirError, match="not writable"):
-        dp.download_data("sklearn:iris", blocker / "out")
+        download_data("sklearn:iris", blocker / "out")
     assert blocker.read_text() == "not a directory"
 
 
@@ -307,8 +313,8 @@ def failed_checks(exc: DataValidationError) -> set[str]:
 
 
 def test_validate_passes_and_writes_report(tmp_path: Path) -> None:
-    raw = dp.download_data("sklearn:wine", tmp_path)
-    result = dp.validate_data(raw["path"], tmp_path)
+    raw = download_data("sklearn:wine", tmp_path)
+    result = validate_data(raw["path"], tmp_path)
     assert result["passed"] is True and result["rows"] == 178
     report = json.loads((tmp_path / "validation.json").read_text())
     assert result["report_path"] == str(tmp_path / "validation.json")
@@ -325,7 +331,7 @@ def test_single_class_label(tmp_path: Path) -> None:
     df = frame()
     df[LABEL] = 1
     with pytest.raises(DataValidationError, match="min_classes") as info:
-        dp.validate_data(write(df, tmp_path / "d.parquet"), tmp_path)
+        validate_data(write(df, tmp_path / "d.parquet"), tmp_path)
     assert failed_checks(info.value) == {f"min_classes:{LABEL}"}
 
 
@@ -333,7 +339,7 @@ def test_all_null_column(tmp_path: Path) -> None:
     df = frame()
     df["x1"] = np.nan
     with pytest.raises(DataValidationError, match=r"null_fraction\[x1\].*measured 1\.0") as info:
-        dp.validate_data(write(df, tmp_path / "d.parquet"), tmp_path)
+        validate_data(write(df, tmp_path / "d.parquet"), tmp_path)
     assert failed_checks(info.value) == {"null_fraction:x1"}
 
 
@@ -342,8 +348,8 @@ def test_null_fraction_threshold_is_configurable(tmp_path: Path) -> None:
     df.loc[:29, "x0"] = np.nan  # 30 %
     path = write(df, tmp_path / "d.parquet")
     with pytest.raises(DataValidationError, match="null_fraction"):
-        dp.validate_data(path, tmp_path)
-    assert dp.validate_data(path, tmp_path, max_null_fraction=0.5)["passed"] is True
+        validate_data(path, tmp_path)
+    assert validate_data(path, tmp_path, max_null_fraction=0.5)["passed"] is True
 
 
 def test_inf_values(tmp_path: Path) -> None:
@@ -351,7 +357,7 @@ def test_inf_values(tmp_path: Path) -> None:
     df.loc[3, "x2"] = np.inf
     df.loc[7, "x2"] = -np.inf
     with pytest.raises(DataValidationError, match=r"finite\[x2\].*measured 2") as info:
-        dp.validate_data(write(df, tmp_path / "d.parquet"), tmp_path)
+        validate_data(write(df, tmp_path / "d.parquet"), tmp_path)
     assert failed_checks(info.value) == {"finite:x2"}
 
 
@@ -359,7 +365,7 @@ def test_duplicate_rows(tmp_path: Path) -> None:
     df = frame(rows=50)
     df = pd.concat([df, df.iloc[:10]], ignore_index=True)  # 10 of 60 rows repeat earlier ones
     with pytest.raises(DataValidationError, match="duplicate_fraction") as info:
-        dp.validate_data(write(df, tmp_path / "d.parquet"), tmp_path)
+        validate_data(write(df, tmp_path / "d.parquet"), tmp_path)
     report = json.loads(Path(info.value.report_path).read_text())
     dup = next(c for c in report["checks"] if c["check"] == "duplicate_fraction")
     assert dup["measured"] == pytest.approx(df.duplicated().mean(), abs=1e-6)
@@ -368,15 +374,15 @@ def test_duplicate_rows(tmp_path: Path) -> None:
 def test_duplicate_count_is_exact() -> None:
     df = frame(rows=2000, features=4, seed=9)
     df = pd.concat([df, df.sample(137, random_state=1), df.sample(20, random_state=2)], ignore_index=True)
-    assert dp._count_duplicates(df) == int(df.duplicated().sum()) > 0
-    assert dp._count_duplicates(frame(rows=500)) == 0
+    assert _count_duplicates(df) == int(df.duplicated().sum()) > 0
+    assert _count_duplicates(frame(rows=500)) == 0
 
 
 def test_missing_label_and_non_numeric_feature(tmp_path: Path) -> None:
     df = frame().drop(columns=LABEL)
     df["colour"] = "red"
     with pytest.raises(DataValidationError) as info:
-        dp.validate_data(write(df, tmp_path / "d.parquet"), tmp_path)
+        validate_data(write(df, tmp_path / "d.parquet"), tmp_path)
     assert failed_checks(info.value) == {f"label_present:{LABEL}", "numeric:colour"}
 
 
@@ -384,7 +390,7 @@ def test_null_labels(tmp_path: Path) -> None:
     df = frame().astype({LABEL: float})
     df.loc[[1, 2], LABEL] = np.nan
     with pytest.raises(DataValidationError) as info:
-        dp.validate_data(write(df, tmp_path / "d.parquet"), tmp_path)
+        validate_data(write(df, tmp_path / "d.parquet"), tmp_path)
     assert failed_checks(info.value) == {f"not_nullable:{LABEL}"}
 
 
@@ -395,7 +401,7 @@ def test_every_failure_is_reported_at_once(tmp_path: Path) -> None:
     df.loc[0, "x1"] = np.inf
     df = pd.concat([df, df.iloc[1:3]], ignore_index=True)
     with pytest.raises(DataValidationError) as info:
-        dp.validate_data(write(df, tmp_path / "d.parquet"), tmp_path, min_rows=10)
+        validate_data(write(df, tmp_path / "d.parquet"), tmp_path, min_rows=10)
     expected = {"min_rows:None", "duplicate_fraction:None", "null_fraction:x0", "finite:x1", f"min_classes:{LABEL}"}
     assert failed_checks(info.value) == expected
     assert len(info.value.failures) == 5
@@ -405,23 +411,23 @@ def test_every_failure_is_reported_at_once(tmp_path: Path) -> None:
 
 def test_empty_dataset(tmp_path: Path) -> None:
     with pytest.raises(DataValidationError) as info:
-        dp.validate_data(write(frame().iloc[:0], tmp_path / "d.parquet"), tmp_path)
+        validate_data(write(frame().iloc[:0], tmp_path / "d.parquet"), tmp_path)
     assert {"non_empty:None", "min_rows:None", f"min_classes:{LABEL}"} <= failed_checks(info.value)
 
 
 def test_validate_unreadable_input(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="does not exist") as missing:
-        dp.validate_data(tmp_path / "nope.parquet", tmp_path)
+        validate_data(tmp_path / "nope.parquet", tmp_path)
     assert not isinstance(missing.value, DataValidationError)
     bad = tmp_path / "bad.parquet"
     bad.write_bytes(b"garbage")
     with pytest.raises(DataError, match="not a readable Parquet file"):
-        dp.validate_data(bad, tmp_path)
+        validate_data(bad, tmp_path)
 
 
 def test_validate_bad_threshold(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="max_null_fraction"):
-        dp.validate_data(tmp_path / "x.parquet", tmp_path, max_null_fraction=1.5)
+        validate_data(tmp_path / "x.parquet", tmp_path, max_null_fraction=1.5)
 
 
 # --------------------------------------------------------------------------- preprocessing
@@ -431,7 +437,7 @@ def test_preprocess_split_scaling_without_leakage(tmp_path: Path) -> None:
     df = frame(rows=200, features=4, seed=2, classes=3)
     df["x0"] = df["x0"] * 10 + 5
     raw = write(df, tmp_path / "raw.parquet")
-    result = dp.preprocess_data(raw, tmp_path, test_size=0.25, seed=7, dtype="float64")
+    result = preprocess_data(raw, tmp_path, test_size=0.25, seed=7, dtype="float64")
     assert (result["rows_train"], result["rows_holdout"]) == (150, 50)
     train, holdout = pd.read_parquet(result["train_path"]), pd.read_parquet(result["holdout_path"])
     # the same stratified split, computed independently; statistics from the training rows only
@@ -447,19 +453,19 @@ def test_preprocess_split_scaling_without_leakage(tmp_path: Path) -> None:
     params = json.loads(Path(result["preprocessing_path"]).read_text())
     np.testing.assert_allclose(params["mean"], mean)
     # the default stores the same values as float32
-    small = dp.preprocess_data(raw, tmp_path / "f32", test_size=0.25, seed=7)
+    small = preprocess_data(raw, tmp_path / "f32", test_size=0.25, seed=7)
     train32 = pd.read_parquet(small["train_path"])
     assert (train32[features].dtypes == np.float32).all() and train32[LABEL].dtype == df[LABEL].dtype
     np.testing.assert_allclose(train32[features].to_numpy(), train[features].to_numpy(), rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="dtype must be float32 or float64"):
-        dp.preprocess_data(raw, tmp_path, dtype="int8")
+        preprocess_data(raw, tmp_path, dtype="int8")
 
 
 def test_preprocess_imputes_train_medians(tmp_path: Path) -> None:
     df = frame(rows=100, features=3)
     df.loc[::5, "x1"] = np.nan
     df["x2"] = np.nan  # all null: kept, filled with 0
-    result = dp.preprocess_data(write(df, tmp_path / "raw.parquet"), tmp_path)
+    result = preprocess_data(write(df, tmp_path / "raw.parquet"), tmp_path)
     train, holdout = pd.read_parquet(result["train_path"]), pd.read_parquet(result["holdout_path"])
     assert not train.isna().any().any() and not holdout.isna().any().any()
     assert (train["x2"] == 0).all() and list(train.columns) == ["x0", "x1", "x2", LABEL]
@@ -477,21 +483,21 @@ def test_median_fill_matches_simple_imputer() -> None:
     other[rng.random(other.shape) < 0.3] = np.nan
     want = expected.transform(other)
     filled = x.copy()
-    medians = dp._fill_medians(filled)
+    medians = _fill_medians(filled)
     np.testing.assert_allclose(medians, expected.statistics_)
-    dp._fill_medians(other, medians)
+    _fill_medians(other, medians)
     np.testing.assert_allclose(other, want)
     np.testing.assert_allclose(filled, expected.transform(x))
 
 
 def test_preprocess_is_reproducible(tmp_path: Path) -> None:
-    raw = dp.download_data("sklearn:breast_cancer", tmp_path)["path"]
-    a = dp.preprocess_data(raw, tmp_path / "a", seed=1)
-    b = dp.preprocess_data(raw, tmp_path / "b", seed=1)
-    c = dp.preprocess_data(raw, tmp_path / "c", seed=2)
+    raw = download_data("sklearn:breast_cancer", tmp_path)["path"]
+    a = preprocess_data(raw, tmp_path / "a", seed=1)
+    b = preprocess_data(raw, tmp_path / "b", seed=1)
+    c = preprocess_data(raw, tmp_path / "c", seed=2)
     assert sha256_of(Path(a["train_path"])) == sha256_of(Path(b["train_path"])) != sha256_of(Path(c["train_path"]))
     assert sha256_of(Path(a["holdout_path"])) == sha256_of(Path(b["holdout_path"]))
-    dp.preprocess_data(raw, tmp_path / "a", seed=1)  # re-run in place: same bytes, nothing left over
+    preprocess_data(raw, tmp_path / "a", seed=1)  # re-run in place: same bytes, nothing left over
     assert sha256_of(Path(a["train_path"])) == sha256_of(Path(b["train_path"]))
     assert [p for p in leftovers(tmp_path / "a")] == []
 
@@ -500,16 +506,16 @@ def test_preprocess_bad_inputs(tmp_path: Path) -> None:
     df = frame(rows=30)
     df.loc[0, LABEL] = 7  # a class with one member cannot be stratified
     with pytest.raises(DataError, match="cannot split"):
-        dp.preprocess_data(write(df, tmp_path / "one.parquet"), tmp_path)
+        preprocess_data(write(df, tmp_path / "one.parquet"), tmp_path)
     with pytest.raises(DataError, match="no label column"):
-        dp.preprocess_data(write(frame().drop(columns=LABEL), tmp_path / "nolabel.parquet"), tmp_path)
+        preprocess_data(write(frame().drop(columns=LABEL), tmp_path / "nolabel.parquet"), tmp_path)
     text = frame().assign(colour="red")
     with pytest.raises(DataError, match="non-numeric feature columns: colour"):
-        dp.preprocess_data(write(text, tmp_path / "text.parquet"), tmp_path)
+        preprocess_data(write(text, tmp_path / "text.parquet"), tmp_path)
     with pytest.raises(ValueError, match="test_size"):
-        dp.preprocess_data(tmp_path / "one.parquet", tmp_path, test_size=1.0)
+        preprocess_data(tmp_path / "one.parquet", tmp_path, test_size=1.0)
     with pytest.raises(DataError, match="does not exist"):
-        dp.preprocess_data(tmp_path / "missing.parquet", tmp_path)
+        preprocess_data(tmp_path / "missing.parquet", tmp_path)
     assert not (tmp_path / "train.parquet").exists()
 
 
@@ -526,7 +532,7 @@ def test_feature_engineering_selects_on_train_only(tmp_path: Path) -> None:
     holdout = pd.DataFrame({f"x{i}": rng.normal(size=100) for i in range(6)})
     holdout["x0"] += 5 * (np.arange(100) % 2)  # strongest in the holdout: must not matter
     holdout[LABEL] = np.arange(100) % 2
-    result = dp.feature_engineering(write(train, tmp_path / "t.parquet"), write(holdout, tmp_path / "h.parquet"),
+    result = feature_engineering(write(train, tmp_path / "t.parquet"), write(holdout, tmp_path / "h.parquet"),
                                     tmp_path, top_k=3)
     assert result["selected"][:2] == ["x4", "x1"] and "x0" not in result["selected"]
     expected_derived = ["row_mean", "row_std", "row_min", "row_max"] + [
@@ -542,10 +548,10 @@ def test_feature_engineering_selects_on_train_only(tmp_path: Path) -> None:
 
 
 def test_feature_engineering_is_deterministic(tmp_path: Path) -> None:
-    raw = dp.download_data("sklearn:wine", tmp_path)["path"]
-    split = dp.preprocess_data(raw, tmp_path)
-    a = dp.feature_engineering(split["train_path"], split["holdout_path"], tmp_path / "a")
-    b = dp.feature_engineering(split["train_path"], split["holdout_path"], tmp_path / "b")
+    raw = download_data("sklearn:wine", tmp_path)["path"]
+    split = preprocess_data(raw, tmp_path)
+    a = feature_engineering(split["train_path"], split["holdout_path"], tmp_path / "a")
+    b = feature_engineering(split["train_path"], split["holdout_path"], tmp_path / "b")
     assert a["features"] == 13 + 4 + 6
     assert (pd.read_parquet(a["train_path"]).drop(columns=LABEL).dtypes == np.float32).all()  # kept float32
     assert sha256_of(Path(a["train_path"])) == sha256_of(Path(b["train_path"]))
@@ -556,9 +562,9 @@ def test_feature_engineering_is_deterministic(tmp_path: Path) -> None:
 def test_feature_engineering_bad_inputs(tmp_path: Path) -> None:
     train = write(frame(), tmp_path / "t.parquet")
     with pytest.raises(DataError, match="lacks feature columns: x2"):
-        dp.feature_engineering(train, write(frame().drop(columns="x2"), tmp_path / "h.parquet"), tmp_path)
+        feature_engineering(train, write(frame().drop(columns="x2"), tmp_path / "h.parquet"), tmp_path)
     with pytest.raises(DataError, match="holdout split .* does not exist"):
-        dp.feature_engineering(train, tmp_path / "missing.parquet", tmp_path)
+        feature_engineering(train, tmp_path / "missing.parquet", tmp_path)
     single = write(frame(features=1), tmp_path / "one.parquet")
-    result = dp.feature_engineering(single, single, tmp_path / "single")
+    result = feature_engineering(single, single, tmp_path / "single")
     assert result["derived"] == ["row_mean", "row_std", "row_min", "row_max"]

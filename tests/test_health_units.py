@@ -19,6 +19,7 @@ from test_exporter_prometheus import Prometheus
 from mlflowctl import health
 from mlflowctl.api.prometheus import PrometheusClient
 from mlflowctl.errors import ApiError, HealthThresholdError, TimeoutExpired, UnhealthyError, UnreachableError, UsageError
+from mlflowctl.health.report import SECTIONS, HealthReport, Row, exit_error
 from mlflowctl.render.health import report_view, sparkline
 from mlpipeline import monitoring as rules
 
@@ -143,11 +144,11 @@ def test_parse_window_refuses(text):
         health.parse_window(text)
 
 
-def report_with(statuses: list[str], *, degraded: bool) -> health.HealthReport:
-    report = health.HealthReport("t", "1h", 3600, "http://a", "http://p",
-                                 {"api": "ok", "prometheus": "connection refused" if degraded else "ok"})
-    report.rows = [health.Row("task_failures", f"r{i}", s, 1, rule="task_failures") for i, s in enumerate(statuses)]
-    report.rows.append(health.Row("executor", "info row", "info", 3))
+def report_with(statuses: list[str], *, degraded: bool) -> HealthReport:
+    report = HealthReport("t", "1h", 3600, "http://a", "http://p",
+                          {"api": "ok", "prometheus": "connection refused" if degraded else "ok"})
+    report.rows = [Row("task_failures", f"r{i}", s, 1, rule="task_failures") for i, s in enumerate(statuses)]
+    report.rows.append(Row("executor", "info row", "info", 3))
     return report
 
 
@@ -165,7 +166,7 @@ def report_with(statuses: list[str], *, degraded: bool) -> health.HealthReport:
     ],
 )
 def test_exit_rule(statuses, degraded, fail_on, expected):
-    error = health.exit_error(report_with(statuses, degraded=degraded), fail_on)
+    error = exit_error(report_with(statuses, degraded=degraded), fail_on)
     assert (type(error) if error else None) is expected
     if expected is not None:
         assert error.exit_code == {HealthThresholdError: 12, UnhealthyError: 9}[expected]
@@ -203,7 +204,7 @@ def test_report_from_prometheus_alone(fed_prometheus):
 
     assert {f.rule for f in report.findings} >= {"task_failures", "dag_run_success_ratio", "api_reachable"}
     assert report.worst == rules.CRITICAL
-    error = health.exit_error(report, None)
+    error = exit_error(report, None)
     assert isinstance(error, UnhealthyError) and "api: not configured" in str(error)
 
 
@@ -245,7 +246,7 @@ def test_report_view_renders_every_section(fed_prometheus):
     text = console.file.getvalue()
     assert text.startswith("health: CRITICAL  DEGRADED")
     assert "degraded: the Airflow API" in text
-    for title in health.SECTIONS.values():
+    for title in SECTIONS.values():
         assert title in text
     line = next(line for line in text.splitlines() if f"{DAG}.train" in line and "4.5s" in line)
     assert "█" in line or "▅" in line
@@ -300,15 +301,15 @@ def test_celery_workers_are_counted_from_the_stacks_pid_files(fed_prometheus, tm
 
     import psutil
 
-    from mlflowctl.cli.health import _live_workers
+    from mlflowctl.health.gather import live_celery_workers
 
     run = tmp_path / "run"
     run.mkdir()
-    assert _live_workers(tmp_path) is None  # no Celery workers: no row
+    assert live_celery_workers(tmp_path) is None  # no Celery workers: no row
     me = psutil.Process()
     (run / "worker-1.pid").write_text(json.dumps({"pid": os.getpid(), "create_time": me.create_time()}))
     (run / "worker-2.pid").write_text(json.dumps({"pid": os.getpid(), "create_time": me.create_time() - 100}))
-    assert _live_workers(tmp_path) == 1  # the second record names a pid reused since
+    assert live_celery_workers(tmp_path) == 1  # the second record names a pid reused since
 
     with PrometheusClient(fed_prometheus.url) as client:
         for count, status in ((1, "ok"), (0, "critical")):

@@ -13,11 +13,12 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from mlpipeline import data_processing as dp
-from mlpipeline.data_processing import DataError, DataUnavailableError
+from mlpipeline.download import DataUnavailableError, download_data
+from mlpipeline.files import file_sha256
+from mlpipeline.preprocessing import preprocess_data
 from mlpipeline.remote import redact_text, redact_url
 from mlpipeline.settings import PipelineSettings
-from mlpipeline.sources import SOURCE_PATTERN, parse_synthetic_spec
+from mlpipeline.sources import SOURCE_PATTERN, DataError, parse_synthetic_spec
 
 CSV = b"a,b,target\n" + b"".join(b"%d,%d,%d\n" % (i, i * 2, i % 2) for i in range(40))
 STOP_AFTER = 30.0  # no handler of the test server runs longer than this, whatever the client does
@@ -150,21 +151,21 @@ def test_redirect_to_another_host_is_refused_at_once(tmp_path, server):
     out = tmp_path / "data" / "out"
     with pytest.raises(DataError, match=rf"redirects to http://localhost:{server.port}/data.csv: only redirects "
                                         "within one host") as info:
-        dp.download_data(f"{server.base}/other-host", out, settings=settings(tmp_path))
+        download_data(f"{server.base}/other-host", out, settings=settings(tmp_path))
     assert not info.value.retryable  # the DAG fails the task without retries
     assert server.auth == [None]  # the other host was never asked
     assert_nothing_left(out)
 
 
 def test_redirect_within_the_host_is_followed(tmp_path, server):
-    result = dp.download_data(f"{server.base}/same-host", tmp_path / "data" / "out", settings=settings(tmp_path))
+    result = download_data(f"{server.base}/same-host", tmp_path / "data" / "out", settings=settings(tmp_path))
     assert result["rows"] == 40 and len(server.auth) == 2
 
 
 def test_redirect_loop_ends(tmp_path, server):
     out = tmp_path / "data" / "out"
     with pytest.raises(DataError, match="redirects more than 5 times"):
-        dp.download_data(f"{server.base}/loop", out, settings=settings(tmp_path))
+        download_data(f"{server.base}/loop", out, settings=settings(tmp_path))
     assert_nothing_left(out)
 
 
@@ -174,7 +175,7 @@ def test_a_trickling_server_fails_within_the_deadline(tmp_path, server, path):
     out = tmp_path / "data" / "out"
     started = time.monotonic()
     with pytest.raises(DataUnavailableError, match=r"did not finish within 1.5 s \(MLWF_DOWNLOAD_TIMEOUT\)") as info:
-        dp.download_data(f"{server.base}/{path}", out, settings=settings(tmp_path, MLWF_DOWNLOAD_TIMEOUT="1.5"))
+        download_data(f"{server.base}/{path}", out, settings=settings(tmp_path, MLWF_DOWNLOAD_TIMEOUT="1.5"))
     elapsed = time.monotonic() - started
     assert 1.4 < elapsed < 3.5, elapsed
     assert info.value.retryable  # a slow server may be quicker on the next try
@@ -185,7 +186,7 @@ def test_an_endless_body_stops_at_the_byte_cap(tmp_path, server):
     out = tmp_path / "data" / "out"
     started = time.monotonic()
     with pytest.raises(DataError, match=r"sent more than the cap of 1000000 bytes \(MLWF_DOWNLOAD_MAX_BYTES\)") as info:
-        dp.download_data(f"{server.base}/endless", out, settings=settings(tmp_path, MLWF_DOWNLOAD_MAX_BYTES="1000000"))
+        download_data(f"{server.base}/endless", out, settings=settings(tmp_path, MLWF_DOWNLOAD_MAX_BYTES="1000000"))
     assert time.monotonic() - started < 5
     assert not info.value.retryable
     assert_nothing_left(out)
@@ -195,7 +196,7 @@ def test_an_endless_body_under_a_large_cap_stops_at_the_deadline(tmp_path, serve
     out = tmp_path / "data" / "out"
     started = time.monotonic()
     with pytest.raises(DataUnavailableError, match="did not finish within 1 s"):
-        dp.download_data(f"{server.base}/drizzle", out, settings=settings(tmp_path, MLWF_DOWNLOAD_TIMEOUT="1"))
+        download_data(f"{server.base}/drizzle", out, settings=settings(tmp_path, MLWF_DOWNLOAD_TIMEOUT="1"))
     assert time.monotonic() - started < 3
     assert_nothing_left(out)
 
@@ -203,17 +204,17 @@ def test_an_endless_body_under_a_large_cap_stops_at_the_deadline(tmp_path, serve
 def test_an_announced_size_over_the_cap_is_refused_before_reading(tmp_path, server):
     out = tmp_path / "data" / "out"
     with pytest.raises(DataError, match=r"announces 1000000000000 bytes, over the cap of 209715200"):
-        dp.download_data(f"{server.base}/big", out, settings=settings(tmp_path))
+        download_data(f"{server.base}/big", out, settings=settings(tmp_path))
     assert_nothing_left(out)
 
 
 def test_a_failed_download_keeps_the_previous_data(tmp_path, server):
     out = tmp_path / "data" / "out"
-    previous = dp.download_data("sklearn:iris", out, settings=settings(tmp_path))
+    previous = download_data("sklearn:iris", out, settings=settings(tmp_path))
     with pytest.raises(DataError):
-        dp.download_data(f"{server.base}/endless", out, settings=settings(tmp_path, MLWF_DOWNLOAD_MAX_BYTES="100000"))
+        download_data(f"{server.base}/endless", out, settings=settings(tmp_path, MLWF_DOWNLOAD_MAX_BYTES="100000"))
     assert sorted(p.name for p in out.iterdir()) == ["raw.parquet"]
-    assert dp.file_sha256(out / "raw.parquet") == previous["fingerprint"]
+    assert file_sha256(out / "raw.parquet") == previous["fingerprint"]
 
 
 # --------------------------------------------------------------------------- credentials in URLs
@@ -221,11 +222,11 @@ def test_a_failed_download_keeps_the_previous_data(tmp_path, server):
 
 def test_credentials_in_a_source_url_are_used_but_never_recorded(tmp_path, server):
     url = f"http://alice:s3cret@127.0.0.1:{server.port}/data.csv?token=tok123&part=1"
-    result = dp.download_data(url, tmp_path / "data" / "out", settings=settings(tmp_path))
+    result = download_data(url, tmp_path / "data" / "out", settings=settings(tmp_path))
     assert server.auth == ["Basic " + base64.b64encode(b"alice:s3cret").decode()]
     assert result["source"] == f"http://127.0.0.1:{server.port}/data.csv?token=REDACTED&part=1"
     with pytest.raises(DataError) as info:
-        dp.download_data(url.replace("data.csv", "nothing.csv"), tmp_path / "data" / "out", settings=settings(tmp_path))
+        download_data(url.replace("data.csv", "nothing.csv"), tmp_path / "data" / "out", settings=settings(tmp_path))
     assert "HTTP 404" in str(info.value)
     assert "s3cret" not in str(info.value) and "tok123" not in str(info.value) and "alice" not in str(info.value)
 
@@ -256,9 +257,9 @@ def test_model_metadata_records_the_redacted_source(tmp_path, server):
     from mlpipeline.model_training import evaluate_model, train_model
 
     s = settings(tmp_path)
-    raw = dp.download_data(f"http://bob:hunter2@127.0.0.1:{server.port}/data.csv?key=k1", tmp_path / "data" / "d",
+    raw = download_data(f"http://bob:hunter2@127.0.0.1:{server.port}/data.csv?key=k1", tmp_path / "data" / "d",
                            settings=s)
-    pre = dp.preprocess_data(raw["path"], tmp_path / "data" / "p")
+    pre = preprocess_data(raw["path"], tmp_path / "data" / "p")
     model = train_model(pre["train_path"], tmp_path / "data" / "t")
     metrics = evaluate_model(model["model_path"], pre["holdout_path"], tmp_path / "data" / "e")
     result = deploy_model(model["model_path"], {k: metrics[k] for k in ("accuracy", "f1", "roc_auc")},
@@ -286,7 +287,7 @@ def test_synthetic_sizes_are_bounded(tmp_path, spec, message):
     out = tmp_path / "data" / "out"
     started = time.monotonic()
     with pytest.raises(DataError, match=message):
-        dp.download_data(f"synthetic:{spec}", out, settings=settings(tmp_path))
+        download_data(f"synthetic:{spec}", out, settings=settings(tmp_path))
     assert time.monotonic() - started < 2  # refused before generating anything
     assert not out.exists()
 
@@ -331,7 +332,7 @@ def test_files_outside_the_allowed_folders_are_refused(layout, source):
     (layout / "data" / "linked-dir").symlink_to(layout / "elsewhere")
     out = layout / "data" / "out"
     with pytest.raises(DataError, match=r"is outside the folders data may be read from: .*MLWF_ALLOWED_DATA_DIRS"):
-        dp.download_data(source.format(root=layout), out, settings=project_settings(layout))
+        download_data(source.format(root=layout), out, settings=project_settings(layout))
     assert not out.exists()
 
 
@@ -339,14 +340,14 @@ def test_files_under_the_project_or_the_data_root_are_read(layout):
     s = project_settings(layout)
     (layout / "data" / "inside.csv").symlink_to(layout / "project" / "in.csv")  # a link within: fine
     for source in ("in.csv", str(layout / "project" / "in.csv"), str(layout / "data" / "inside.csv")):
-        result = dp.download_data(source, layout / "data" / "out", settings=s)
+        result = download_data(source, layout / "data" / "out", settings=s)
         assert result["rows"] == 40 and result["source"] == source
 
 
 def test_allowed_data_dirs_widen_the_folders(layout):
     source = str(layout / "elsewhere" / "good.csv")
     wider = project_settings(layout, MLWF_ALLOWED_DATA_DIRS=f"/nonexistent{os.pathsep}{layout / 'elsewhere'}")
-    assert dp.download_data(source, layout / "data" / "out", settings=wider)["rows"] == 40
+    assert download_data(source, layout / "data" / "out", settings=wider)["rows"] == 40
 
 
 def test_a_prefix_is_not_a_parent(layout):
@@ -354,7 +355,7 @@ def test_a_prefix_is_not_a_parent(layout):
     (layout / "data-other").mkdir()
     (layout / "data-other" / "good.csv").write_bytes(CSV)
     with pytest.raises(DataError, match="is outside"):
-        dp.download_data(str(layout / "data-other" / "good.csv"), layout / "data" / "out", settings=settings(layout))
+        download_data(str(layout / "data-other" / "good.csv"), layout / "data" / "out", settings=settings(layout))
 
 
 # --------------------------------------------------------------------------- the trigger-time check

@@ -335,8 +335,12 @@ def test_backend_services_and_groups(tmp_path):
     (tmp_path / "mlwf.toml").write_text("")
     backend = LocalBackend(load_config({}, cwd=tmp_path, environ={}))
     names = [s.name for s in backend.services()]
-    assert names[:4] == ["api-server", "scheduler", "dag-processor", "triggerer"]
+    # The database first (a new stack's default is mlwf's PostgreSQL), stopped last by `down`.
+    assert names[:5] == ["postgres", "api-server", "scheduler", "dag-processor", "triggerer"]
+    assert [s.name for s in backend.services() if s.database] == ["postgres"]
     assert all(s.group != "monitoring" for s in backend.services(frozenset({"monitoring"})))
+    sqlite = LocalBackend(load_config({"database": "sqlite"}, cwd=tmp_path, environ={}))
+    assert [s.name for s in sqlite.services()][:4] == ["api-server", "scheduler", "dag-processor", "triggerer"]
 
 
 # ------------------------------------------------------------------ launcher

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mlpipeline.files import is_temp
+from mlpipeline.files import file_sha256, is_temp
 from mlpipeline.model_deployment import (
     ModelIntegrityError,
     ModelRegistry,
@@ -23,7 +23,6 @@ from mlpipeline.model_deployment import (
     git_commit,
     load_production_model,
     rollback,
-    sha256_file,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,7 +63,7 @@ def test_first_deploy_promotes_and_records_metadata(tmp_path, model_file):
     meta = json.loads((reg / "versions" / "v0001" / "metadata.json").read_text())
     assert meta["metrics"] == GOOD
     assert meta["run_id"] == "run-1" and meta["data_fingerprint"] == "abc123"
-    assert meta["model_sha256"] == sha256_file(model_file) == sha256_file(reg / "versions/v0001/model.skops")
+    assert meta["model_sha256"] == file_sha256(model_file) == file_sha256(reg / "versions/v0001/model.skops")
     assert meta["library_versions"]["apache-airflow"] == "3.3.2"
     assert meta["library_versions"]["scikit-learn"] and meta["library_versions"]["skops"]
     assert meta["created_at"].endswith("+00:00")

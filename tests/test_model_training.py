@@ -16,18 +16,21 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from mlpipeline import data_processing as dp
 from mlpipeline import model_training as mt
-from mlpipeline.data_processing import LABEL, DataError, OutputDirError
+from mlpipeline.download import download_data
+from mlpipeline.features import feature_engineering
 from mlpipeline.model_training import ModelError, UntrustedModelError
+from mlpipeline.preprocessing import preprocess_data
+from mlpipeline.sources import DataError
+from mlpipeline.storage import LABEL, OutputDirError
 
 METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
 
 
 def prepared(root: Path, source: str) -> dict:
-    raw = dp.download_data(source, root)
-    split = dp.preprocess_data(raw["path"], root)
-    return dp.feature_engineering(split["train_path"], split["holdout_path"], root)
+    raw = download_data(source, root)
+    split = preprocess_data(raw["path"], root)
+    return feature_engineering(split["train_path"], split["holdout_path"], root)
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,7 @@ import yaml
 
 from mlflowctl.errors import UsageError
 from mlflowctl.metrics.prometheus_config import render_local_config, write_local_config
-from mlpipeline.monitoring import DEFAULTS
-from mlpipeline.settings import DEFAULT_THRESHOLDS
+from mlpipeline.thresholds import LIMITS, PROMOTION_MINIMUMS
 
 REPO = Path(__file__).resolve().parents[1]
 PROM = REPO / "stack" / "prometheus"
@@ -88,15 +87,15 @@ def _threshold(expr: str) -> float:
 
 def test_alert_thresholds_match_mlwf_health_defaults():
     alerts = _alerts()
-    for metric, minimum in DEFAULT_THRESHOLDS.items():
+    for metric, minimum in PROMOTION_MINIMUMS.items():
         name = {"accuracy": "ModelAccuracyBelowThreshold", "f1": "ModelF1BelowThreshold", "roc_auc": "ModelRocAucBelowThreshold"}[metric]
         expr = alerts[(name, "warning")]
         assert expr.startswith(f"mlpipeline_model_{metric} <") and _threshold(expr) == minimum
     for severity in ("warning", "critical"):
-        assert _threshold(alerts[("AirflowImportErrors", severity)]) == DEFAULTS["import_errors"][severity]
-        assert _threshold(alerts[("AirflowDagRunSuccessRatioLow", severity)]) == DEFAULTS["dag_run_success_ratio"][severity]
-        assert _threshold(alerts[("AirflowDagRunTooLong", severity)]) == DEFAULTS["long_running_run"][severity]
+        assert _threshold(alerts[("AirflowImportErrors", severity)]) == getattr(LIMITS["import_errors"], severity)
+        assert _threshold(alerts[("AirflowDagRunSuccessRatioLow", severity)]) == getattr(LIMITS["dag_run_success_ratio"], severity)
+        assert _threshold(alerts[("AirflowDagRunTooLong", severity)]) == getattr(LIMITS["long_running_run"], severity)
         window = re.search(r"airflow_scheduler_heartbeat\[(\d+)m\]", alerts[("AirflowSchedulerHeartbeatAbsent", severity)])
-        assert int(window.group(1)) * 60 == DEFAULTS["scheduler_heartbeat"][severity]
-    assert _threshold(alerts[("AirflowTaskFailed", "warning")]) == DEFAULTS["task_failures"]["warning"]
-    assert _threshold(alerts[("AirflowTaskFailuresMany", "critical")]) == DEFAULTS["task_failures"]["critical"]
+        assert int(window.group(1)) * 60 == getattr(LIMITS["scheduler_heartbeat"], severity)
+    assert _threshold(alerts[("AirflowTaskFailed", "warning")]) == LIMITS["task_failures"].warning
+    assert _threshold(alerts[("AirflowTaskFailuresMany", "critical")]) == LIMITS["task_failures"].critical

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import read_until
+from conftest import answer_prompt
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -382,27 +382,15 @@ def test_no_password_and_no_terminal_gives_the_auth_exit_code_with_a_hint(stack,
 
 def test_password_is_asked_for_on_a_terminal_and_the_token_cached(stack, tmp_path):
     """No password anywhere but a terminal attached: a hidden prompt, then a cached token."""
-    master, slave = os.openpty()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLWF_")}
-    process = subprocess.Popen(
+    run = answer_prompt(
         [sys.executable, "-m", "mlflowctl", "dags", "--json", "--url", stack.url, "--home", str(tmp_path)],
-        stdin=slave, stdout=subprocess.PIPE, stderr=slave, env=env, cwd=str(tmp_path), start_new_session=True,
+        prompt=f"Airflow password for admin at {stack.url}: ", typed=stack.password.encode() + b"\n",
+        env=env, cwd=str(tmp_path),
     )
-    os.close(slave)
-    try:
-        # The prompt's last byte comes after echo is off and type-ahead flushed: wait for it.
-        prompt = f"Airflow password for admin at {stack.url}: ".encode()
-        seen = read_until(master, prompt, time.monotonic() + 60)
-        assert prompt in seen, seen
-        os.write(master, stack.password.encode() + b"\n")
-        out, _ = process.communicate(timeout=120)
-        seen += read_until(master, b"\0never", time.monotonic() + 5)  # all it showed, to check no echo
-    finally:
-        process.kill() if process.poll() is None else None
-        os.close(master)
-    assert process.returncode == 0
-    assert PIPELINE in {d["dag_id"] for d in json.loads(out)["dags"]}
-    assert stack.password.encode() not in seen  # not echoed
+    assert run.returncode == 0
+    assert PIPELINE in {d["dag_id"] for d in json.loads(run.stdout)["dags"]}
+    assert stack.password.encode() not in run.shown  # not echoed
     assert (tmp_path / "token.json").stat().st_mode & 0o777 == 0o600
 
 

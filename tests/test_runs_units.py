@@ -14,7 +14,7 @@ from mlflowctl.errors import UsageError
 from mlflowctl.junit import junit_xml, write_junit
 from mlflowctl.render import runs as render
 from mlflowctl.render.durations import duration
-from mlflowctl.runs import BackfillPlan, RunSnapshot, TaskFailure, backfill_range, parse_conf, parse_date
+from mlflowctl.runs import BackfillPlan, RunSnapshot, TaskFailure, backfill_range, log_text, parse_conf, parse_date
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 
@@ -82,7 +82,7 @@ def test_log_records_become_readable_lines():
         ),
         LogRecord("a plain line"),
     ]
-    assert render.log_text(records) == [
+    assert log_text(records) == [
         "[2026-01-01 12:00:01] INFO - hello from the task",
         "[2026-01-01 12:00:02] ERROR - Task failed with exception",
         "Traceback (most recent call last):",

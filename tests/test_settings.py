@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from mlpipeline.settings import DEFAULT_THRESHOLDS, PipelineSettings, SettingsError, parse_thresholds, safe_run_id
+from mlpipeline.settings import PipelineSettings, SettingsError, parse_thresholds, safe_run_id
+from mlpipeline.thresholds import PROMOTION_MINIMUMS
 
 
 def test_defaults_under_cwd(tmp_path):
@@ -14,7 +15,7 @@ def test_defaults_under_cwd(tmp_path):
     assert s.data_root == tmp_path / ".mlwf" / "data"
     assert s.registry_dir == s.data_root / "registry"
     assert s.notifications_log == s.data_root / "notifications.jsonl"
-    assert s.webhook_url is None and s.thresholds == DEFAULT_THRESHOLDS and s.tolerance == 0.02
+    assert s.webhook_url is None and s.thresholds == PROMOTION_MINIMUMS and s.tolerance == 0.02
     assert s.project_root is None and s.data_dirs == (s.data_root,)
     assert s.download_max_bytes == 200 * 1024 * 1024 and s.download_timeout == 300.0
 
@@ -80,4 +81,4 @@ def test_safe_run_id_is_a_distinct_plain_directory_name():
 
 def test_parse_thresholds_mapping():
     assert parse_thresholds({"roc_auc": 1}) == {"roc_auc": 1.0}
-    assert parse_thresholds(None) == DEFAULT_THRESHOLDS
+    assert parse_thresholds(None) == PROMOTION_MINIMUMS

@@ -21,7 +21,7 @@ import pytest
 
 from mlflowctl import state
 from mlflowctl.backends import processes
-from mlflowctl.backends.celery_local import _private_folder, remove_data
+from mlflowctl.backends.postgres_local import _private_folder, remove_data
 from mlflowctl.config import load_config
 from mlflowctl.errors import DamagedStateError, UsageError
 from conftest import MLWF, stack_processes, stack_sessions
@@ -170,6 +170,28 @@ def test_postgres_folder_is_made_fresh_or_refused_when_planted(tmp_path):
     for planted in (planted_link, loose, foreign, unmarked):
         with pytest.raises(Exception, match="mlwf did not make it"):
             _private_folder(planted, None, inside=home)
+
+
+def test_a_state_file_replaces_a_planted_link_with_the_mode_asked(tmp_path):
+    """write_durably: 0600 unless told (JUnit reports are 0644); a link at the target is
+    replaced, never written through; no temporary file is left beside it."""
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text("must survive")
+    home = tmp_path / "home"
+    home.mkdir()
+    record = home / "executor.json"
+    record.symlink_to(elsewhere)
+    previous = os.umask(0o022)
+    try:
+        state.write_durably(record, '{"executor": "local"}')
+        state.write_durably(home / "report.xml", "<testsuites/>", mode=0o644)
+    finally:
+        os.umask(previous)
+    assert not record.is_symlink() and record.read_text() == '{"executor": "local"}'
+    assert elsewhere.read_text() == "must survive"
+    assert stat.S_IMODE(record.stat().st_mode) == 0o600
+    assert stat.S_IMODE((home / "report.xml").stat().st_mode) == 0o644
+    assert sorted(p.name for p in home.iterdir()) == ["executor.json", "report.xml"]
 
 
 # ----------------------------------------------------------------------------- 2. signalling only our processes

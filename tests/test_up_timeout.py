@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+from mlflowctl.secrets import load_or_create
+from mlflowctl.state import ensure_home
 from conftest import port_open, stack_processes
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
@@ -43,6 +45,8 @@ def _kill_leftovers(stack) -> list[int]:
 @pytest.mark.parametrize("launcher", ["1", "0"], ids=["launcher", "one process each"])
 def test_up_with_a_locked_database_times_out_and_leaves_nothing_running(make_stack, launcher):
     stack = make_stack()
+    ensure_home(stack.home, stack.project)  # a state directory mlwf made, whose database is held
+    load_or_create(stack.home)
     database = stack.home / "airflow" / "airflow.db"
     database.parent.mkdir(parents=True)
     holder = subprocess.Popen(

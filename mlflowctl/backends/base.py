@@ -33,6 +33,7 @@ class StackStatus:
     backend: str
     services: list[ServiceStatus] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what `up`/`down` did, said once to the user
+    database: str = ""  # the metadata database: postgres, sqlite, database_url (the user's); "" unknown
 
     @property
     def running(self) -> bool:

@@ -19,7 +19,7 @@ from mlflowctl.cli.context import App
 from mlflowctl.cli.options import Home, Json, Url, User
 
 if TYPE_CHECKING:
-    from mlflowctl.health import HealthReport
+    from mlflowctl.health.report import HealthReport
 
 PROMETHEUS_ENV = "MLWF_PROMETHEUS_URL"
 API_RETRY_S = 1.0
@@ -33,11 +33,12 @@ def _clients(app: App, url: str | None, user: str | None, home: str | None, prom
     # takes: ~80-100 ms of CPU of a ~0.5 s command. A None entry makes that import fail fast.
     sys.modules.setdefault("trio", None)  # type: ignore[arg-type]
     from mlflowctl.api.prometheus import PrometheusClient
+    from mlflowctl.health.gather import live_celery_workers
 
     config = app.config(airflow_url=url, airflow_user=user, home=home)
     airflow = app.client(config, timeout=API_TIMEOUT_S, retry_for=API_RETRY_S)
     prometheus = PrometheusClient(_prometheus_url(prometheus_url) or f"http://127.0.0.1:{config.prometheus_port}")
-    return airflow, prometheus, lambda: _live_workers(config.home_dir)
+    return airflow, prometheus, lambda: live_celery_workers(config.home_dir)
 
 
 def _prometheus_url(value: str | None) -> str:
@@ -50,16 +51,6 @@ def _prometheus_url(value: str | None) -> str:
         return ""
     origin = PROMETHEUS_ENV if os.environ.get(PROMETHEUS_ENV) == value else "--prometheus-url"
     return checked("prometheus_url", http_url, value, origin)
-
-
-def _live_workers(home) -> int | None:
-    """Live Celery workers of a local stack (its worker-*.pid files); None when it runs none."""
-    files = list((home / "run").glob("worker-*.pid"))
-    if not files:
-        return None
-    from mlflowctl.backends.processes import read_pid_file
-
-    return sum(1 for path in files if (record := read_pid_file(path)) is not None and record.process() is not None)
 
 
 def _json_line(app: App, report: HealthReport, *, indent: int | None) -> None:
@@ -104,9 +95,10 @@ def health(
     Prometheus or the API did not answer (the report still comes, marked degraded)."""
     from mlflowctl import health as service
     from mlflowctl.errors import UsageError
+    from mlflowctl.health.report import FAIL_ON, exit_error
 
     service.parse_window(window)
-    if fail_on is not None and fail_on.lower() not in service.FAIL_ON:
+    if fail_on is not None and fail_on.lower() not in FAIL_ON:
         raise UsageError(f"--fail-on {fail_on!r}: use warning or critical")
     fail_on = fail_on.lower() if fail_on else None
     app: App = ctx.obj
@@ -125,7 +117,7 @@ def health(
                 from mlflowctl.render.health import report_view
 
                 app.out.print(report_view(report))
-    error = service.exit_error(report, fail_on)
+    error = exit_error(report, fail_on)
     if error is not None:
         raise error
 

@@ -309,14 +309,13 @@ def show_task_logs(
 ) -> None:
     """`mlwf logs DAG TASK`: a task's log as text; `follow` keeps printing until the task ends."""
     from mlflowctl import runs as service
-    from mlflowctl.render.runs import log_text
 
     with connect(app, url, user, home) as client:
         target = service.log_target(client, dag_id, task_id, run=run, try_number=try_number)
         app.say(f"# {dag_id} / {target.run.run_id} / {task_id} try {target.try_number} ({target.task.state})")
         try:
             for records in service.follow_log(client, target, follow=follow):
-                for line in log_text(records):
+                for line in service.log_text(records):
                     app.echo(line)
         except KeyboardInterrupt:
             raise typer.Exit(130) from None

@@ -51,7 +51,7 @@ def stack_result(app: App, status, *, as_json: bool) -> None:
         app.echo(json.dumps(status_json(status, None), indent=2))
         return
     print_notes(app, status.notes)
-    app.out.print(services_table(status.services, backend=status.backend))
+    app.out.print(services_table(status.services, backend=status.backend, database=status.database))
 
 
 def up(
@@ -64,6 +64,10 @@ def up(
     home: Home = None,
     executor: Annotated[Optional[str], typer.Option("--executor", help="local or celery (env MLWF_EXECUTOR).")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Celery workers (env MLWF_WORKERS).")] = None,
+    database: Annotated[
+        Optional[str],
+        typer.Option("--database", help="postgres or sqlite, for a new stack; an existing one keeps its own (env MLWF_DATABASE)."),
+    ] = None,
     timeout: Annotated[
         float,
         typer.Option(
@@ -82,7 +86,7 @@ def up(
     from mlflowctl.render.stack import services_table
 
     app: App = ctx.obj
-    config = app.config(backend=backend, home=home, executor=executor, workers=workers)
+    config = app.config(backend=backend, home=home, executor=executor, workers=workers, database=database)
     chosen = app.backend(config)
     console = app.err
     live = Live(console=console, transient=True, refresh_per_second=8) if console.is_terminal else None
@@ -188,7 +192,7 @@ def status(
     if as_json:
         app.echo(json.dumps(status_json(stack, found.dags, found.dags_error), indent=2))
     else:
-        app.out.print(services_table(stack.services, backend=stack.backend))
+        app.out.print(services_table(stack.services, backend=stack.backend, database=stack.database))
         if found.dags is not None:
             app.out.print(dags_table(found.dags, title="DAGs"))
         elif found.dags_error:

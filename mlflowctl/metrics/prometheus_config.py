@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflowctl.errors import UsageError
+from mlpipeline.files import atomic_write_bytes
 
 STACK_DIR = Path(__file__).resolve().parents[2] / "stack"
 EXPORTER_JOB = "statsd-exporter"
@@ -85,7 +86,5 @@ def write_local_config(path: Path | str, **kwargs: Any) -> Path:
     """Render (as render_local_config) and write atomically; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(render_local_config(**kwargs), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, render_local_config(**kwargs).encode())
     return path

@@ -13,7 +13,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from mlflowctl.health import SECTIONS, HealthReport, Row
+from mlflowctl.health.report import SECTIONS, HealthReport, Row
 from mlflowctl.render.durations import duration
 
 STATUS_STYLES = {

@@ -1,4 +1,4 @@
-"""Pure builders for the run commands: rich tables, readable log text, JSON-ready dicts."""
+"""Pure builders for the run commands: rich tables and JSON-ready dicts."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from rich.text import Text
 from mlflowctl.render.durations import duration
 
 if TYPE_CHECKING:
-    from mlflowctl.api.airflow import DagRun, LogRecord, TaskInstance
+    from mlflowctl.api.airflow import DagRun, TaskInstance
     from mlflowctl.runs import BackfillPlan, BackfillProgress, DagsOverview, DagStatus, RunSnapshot, TaskFailure
 
 STATE_STYLE = {
@@ -27,7 +27,6 @@ STATE_STYLE = {
     "skipped": "dim",
     "none": "dim",
 }
-SOURCE_GROUP = "::group::Log message source details"
 
 
 def jsonable(value: Any) -> Any:
@@ -100,30 +99,6 @@ def run_json(snapshot: RunSnapshot, failures: list[TaskFailure] | None = None) -
             {"task_id": f.task.task_id, "try_number": f.task.try_number, "log_tail": f.log_tail} for f in failures
         ]
     return data
-
-
-def log_text(records: Iterable[LogRecord]) -> list[str]:
-    """Readable lines: `[time] LEVEL - message`, tracebacks under their line; group markers dropped."""
-    lines: list[str] = []
-    skipping = False
-    for record in records:
-        event = record.event
-        if event == SOURCE_GROUP:
-            skipping = True
-            continue
-        if event.startswith("::endgroup::"):
-            skipping = False
-            continue
-        if skipping or event.startswith("::group::"):
-            continue
-        if record.timestamp:
-            stamp = record.timestamp.replace("T", " ")[:19]
-            level = (record.level or "info").upper()
-            lines.append(f"[{stamp}] {level} - {event}")
-        else:
-            lines.append(event)
-        lines.extend(record.exception)
-    return lines
 
 
 def dags_table(overview: DagsOverview, *, title: str | None = None):

@@ -18,8 +18,15 @@ if TYPE_CHECKING:
 STATE_STYLES = {"healthy": "green", "starting": "yellow", "unhealthy": "red", "stopped": "dim"}
 
 
-def services_table(services: list[ServiceStatus], *, backend: str, title: str | None = None) -> Table:
-    table = Table(title=title or f"services ({backend} backend)", title_justify="left")
+#: How `status` names each metadata database.
+DATABASE_NAMES = {"postgres": "PostgreSQL", "sqlite": "SQLite", "database_url": "the database at database_url"}
+
+
+def services_table(
+    services: list[ServiceStatus], *, backend: str, title: str | None = None, database: str = ""
+) -> Table:
+    on = f", metadata in {DATABASE_NAMES.get(database, database)}" if database else ""
+    table = Table(title=title or f"services ({backend} backend{on})", title_justify="left")
     for column in ("service", "state", "pid", "uptime", "port", "url", "detail"):
         table.add_column(column, overflow="fold")
     for service in services:
@@ -38,6 +45,7 @@ def services_table(services: list[ServiceStatus], *, backend: str, title: str | 
 def status_json(status: StackStatus, dags: DagsOverview | None, dags_error: str | None = None) -> dict[str, Any]:
     data: dict[str, Any] = {
         "backend": status.backend,
+        "database": status.database or None,
         "healthy": status.healthy,
         "running": status.running,
         "services": [asdict(service) for service in status.services],

@@ -1,11 +1,13 @@
-"""Atomic, durable file writes: the one way the pipeline's stages and its registry write files.
+"""Atomic, durable file writes and file digests: the one implementation of each, for the
+pipeline's stages and registry and for mlwf's own state files (``mlflowctl.state``).
 
 A writer fills a temporary file in the target's own directory, named
-``.<name>.<pid>.<random>.tmp``, fsyncs it, renames it over the target (``os.replace``) and
-fsyncs the directory. Readers only ever open the final names, so they see the old file or
-the new one, whole, even after a kill -9 or a power cut; a crash leaves at most a stray
-temporary file, which `remove_stale_temps` deletes once its writer is gone.
-Stdlib only: cheap to import anywhere.
+``.<name>.<pid>.<random>.tmp`` and created afresh (never through a planted symlink), fsyncs
+it, renames it over the target (``os.replace``) and fsyncs the directory. Readers only ever
+open the final names, so they see the old file or the new one, whole, even after a kill -9
+or a power cut; a crash leaves at most a stray temporary file, which `remove_stale_temps`
+deletes once its writer is gone.
+Stdlib only: cheap to import anywhere, the CLI included.
 """
 
 from __future__ import annotations
@@ -52,14 +54,22 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The sha256 hex digest of the file at `path`."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], *, mode: int = 0o666) -> Iterator[Path]:
     """Yield a temporary path beside `path` to write; on success it becomes `path`, durably.
 
-    On error the temporary file is removed and `path` is left as it was.
+    The temporary file already exists, empty, with `mode` (less the umask), which writing it
+    keeps. On error it is removed and `path` is left as it was.
     """
     final = Path(path)
     tmp = temp_name(final)
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode))
     try:
         yield tmp
         _fsync_file(tmp)
@@ -69,9 +79,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> str:
-    """Write `data` to `path` atomically; return its sha256 hex digest."""
-    with atomic_path(path) as tmp:
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o666) -> str:
+    """Write `data` to `path` atomically, a new file with `mode`; return its sha256 hex digest."""
+    with atomic_path(path, mode=mode) as tmp:
         tmp.write_bytes(data)
     return hashlib.sha256(data).hexdigest()
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
-import hashlib
 import json
 import math
 import os
@@ -36,7 +35,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from mlpipeline.files import atomic_copy, atomic_write_json, fsync_dir, remove_stale_temps, temp_name
+from mlpipeline.files import atomic_copy, atomic_write_json, file_sha256, fsync_dir, remove_stale_temps, temp_name
 
 MODEL_FILE = "model.skops"
 METADATA_FILE = "metadata.json"
@@ -63,11 +62,6 @@ class ModelIntegrityError(RegistryError):
 
 
 # ---------------------------------------------------------------- small helpers
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _now() -> str:
@@ -201,7 +195,7 @@ class ModelRegistry:
         staging.mkdir(mode=0o755)
         try:
             atomic_copy(src, staging / MODEL_FILE)
-            digest = sha256_file(staging / MODEL_FILE)
+            digest = file_sha256(staging / MODEL_FILE)
             try:  # refuse anything skops cannot load with our allow-list, before it is registered
                 self._loader(staging / MODEL_FILE)
             except Exception as exc:  # noqa: BLE001 - any failure means: not a model we accept
@@ -274,7 +268,7 @@ class ModelRegistry:
         expected = meta.get("model_sha256")
         if not model.is_file():
             raise ModelIntegrityError(f"model file of {version} is missing ({model})")
-        actual = sha256_file(model)
+        actual = file_sha256(model)
         if not expected or actual != expected:
             raise ModelIntegrityError(
                 f"model file of {version} does not match its recorded sha256 "
@@ -315,7 +309,7 @@ class ModelRegistry:
     ) -> dict[str, Any]:
         metadata = dict(metadata or {})
         with self._locked():
-            digest = sha256_file(model_path) if Path(model_path).is_file() else None
+            digest = file_sha256(model_path) if Path(model_path).is_file() else None
             existing = self.find_run(metadata.get("run_id"), digest) if digest else None
             if existing is not None:  # same run, same model: report what was decided then
                 self._finish_interrupted_promotion(existing)

@@ -23,8 +23,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 from sklearn.utils._param_validation import InvalidParameterError
 
-from mlpipeline.data_processing import LABEL, DataError, ensure_out_dir, read_parquet
 from mlpipeline.files import atomic_write_bytes, atomic_write_json
+from mlpipeline.sources import DataError
+from mlpipeline.storage import LABEL, ensure_out_dir, read_parquet
 
 MODEL_TYPES = ("logistic_regression", "random_forest", "gradient_boosting")
 MODEL_FILE = "model.skops"

@@ -2,8 +2,8 @@
 
 Stdlib only: ``monitoring_dag`` and ``mlwf health`` both import this module, and the CLI
 must start instantly. Each ``check_*`` takes plain numbers (counts, ratios, ages in
-seconds) and thresholds, and returns ``Finding`` objects; fetching the numbers is the
-caller's business.
+seconds) and returns ``Finding`` objects; its thresholds default to those of
+``mlpipeline.thresholds``. Fetching the numbers is the caller's business.
 
 Boundaries: a value exactly *at* a threshold takes that threshold's severity for "at
 least N" rules (failure counts, import errors) and stays on the better side for "more
@@ -18,18 +18,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from mlpipeline.thresholds import LIMITS
+
 OK, WARNING, CRITICAL = "ok", "warning", "critical"
 SEVERITIES = (OK, WARNING, CRITICAL)
 _RANK = {s: i for i, s in enumerate(SEVERITIES)}
-
-#: Default thresholds, one place for the DAG and the CLI.
-DEFAULTS: dict[str, dict[str, float]] = {
-    "dag_run_success_ratio": {"warning": 0.9, "critical": 0.5},
-    "task_failures": {"warning": 1, "critical": 5},
-    "scheduler_heartbeat": {"warning": 60.0, "critical": 300.0},
-    "long_running_run": {"warning": 2 * 3600.0, "critical": 6 * 3600.0},
-    "import_errors": {"warning": 1, "critical": 3},
-}
 
 
 @dataclass(frozen=True)
@@ -93,8 +86,8 @@ def check_success_ratio(
     successes: int,
     failures: int,
     *,
-    warning: float = DEFAULTS["dag_run_success_ratio"]["warning"],
-    critical: float = DEFAULTS["dag_run_success_ratio"]["critical"],
+    warning: float = LIMITS["dag_run_success_ratio"].warning,
+    critical: float = LIMITS["dag_run_success_ratio"].critical,
     subject: str | None = None,
 ) -> Finding:
     """Share of finished DAG runs that succeeded. Below ``critical`` -> critical, below ``warning`` -> warning."""
@@ -127,8 +120,8 @@ def _at_least_rule(
 def check_task_failures(
     failed: int,
     *,
-    warning: float = DEFAULTS["task_failures"]["warning"],
-    critical: float = DEFAULTS["task_failures"]["critical"],
+    warning: float = LIMITS["task_failures"].warning,
+    critical: float = LIMITS["task_failures"].critical,
     subject: str | None = None,
 ) -> Finding:
     """Failed task instances in the window: at least ``warning`` -> warning, at least ``critical`` -> critical."""
@@ -138,8 +131,8 @@ def check_task_failures(
 def check_import_errors(
     count: int,
     *,
-    warning: float = DEFAULTS["import_errors"]["warning"],
-    critical: float = DEFAULTS["import_errors"]["critical"],
+    warning: float = LIMITS["import_errors"].warning,
+    critical: float = LIMITS["import_errors"].critical,
     subject: str | None = None,
 ) -> Finding:
     """DAG files that fail to import: at least ``warning`` -> warning, at least ``critical`` -> critical."""
@@ -149,8 +142,8 @@ def check_import_errors(
 def check_heartbeat_age(
     age_seconds: float | None,
     *,
-    warning: float = DEFAULTS["scheduler_heartbeat"]["warning"],
-    critical: float = DEFAULTS["scheduler_heartbeat"]["critical"],
+    warning: float = LIMITS["scheduler_heartbeat"].warning,
+    critical: float = LIMITS["scheduler_heartbeat"].critical,
     subject: str = "scheduler",
 ) -> Finding:
     """Seconds since a component's last heartbeat; ``None`` (never seen) is critical."""
@@ -169,8 +162,8 @@ def check_heartbeat_age(
 def check_long_running(
     durations: Mapping[str, float],
     *,
-    warning: float = DEFAULTS["long_running_run"]["warning"],
-    critical: float = DEFAULTS["long_running_run"]["critical"],
+    warning: float = LIMITS["long_running_run"].warning,
+    critical: float = LIMITS["long_running_run"].critical,
 ) -> list[Finding]:
     """One finding per running run longer than ``warning`` seconds; a single ok finding if none is."""
     _check_order(warning, critical, higher_is_worse=True)

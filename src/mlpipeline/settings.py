@@ -8,7 +8,7 @@ Every value has a default, so a fresh checkout runs with nothing set:
   (default ``<data_root>/notifications.jsonl``).
 - ``MLWF_WEBHOOK_URL``: POST every notification there when set.
 - ``MLWF_THRESHOLDS``: JSON object of minimum metrics for promotion
-  (default ``{"accuracy": 0.7, "f1": 0.7, "roc_auc": 0.75}``).
+  (default ``mlpipeline.thresholds.PROMOTION_MINIMUMS``).
 - ``MLWF_PROMOTION_TOLERANCE``: how much worse than production a candidate may be (default 0.02).
 - ``MLWF_DEADLINE_MINUTES``: the ml_pipeline_dag run deadline (default 120).
 - ``MLWF_PROJECT_ROOT``: the project (mlwf stacks set it); local data files may lie under it
@@ -32,7 +32,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-DEFAULT_THRESHOLDS: dict[str, float] = {"accuracy": 0.7, "f1": 0.7, "roc_auc": 0.75}
+from mlpipeline.thresholds import PROMOTION_MINIMUMS
+
 DEFAULT_TOLERANCE = 0.02
 DEFAULT_DEADLINE_MINUTES = 120
 DEFAULT_DOWNLOAD_MAX_BYTES = 200 * 1024 * 1024
@@ -64,7 +65,7 @@ def safe_run_id(run_id: str) -> str:
 def parse_thresholds(raw: str | Mapping[str, object] | None) -> dict[str, float]:
     """Thresholds from JSON text or a mapping: metric name -> minimum value in [0, 1]."""
     if raw is None or raw == "":
-        return dict(DEFAULT_THRESHOLDS)
+        return dict(PROMOTION_MINIMUMS)
     if isinstance(raw, str):
         try:
             raw = json.loads(raw)
@@ -129,7 +130,7 @@ class PipelineSettings:
     registry_dir: Path
     notifications_log: Path
     webhook_url: str | None = None
-    thresholds: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
+    thresholds: dict[str, float] = field(default_factory=lambda: dict(PROMOTION_MINIMUMS))
     tolerance: float = DEFAULT_TOLERANCE
     deadline_minutes: float = DEFAULT_DEADLINE_MINUTES
     project_root: Path | None = None

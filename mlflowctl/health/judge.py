@@ -1,334 +1,31 @@
-"""`mlwf health`: gather Prometheus and the Airflow API at once, judge, return plain data.
+"""The judges of `mlwf health`: what the sources answered -> report rows, one function per section.
 
-`collect()` sends every Prometheus query (instant and range) on a thread pool together
-with the Airflow calls, applies the rules of `mlpipeline.monitoring` (the same functions
-`monitoring_dag` applies) and returns a `HealthReport`: rows grouped in sections, each
-row with its status and the value that decided it. Nothing here prints.
-
-Where the numbers come from:
+The rules shared with `monitoring_dag` are `mlpipeline.monitoring`'s; the checks only the CLI
+can make read their limits from `mlpipeline.thresholds` too. Where the numbers come from:
 
 - components: `/api/v2/monitor/health` (heartbeat ages), Prometheus `/-/ready`, `up` of
   the StatsD exporter and its line rate;
 - DAG runs and failures by task: the API (exact, over the window); Prometheus's derived
   `airflow_dagrun_success|failed` and `airflow_task_failed` only when the API is down;
 - durations by task, scheduler loop, executor, pools, model quality: Prometheus.
-
-Degraded: when Prometheus or the API does not answer, the report still comes from the
-other one, with a note saying what is missing; `exit_error()` turns that into exit 9
-(UnhealthyError) unless `--fail-on` finds findings at its level (exit 12).
-
-Windows over counters: `increase()` misses a series' first sample (a task's first
-duration observation creates its series at count 1), so "how much in the window" is
-`now - (value a window ago, or 0 for a series born since)`; see `_delta`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
-import re
 from collections import Counter, defaultdict
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING
 
-from mlflowctl.errors import (
-    ApiError,
-    AuthError,
-    HealthThresholdError,
-    MlwfError,
-    UnhealthyError,
-    UnreachableError,
-    UsageError,
-)
+from mlflowctl.errors import MlwfError
+from mlflowctl.health.gather import Gathered
+from mlflowctl.health.queries import MODEL_METRICS, TREND_POINTS, trend_step
+from mlflowctl.health.report import INFO, UNKNOWN, HealthReport, Row
 from mlpipeline import monitoring as rules
+from mlpipeline import thresholds as limits
 
-if TYPE_CHECKING:  # both client modules import httpx
-    from mlflowctl.api.airflow import AirflowClient
-    from mlflowctl.api.prometheus import PrometheusClient, Sample, Series
-
-INFO, UNKNOWN = "info", "unknown"
-SECTIONS = {
-    "components": "Components",
-    "dag_runs": "DAG runs",
-    "task_failures": "Failures by task",
-    "task_durations": "Durations by task",
-    "scheduler": "Scheduler",
-    "executor": "Executor and pools",
-    "model_quality": "Model quality",
-}
-FAIL_ON = (rules.WARNING, rules.CRITICAL)
-TREND_POINTS = 24
-MIN_WINDOW_S, MAX_WINDOW_S = 60.0, 90 * 86400.0
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_WINDOW_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-#: Model metrics judged against the promotion gate (mlpipeline.settings.DEFAULT_THRESHOLDS).
-MODEL_METRICS = ("accuracy", "f1", "roc_auc")
-
-
-def parse_window(text: str) -> float:
-    """`30m`, `1h`, `2d`, `1w` -> seconds; between 1 minute and 90 days."""
-    match = _WINDOW_RE.match(text or "")
-    if not match:
-        raise UsageError(f"--window {text!r} is not a duration: use a number and s, m, h, d or w (e.g. 1h, 30m)")
-    seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    if not MIN_WINDOW_S <= seconds <= MAX_WINDOW_S:
-        raise UsageError(f"--window {text}: must be between 1m and 90d")
-    return seconds
-
-
-# -- data --------------------------------------------------------------------------------
-
-
-@dataclass
-class Row:
-    """One line of the report. `status` is a severity (ok|warning|critical) when a rule
-    judged `value`, `info` when no rule applies, `unknown` when the source did not answer."""
-
-    section: str
-    name: str
-    status: str
-    value: float | str | None
-    unit: str = ""
-    detail: str = ""
-    source: str = "api"
-    rule: str | None = None
-    threshold: float | None = None
-    trend: list[float | None] | None = None
-
-    @classmethod
-    def judged(cls, section: str, name: str, finding: rules.Finding, *, unit: str = "", source: str = "api",
-               detail: str | None = None, value: Any = None, trend=None) -> Row:
-        return cls(
-            section, name, finding.severity, finding.value if value is None else value, unit,
-            finding.message if detail is None else detail, source, finding.rule, finding.threshold, trend,
-        )
-
-    @property
-    def finding(self) -> rules.Finding | None:
-        if self.rule is None or self.status not in rules.SEVERITIES:
-            return None
-        value = self.value if isinstance(self.value, (int, float)) else None
-        return rules.Finding(self.rule, self.status, value, self.threshold, self.detail, self.name)
-
-
-@dataclass
-class HealthReport:
-    generated_at: str
-    window: str
-    window_seconds: float
-    airflow_url: str
-    prometheus_url: str
-    sources: dict[str, str]  # api / prometheus -> "ok" or why not
-    notes: list[str] = field(default_factory=list)
-    rows: list[Row] = field(default_factory=list)
-    elapsed_seconds: float = 0.0
-
-    @property
-    def degraded(self) -> bool:
-        return any(state != "ok" for state in self.sources.values())
-
-    @property
-    def findings(self) -> list[rules.Finding]:
-        return [f for f in (row.finding for row in self.rows) if f is not None]
-
-    @property
-    def worst(self) -> str:
-        return rules.worst_severity(self.findings)
-
-    def section(self, name: str) -> list[Row]:
-        return [row for row in self.rows if row.section == name]
-
-    def to_dict(self) -> dict[str, Any]:
-        summary = rules.summarize(self.findings)
-        return {
-            "generated_at": self.generated_at,
-            "window": self.window,
-            "window_seconds": self.window_seconds,
-            "airflow_url": self.airflow_url,
-            "prometheus_url": self.prometheus_url,
-            "degraded": self.degraded,
-            "sources": self.sources,
-            "notes": self.notes,
-            "worst": summary["worst"],
-            "counts": summary["counts"],
-            "sections": {name: [asdict(row) for row in self.section(name)] for name in SECTIONS},
-            "findings": summary["findings"],
-            "elapsed_seconds": round(self.elapsed_seconds, 3),
-        }
-
-
-def exit_error(report: HealthReport, fail_on: str | None) -> MlwfError | None:
-    """The error `mlwf health` exits with, if any.
-
-    `--fail-on LEVEL` and a finding at LEVEL or worse -> HealthThresholdError (12);
-    otherwise a degraded report (Prometheus or the API did not answer) -> UnhealthyError (9);
-    otherwise None (exit 0). Findings alone never fail the command without --fail-on.
-    """
-    if fail_on is not None:
-        if fail_on not in FAIL_ON:
-            raise UsageError(f"--fail-on {fail_on!r}: use warning or critical")
-        hits = [f for f in report.findings if rules.at_least(f.severity, fail_on)]
-        if hits:
-            hits.sort(key=lambda f: -rules.severity_rank(f.severity))
-            names = "; ".join(f.message for f in hits[:3]) + (f" (+{len(hits) - 3} more)" if len(hits) > 3 else "")
-            return HealthThresholdError(f"{len(hits)} finding(s) at {fail_on} or worse: {names}")
-    if report.degraded:
-        missing = ", ".join(f"{name}: {why}" for name, why in report.sources.items() if why != "ok")
-        return UnhealthyError(f"health report degraded ({missing})")
-    return None
-
-
-# -- queries -----------------------------------------------------------------------------
-
-
-def _delta(metric: str, by: str, window: str) -> str:
-    """How much counter `metric` grew in the window, by labels `by`, counting series born inside it."""
-    return (
-        f"(sum by ({by}) ({metric}) - sum by ({by}) (({metric} offset {window}) or ({metric} * 0)))"
-    )
-
-
-def instant_queries(window_s: float) -> dict[str, str]:
-    w = f"{int(window_s)}s"
-    task = "dag_id, task_id"
-    return {
-        "up": "up",
-        "lines_rate": "sum(rate(statsd_exporter_lines_total[1m]))",
-        "last_line_age": "time() - max(mlwf_exporter_last_line_timestamp_seconds)",
-        "heartbeat_rate": "sum(rate(airflow_scheduler_heartbeat[1m]))",
-        "import_errors": "max(airflow_dag_processing_import_errors)",
-        "dagbag_size": "max(airflow_dagbag_size)",
-        "loop_p95": "histogram_quantile(0.95, sum by (le) (rate(airflow_scheduler_scheduler_loop_duration_bucket[5m])))",
-        "schedule_delay": f"{_delta('airflow_dagrun_schedule_delay_sum', 'dag_id', w)}"
-        f" / ({_delta('airflow_dagrun_schedule_delay_count', 'dag_id', w)} > 0)",
-        "open_slots": "sum by (executor_class_name) (airflow_executor_open_slots)",
-        "queued_tasks": "sum by (executor_class_name) (airflow_executor_queued_tasks)",
-        "running_tasks": "sum by (executor_class_name) (airflow_executor_running_tasks)",
-        "pool_open": "sum by (pool_name) (airflow_pool_open_slots)",
-        "pool_running": "sum by (pool_name) (airflow_pool_running_slots)",
-        "pool_queued": "sum by (pool_name) (airflow_pool_queued_slots)",
-        "duration_sum": _delta("airflow_task_duration_sum", task, w),
-        "duration_count": _delta("airflow_task_duration_count", task, w),
-        "task_failed": f"{_delta('airflow_task_failed', task, w)} > 0",
-        "dagrun_success": _delta("airflow_dagrun_success", "dag_id", w),
-        "dagrun_failed": _delta("airflow_dagrun_failed", "dag_id", w),
-        "validation_failures": "max by (dag_id) (mlpipeline_validation_failures)",
-        "model_promoted": "max by (dag_id, version) (mlpipeline_model_promoted)",
-        **{
-            f"model_{m}": f"max by (dag_id, version, model_type) (mlpipeline_model_{m})" for m in MODEL_METRICS
-        },
-    }
-
-
-def trend_step(window_s: float) -> float:
-    return max(10.0, math.ceil(window_s / TREND_POINTS))
-
-
-def range_queries(window_s: float) -> dict[str, str]:
-    """Mean task duration per trend step (the tasks that finished within each step)."""
-    s = f"{int(trend_step(window_s))}s"
-    task = "dag_id, task_id"
-    return {
-        "duration_trend": f"{_delta('airflow_task_duration_sum', task, s)}"
-        f" / ({_delta('airflow_task_duration_count', task, s)} > 0)"
-    }
-
-
-# -- gathering ---------------------------------------------------------------------------
-
-
-@dataclass
-class _Gathered:
-    instant: dict[str, list[Sample] | MlwfError] = field(default_factory=dict)
-    ranges: dict[str, list[Series] | MlwfError] = field(default_factory=dict)
-    health: dict | MlwfError | None = None
-    runs: list | MlwfError | None = None
-    running: list | MlwfError | None = None
-    failed: list | MlwfError | None = None
-    import_errors: list | MlwfError | None = None
-    prometheus: str = "ok"
-    api: str = "ok"
-    workers: int | None = None
-    answered_wrongly: bool = False  # a source answered, but not as its API does (redirect, HTML, ...)
-
-
-def _outcome(future: Future) -> Any:
-    """A future's result, or the mlwf error it raised; an AuthError is re-raised (bad setup, not health)."""
-    try:
-        return future.result()
-    except AuthError:
-        raise
-    except MlwfError as exc:
-        return exc
-
-
-def _why(exc: MlwfError) -> str:
-    text = str(exc)
-    match = re.search(r"\(([^()]*)\)\s*$", text)
-    return match.group(1) if isinstance(exc, UnreachableError) and match else text
-
-
-def gather(
-    airflow: AirflowClient | None,
-    prometheus: PrometheusClient | None,
-    window_s: float,
-    now: dt.datetime,
-    *,
-    workers: int = 8,
-) -> _Gathered:
-    """Every query at once: Prometheus on the pool; Airflow's health first (it logs in at
-    most once), then its other calls on the pool too."""
-    got = _Gathered()
-    since = now - dt.timedelta(seconds=window_s)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mlwf-health") as pool:
-        prom: dict[str, Future] = {}
-        ranges: dict[str, Future] = {}
-        ready: Future | None = None
-        if prometheus is not None:
-            ready = pool.submit(prometheus.ready)
-            prom = {name: pool.submit(prometheus.query, expr, at=now) for name, expr in instant_queries(window_s).items()}
-            step = trend_step(window_s)
-            ranges = {
-                name: pool.submit(prometheus.query_range, expr, since, now, step)
-                for name, expr in range_queries(window_s).items()
-            }
-        else:
-            got.prometheus = "not configured"
-        calls: dict[str, Future] = {}
-        if airflow is not None:
-            try:
-                got.health = airflow.health()
-            except AuthError:
-                raise
-            except MlwfError as exc:
-                got.health = exc
-                got.api = _why(exc)
-                got.answered_wrongly |= isinstance(exc, ApiError)
-            if got.api == "ok":
-                calls = {
-                    "runs": pool.submit(airflow.runs_since, since),
-                    "running": pool.submit(airflow.runs_since, state="running"),
-                    "failed": pool.submit(airflow.failed_tasks_since, since),
-                    "import_errors": pool.submit(airflow.import_errors),
-                }
-        else:
-            got.api = "not configured"
-        for name, future in calls.items():
-            setattr(got, name, _outcome(future))
-        if ready is not None:
-            state = _outcome(ready)
-            if isinstance(state, MlwfError):
-                got.prometheus = _why(state)
-                got.answered_wrongly |= isinstance(state, ApiError)
-            elif state is False:
-                got.prometheus = "not ready"
-        got.instant = {name: _outcome(f) for name, f in prom.items()}
-        got.ranges = {name: _outcome(f) for name, f in ranges.items()}
-    return got
-
-
-# -- judging -----------------------------------------------------------------------------
+if TYPE_CHECKING:
+    from mlflowctl.api.prometheus import Sample, Series
 
 
 def _value(samples: list[Sample] | MlwfError | None) -> float | None:
@@ -344,11 +41,7 @@ def _by(samples: list[Sample] | MlwfError | None, *keys: str) -> dict[tuple[str,
     return {tuple(s.labels.get(k, "") for k in keys): s.value for s in samples if math.isfinite(s.value)}
 
 
-def _ok(value: Any) -> bool:
-    return not isinstance(value, MlwfError) and value is not None
-
-
-def _components(got: _Gathered, report: HealthReport, now: dt.datetime) -> list[Row]:
+def _components(got: Gathered, report: HealthReport, now: dt.datetime) -> list[Row]:
     rows: list[Row] = []
     if got.api == "ok":
         rows.append(Row("components", "airflow api", rules.OK, "reachable", detail=report.airflow_url,
@@ -391,7 +84,7 @@ def _components(got: _Gathered, report: HealthReport, now: dt.datetime) -> list[
     return rows
 
 
-def _dag_runs(got: _Gathered, report: HealthReport, now: dt.datetime) -> list[Row]:
+def _dag_runs(got: Gathered, report: HealthReport, now: dt.datetime) -> list[Row]:
     rows: list[Row] = []
     if isinstance(got.runs, list):
         outcomes: dict[str, Counter] = defaultdict(Counter)
@@ -439,7 +132,7 @@ def _dag_runs(got: _Gathered, report: HealthReport, now: dt.datetime) -> list[Ro
     return rows
 
 
-def _task_failures(got: _Gathered, report: HealthReport) -> list[Row]:
+def _task_failures(got: Gathered, report: HealthReport) -> list[Row]:
     rows: list[Row] = []
     counts: dict[tuple[str, str], int] = {}
     latest: dict[tuple[str, str], str] = {}
@@ -474,7 +167,7 @@ def _trend_points(series: Series, start: float, step: float) -> list[float | Non
     return points
 
 
-def _task_durations(got: _Gathered, report: HealthReport, now: dt.datetime) -> list[Row]:
+def _task_durations(got: Gathered, report: HealthReport, now: dt.datetime) -> list[Row]:
     if got.prometheus != "ok":
         return [_unknown("task_durations", f"Prometheus: {got.prometheus}")]
     sums = _by(got.instant.get("duration_sum"), "dag_id", "task_id")
@@ -500,7 +193,7 @@ def _task_durations(got: _Gathered, report: HealthReport, now: dt.datetime) -> l
     return rows
 
 
-def _scheduler(got: _Gathered, report: HealthReport) -> list[Row]:
+def _scheduler(got: Gathered, report: HealthReport) -> list[Row]:
     rows: list[Row] = []
     prom_ok = got.prometheus == "ok"
     if isinstance(got.import_errors, list):
@@ -530,13 +223,13 @@ def _scheduler(got: _Gathered, report: HealthReport) -> list[Row]:
     return rows
 
 
-def _executor(got: _Gathered) -> list[Row]:
+def _executor(got: Gathered) -> list[Row]:
     rows: list[Row] = []
     if got.workers is not None:
-        sev = rules.OK if got.workers > 0 else rules.CRITICAL
-        detail = f"{got.workers} live Celery worker(s)" + ("" if got.workers else ": queued tasks will wait")
+        sev = rules.OK if got.workers >= limits.CELERY_WORKERS_MIN else rules.CRITICAL
+        detail = f"{got.workers} live Celery worker(s)" + ("" if sev == rules.OK else ": queued tasks will wait")
         rows.append(Row("executor", "celery workers", sev, got.workers, detail=detail, source="stack",
-                        rule="celery_workers", threshold=1))
+                        rule="celery_workers", threshold=limits.CELERY_WORKERS_MIN))
     if got.prometheus != "ok":
         return [*rows, _unknown("executor", f"Prometheus: {got.prometheus}")]
     open_slots = _by(got.instant.get("open_slots"), "executor_class_name")
@@ -567,16 +260,14 @@ def _n(value: float | None) -> str:
     return "-" if value is None else f"{value:g}"
 
 
-def _model_quality(got: _Gathered) -> list[Row]:
+def _model_quality(got: Gathered) -> list[Row]:
     if got.prometheus != "ok":
         return [_unknown("model_quality", f"Prometheus: {got.prometheus}")]
-    from mlpipeline.settings import DEFAULT_THRESHOLDS
-
     rows: list[Row] = []
     for (dag_id,), failures in sorted(_by(got.instant.get("validation_failures"), "dag_id").items()):
-        sev = rules.WARNING if failures > 0 else rules.OK
+        sev = rules.WARNING if failures > limits.VALIDATION_FAILURES_ALLOWED else rules.OK
         rows.append(Row("model_quality", f"{dag_id} validation", sev, failures, source="prometheus",
-                        rule="data_validation", threshold=0,
+                        rule="data_validation", threshold=limits.VALIDATION_FAILURES_ALLOWED,
                         detail=f"last validation: {failures:g} failed check(s)"))
     metrics = {m: _by(got.instant.get(f"model_{m}"), "dag_id", "version", "model_type") for m in MODEL_METRICS}
     promoted = _by(got.instant.get("model_promoted"), "dag_id", "version")
@@ -592,7 +283,7 @@ def _model_quality(got: _Gathered) -> list[Row]:
             value = metrics[metric].get((dag_id, version, model_type))
             if value is None:
                 continue
-            gate = DEFAULT_THRESHOLDS.get(metric)
+            gate = limits.PROMOTION_MINIMUMS.get(metric)
             sev = rules.WARNING if gate is not None and value < gate else rules.OK
             detail = f"{model_type} {version}: {metric} {value:.4f}"
             detail += f" {'under' if sev != rules.OK else 'at or above'} {gate:g}" if gate is not None else ""
@@ -608,7 +299,7 @@ def _unknown(section: str, why: str) -> Row:
     return Row(section, "-", UNKNOWN, None, detail=f"not available: {why}")
 
 
-def judge(got: _Gathered, report: HealthReport, now: dt.datetime) -> None:
+def judge(got: Gathered, report: HealthReport, now: dt.datetime) -> None:
     report.sources = {"api": got.api, "prometheus": got.prometheus}
     report.rows = [
         *_components(got, report, now),
@@ -642,45 +333,3 @@ def judge(got: _Gathered, report: HealthReport, now: dt.datetime) -> None:
         if isinstance(result, MlwfError):
             report.sources["api"] = "some calls failed"
             report.notes.append(f"Airflow API call {name} failed: {result}")
-
-
-def collect(
-    airflow: AirflowClient | None,
-    prometheus: PrometheusClient | None,
-    *,
-    window: str = "1h",
-    now: Callable[[], dt.datetime] | None = None,
-    workers: Callable[[], int | None] | None = None,
-) -> HealthReport:
-    """One health report; raises only on bad input, bad credentials, or when no source answered.
-
-    `workers` counts the live Celery workers where the stack can tell (None: no Celery
-    workers known); Airflow's metrics do not report them."""
-    import time
-
-    seconds = parse_window(window)
-    started = time.perf_counter()
-    moment = (now or (lambda: dt.datetime.now(dt.timezone.utc)))()
-    report = HealthReport(
-        generated_at=moment.isoformat(timespec="seconds"),
-        window=window.strip(),
-        window_seconds=seconds,
-        airflow_url=getattr(airflow, "url", "") or "",
-        prometheus_url=getattr(prometheus, "url", "") or "",
-        sources={},
-    )
-    got = gather(airflow, prometheus, seconds, moment)
-    if got.api != "ok" and got.prometheus != "ok":
-        error = ApiError if got.answered_wrongly else UnreachableError
-        raise error(
-            f"neither the Airflow API ({report.airflow_url}: {got.api}) nor Prometheus "
-            f"({report.prometheus_url}: {got.prometheus}) answered"
-            + (" as its API does" if got.answered_wrongly else ""),
-            hint="is the stack up? `mlwf status`, `mlwf up`, or pass --url / --prometheus-url",
-        )
-    got.workers = workers() if workers is not None else None
-    judge(got, report, moment)
-    report.elapsed_seconds = time.perf_counter() - started
-    return report
-
-
