@@ -275,8 +275,8 @@ class ModelRegistry:
     def _damaged(self, why: str) -> PointerDamagedError:
         return PointerDamagedError(
             f"production pointer {self.pointer_path} is damaged ({why}); nothing is promoted until it is "
-            f"repaired: restore it, or name a good version with mlpipeline.model_deployment.rollback("
-            f"'{self.root}', 'vNNNN') ({self.events_path.name} lists past promotions)"
+            f"repaired: restore it, or name a good version with `mlwf models rollback --to vNNNN "
+            f"--registry {self.root}` (`mlwf models events` lists past promotions)"
         )
 
     def production_version(self) -> str | None:
