@@ -218,22 +218,27 @@ def test_gradient_boosting_is_the_histogram_estimator(tmp_path: Path, binary: di
     assert isinstance(model, HistGradientBoostingClassifier) and model.n_iter_ == 5
 
 
-def test_a_forest_grows_each_tree_on_a_bounded_bootstrap_sample(tmp_path: Path) -> None:
-    data = prepared(tmp_path / "data", "synthetic:rows=70000,features=4,seed=1")
-    rows = 56000  # the 80 % training split
-    assert rows > mt.FOREST_BOOTSTRAP_ROWS
-    sized = mt.train_model(data["train_path"], tmp_path / "a", model_type="random_forest", params={"n_estimators": 2})
-    assert sized["train_rows"] == rows and sized["params"]["max_samples"] == mt.FOREST_BOOTSTRAP_ROWS
-    assert mt.load_model(sized["model_path"]).max_samples == mt.FOREST_BOOTSTRAP_ROWS
+def test_a_large_forest_grows_fewer_trees_on_bounded_bootstrap_samples(tmp_path: Path) -> None:
+    data = prepared(tmp_path / "data", "synthetic:rows=260000,features=4,seed=1")
+    rows = 208000  # the 80 % training split
+    assert rows > mt.FOREST_BOOTSTRAP_ROWS > mt.FOREST_LARGE_ROWS
+    fast = {"n_estimators": 2}  # the caller's own value wins: two trees keep this test quick
+    sized = mt.train_model(data["train_path"], tmp_path / "a", model_type="random_forest", params=fast)
+    assert sized["train_rows"] == rows
+    assert sized["params"] | {"random_state": 0} == {
+        "n_estimators": 2, "n_jobs": -1, "min_samples_leaf": 2, "max_samples": mt.FOREST_BOOTSTRAP_ROWS,
+        "random_state": 0}
+    model = mt.load_model(sized["model_path"])
+    assert (model.max_samples, model.min_samples_leaf, len(model.estimators_)) == (mt.FOREST_BOOTSTRAP_ROWS, 2, 2)
     own = mt.train_model(data["train_path"], tmp_path / "b", model_type="random_forest",
-                         params={"n_estimators": 2, "max_samples": 0.5})
-    assert own["params"]["max_samples"] == 0.5
+                         params={**fast, "max_samples": 0.5, "min_samples_leaf": 1})
+    assert (own["params"]["max_samples"], own["params"]["min_samples_leaf"]) == (0.5, 1)
     whole = mt.train_model(data["train_path"], tmp_path / "c", model_type="random_forest",
-                           params={"n_estimators": 2, "bootstrap": False})
-    assert "max_samples" not in whole["params"]
+                           params={**fast, "bootstrap": False})
+    assert "max_samples" not in whole["params"] and whole["params"]["min_samples_leaf"] == 2
     small = prepared(tmp_path / "small", "sklearn:breast_cancer")
-    assert "max_samples" not in mt.train_model(small["train_path"], tmp_path / "d", model_type="random_forest",
-                                               params={"n_estimators": 2})["params"]
+    plain = mt.train_model(small["train_path"], tmp_path / "d", model_type="random_forest")["params"]
+    assert plain == {"n_estimators": 100, "n_jobs": -1, "random_state": 42}  # scikit-learn's defaults, every core
 
 
 def test_untrusted_content_is_refused(tmp_path: Path) -> None:
