@@ -1,16 +1,30 @@
 #!/usr/bin/env python
-"""Benchmark the pipeline's stage functions in-process on synthetic data.
+"""Benchmark the pipeline's stage functions in-process on synthetic data, for each model type.
 
-For each size (default 10k, 100k, 1M rows x 20 features, logistic regression) a fresh
-subprocess runs download -> validate -> preprocess -> feature_engineering -> train ->
-evaluate in a temporary directory and reports, per stage, the wall time and the peak RSS
-(sampled every few milliseconds with psutil while the stage runs), plus the process's
-exact peak RSS (getrusage ru_maxrss). The parent prints a table, the growth factor per
-10x rows, and whether the targets hold: 1M rows end to end <= 60 s and <= 2 GiB peak RSS,
-cost growing no worse than linearly.
+For each model type (default: all three) and each size (default 10k, 100k, 1M rows x 20
+features) a fresh subprocess runs download -> validate -> preprocess -> feature_engineering
+-> train -> evaluate in a temporary directory and reports, per stage, the wall time and the
+peak RSS (sampled every few milliseconds with psutil while the stage runs), plus the
+process's exact peak RSS (getrusage ru_maxrss).
 
-    .venv/bin/python bench/pipeline_bench.py                 # all sizes, table
+At the largest size, a second fresh subprocess then reads the very arrays the train and
+evaluate stages read (the feature files) and times two bare scripts on them:
+
+- the floor: the estimator the pipeline chose, with the same effective parameters, fit and
+  scored (predict_proba, accuracy, ROC AUC), nothing else;
+- the reference: scikit-learn's estimator with default parameters (LogisticRegression,
+  RandomForestClassifier, GradientBoostingClassifier; same seed), for the quality bar. The
+  default forest's fully grown trees would not fit in memory at once at a million rows, so
+  it is grown as 10 forests of 10 trees with different seeds whose probabilities are
+  averaged: the same estimator, since a forest's probability is the mean of its trees'.
+
+The parent prints tables and whether the targets hold: 1M rows end to end <= 60 s and
+<= 2 GiB peak RSS, cost growing no worse than linearly, accuracy and ROC AUC no more than
+0.01 below the reference, and the model stages (train + evaluate) at most 1.3x the floor.
+
+    .venv/bin/python bench/pipeline_bench.py                 # every type, all sizes, table
     .venv/bin/python bench/pipeline_bench.py --markdown      # tables for BENCHMARKS.md
+    .venv/bin/python bench/pipeline_bench.py --sizes 1000000 --model-types random_forest
     .venv/bin/python bench/pipeline_bench.py --sizes 10000 --check   # exit 1 if a target is missed
 """
 
@@ -32,11 +46,15 @@ from pathlib import Path
 from typing import Any
 
 STAGES = ("download", "validate", "preprocess", "features", "train", "evaluate")
+MODEL_TYPES = ("logistic_regression", "random_forest", "gradient_boosting")
 TARGET_SECONDS = 60.0
 TARGET_RSS_MIB = 2048.0
 TARGET_ROWS = 1_000_000
 # growth per 10x rows above this counts as worse than linear (10x, plus 25 % for timing noise)
 LINEAR_LIMIT = 12.5
+QUALITY_MARGIN = 0.01  # accuracy and ROC AUC may be at most this much below the reference
+FLOOR_RATIO = 1.3  # train + evaluate at most this many times the bare fit + score
+REFERENCE_CHUNKS = 10  # the default forest is grown as this many forests of n_estimators / chunks trees
 
 
 class PeakSampler:
@@ -125,21 +143,92 @@ def run_child(rows: int, features: int, workdir: Path, model_type: str) -> dict[
         "peak_rss_mib": round(_maxrss_mib(), 1),
         "accuracy": round(state["evaluate"]["accuracy"], 4),
         "roc_auc": round(state["evaluate"]["roc_auc"], 4),
+        "params": state["train"]["params"],
+        "train_path": state["features"]["train_path"],
+        "holdout_path": state["features"]["holdout_path"],
         "file_mib": {
             p.name: round(p.stat().st_size / 2**20, 1) for p in sorted(out.glob("*.parquet"))
         },
     }
 
 
-def measure(rows: int, features: int, model_type: str) -> dict[str, Any]:
-    """Run one size in a fresh interpreter so its peak RSS is its own."""
+def _scored(model: Any, x: Any, y: Any) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, roc_auc_score
+
+    proba = model.predict_proba(x)[:, 1]
+    return _quality(proba, y)
+
+
+def _quality(proba: Any, y: Any) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, roc_auc_score
+
+    return {"accuracy": round(float(accuracy_score(y, proba > 0.5)), 4), "roc_auc": round(float(roc_auc_score(y, proba)), 4)}
+
+
+def _reference(model_type: str, x: Any, y: Any, xh: Any, yh: Any, seed: int) -> dict[str, Any]:
+    """scikit-learn's estimator with default parameters (n_jobs only where it changes nothing but speed)."""
+    import numpy as np
+    from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    t0 = time.perf_counter()
+    if model_type == "random_forest":
+        trees = RandomForestClassifier().n_estimators
+        proba = np.zeros(len(yh))
+        for chunk in range(REFERENCE_CHUNKS):
+            forest = RandomForestClassifier(n_estimators=trees // REFERENCE_CHUNKS, n_jobs=-1, random_state=seed + chunk)
+            proba += forest.fit(x, y).predict_proba(xh)[:, 1] / REFERENCE_CHUNKS
+            del forest
+        scores = _quality(proba, yh)
+        name = f"RandomForestClassifier() as {REFERENCE_CHUNKS} x {trees // REFERENCE_CHUNKS} trees"
+    else:
+        cls = GradientBoostingClassifier if model_type == "gradient_boosting" else LogisticRegression
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # lbfgs's default 100 iterations may not converge: it is the reference
+            scores = _scored(cls(random_state=seed).fit(x, y), xh, yh)
+        name = f"{cls.__name__}()"
+    return {"estimator": name, "seconds": round(time.perf_counter() - t0, 2), **scores}
+
+
+def run_floor(model_type: str, params: dict[str, Any], train_path: Path, holdout_path: Path) -> dict[str, Any]:
+    """The chosen estimator fit and scored by a bare script on the pipeline's own arrays; then the reference."""
+    import pandas as pd
+
+    from mlpipeline import model_training as mt
+    from mlpipeline.storage import LABEL
+
+    train, holdout = pd.read_parquet(train_path), pd.read_parquet(holdout_path)
+    x, y = train.drop(columns=[LABEL]), train[LABEL].to_numpy()
+    xh, yh = holdout.drop(columns=[LABEL]), holdout[LABEL].to_numpy()
+    estimator, effective = mt.build_estimator(model_type, params)
+    assert effective == params, (effective, params)
+    t0, c0 = time.perf_counter(), _cpu_seconds()
+    scores = _scored(estimator.fit(x, y), xh, yh)
+    floor = {"seconds": round(time.perf_counter() - t0, 2), "cpu_seconds": round(_cpu_seconds() - c0, 2), **scores}
+    del estimator
+    reference = _reference(model_type, x, y, xh, yh, params.get("random_state", 42))
+    return {"floor": floor, "reference": reference, "load_average": [round(v, 2) for v in os.getloadavg()]}
+
+
+def _child(args: list[str]) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark child {args} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def measure(rows: int, features: int, model_type: str, *, compare: bool = False) -> dict[str, Any]:
+    """Run one size in a fresh interpreter so its peak RSS is its own; with `compare`, then the
+    floor and the reference in another one, on the same feature files."""
     with tempfile.TemporaryDirectory(prefix="mlwf-bench-") as tmp:
-        cmd = [sys.executable, __file__, "--child", "--rows", str(rows), "--features", str(features),
-               "--model-type", model_type, "--workdir", tmp]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise SystemExit(f"benchmark child for {rows} rows failed:\n{proc.stderr}")
-        return json.loads(proc.stdout.strip().splitlines()[-1])
+        result = _child(["--child", "--rows", str(rows), "--features", str(features),
+                         "--model-types", model_type, "--workdir", tmp])
+        if compare:
+            result.update(_child(["--floor", "--model-types", model_type, "--params", json.dumps(result["params"]),
+                                  "--workdir", tmp, result["train_path"], result["holdout_path"]]))
+        return result
 
 
 def growth(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -169,6 +258,15 @@ def verdicts(results: list[dict[str, Any]], growths: list[dict[str, Any]]) -> li
                           r["total_seconds"] <= TARGET_SECONDS))
             found.append((f"1M rows peak RSS {r['peak_rss_mib']:.0f} MiB <= {TARGET_RSS_MIB:.0f} MiB",
                           r["peak_rss_mib"] <= TARGET_RSS_MIB))
+        if "floor" in r:
+            ref = r["reference"]
+            for metric in ("accuracy", "roc_auc"):
+                found.append((f"{r['rows']:,} rows {metric} {r[metric]:.4f} vs reference {ref[metric]:.4f} "
+                              f"(at most {QUALITY_MARGIN} below)", r[metric] >= ref[metric] - QUALITY_MARGIN))
+            model = model_seconds(r)
+            found.append((f"{r['rows']:,} rows train + evaluate {model:.1f} s <= {FLOOR_RATIO} x floor "
+                          f"{r['floor']['seconds']:.1f} s (x{model / r['floor']['seconds']:.2f})",
+                          model <= FLOOR_RATIO * r["floor"]["seconds"]))
     for g in growths:
         found.append((f"total time growth {g['from']:,} -> {g['to']:,} rows: x{g['total']} per 10x rows (linear: x10)",
                       g["total"] <= LINEAR_LIMIT))
@@ -177,6 +275,10 @@ def verdicts(results: list[dict[str, Any]], growths: list[dict[str, Any]]) -> li
         found.append((f"peak RSS growth {g['from']:,} -> {g['to']:,} rows: x{g['peak_rss']} per 10x rows",
                       g["peak_rss"] <= LINEAR_LIMIT))
     return found
+
+
+def model_seconds(result: dict[str, Any]) -> float:
+    return result["stages"]["train"]["seconds"] + result["stages"]["evaluate"]["seconds"]
 
 
 def _table(header: list[str], body: list[list[str]], markdown: bool) -> str:
@@ -217,37 +319,68 @@ def report(results: list[dict[str, Any]], markdown: bool) -> str:
     quality = [[f"{r['rows']:,}", f"{r['accuracy']:.4f}", f"{r['roc_auc']:.4f}",
                 ", ".join(f"{k} {v}" for k, v in r["file_mib"].items())] for r in results]
     parts += ["", "Model quality and file sizes (MiB)", _table(["rows", "accuracy", "roc_auc", "files"], quality, markdown)]
+    compared = [r for r in results if "floor" in r]
+    if compared:
+        header = ["rows", "", "estimator", "wall s", "accuracy", "roc_auc"]
+        body = []
+        for r in compared:
+            floor, ref = r["floor"], r["reference"]
+            chosen = ", ".join(f"{k}={v}" for k, v in sorted(r["params"].items()) if k != "random_state")
+            body += [
+                [f"{r['rows']:,}", "pipeline (train + evaluate)", chosen, f"{model_seconds(r):.2f}",
+                 f"{r['accuracy']:.4f}", f"{r['roc_auc']:.4f}"],
+                ["", "floor (bare fit + score)", "same", f"{floor['seconds']:.2f}",
+                 f"{floor['accuracy']:.4f}", f"{floor['roc_auc']:.4f}"],
+                ["", "reference (defaults)", ref["estimator"], f"{ref['seconds']:.2f}",
+                 f"{ref['accuracy']:.4f}", f"{ref['roc_auc']:.4f}"],
+                ["", "pipeline - reference", "", "", f"{r['accuracy'] - ref['accuracy']:+.4f}",
+                 f"{r['roc_auc'] - ref['roc_auc']:+.4f}"],
+            ]
+        parts += ["", "Quality against scikit-learn's defaults, and the floor, on the same split",
+                  _table(header, body, markdown)]
     parts += ["", "Targets"]
     parts += [f"{'- ' if markdown else ''}{'PASS' if ok else 'MISS'}: {text}" for text, ok in verdicts(results, growths)]
     return "\n".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--sizes", default="10000,100000,1000000", help="comma-separated row counts")
     parser.add_argument("--features", type=int, default=20)
-    parser.add_argument("--model-type", default="logistic_regression")
+    parser.add_argument("--model-types", default=",".join(MODEL_TYPES), help="comma-separated model types")
+    parser.add_argument("--no-compare", action="store_true", help="skip the floor and the reference")
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
     parser.add_argument("--json", type=Path, help="also write the raw figures to this file")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--floor", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--params", help=argparse.SUPPRESS)
     parser.add_argument("--rows", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("paths", nargs="*", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    types = [t.strip() for t in args.model_types.split(",") if t.strip()]
     if args.child:
-        print(json.dumps(run_child(args.rows, args.features, args.workdir, args.model_type)))
+        print(json.dumps(run_child(args.rows, args.features, args.workdir, types[0])))
+        return 0
+    if args.floor:
+        print(json.dumps(run_floor(types[0], json.loads(args.params), *args.paths)))
         return 0
     sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()]
-    results = []
-    for rows in sizes:
-        print(f"running {rows:,} rows x {args.features} features ...", file=sys.stderr, flush=True)
-        results.append(measure(rows, args.features, args.model_type))
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
-    print(f"Pipeline stages, {args.model_type}, {args.features} features; {machine}\n")
-    print(report(results, args.markdown))
+    everything: dict[str, Any] = {}
+    missed = []
+    for model_type in types:
+        results = []
+        for rows in sizes:
+            print(f"running {model_type}, {rows:,} rows x {args.features} features ...", file=sys.stderr, flush=True)
+            results.append(measure(rows, args.features, model_type, compare=rows == max(sizes) and not args.no_compare))
+        print(f"Pipeline stages, {model_type}, {args.features} features; {machine}\n")
+        print(report(results, args.markdown) + "\n", flush=True)
+        everything[model_type] = {"results": results, "growth": growth(results)}
+        missed += [text for text, ok in verdicts(results, growth(results)) if not ok]
     if args.json:
-        args.json.write_text(json.dumps({"results": results, "growth": growth(results)}, indent=2) + "\n")
-    missed = [text for text, ok in verdicts(results, growth(results)) if not ok]
+        args.json.write_text(json.dumps(everything, indent=2) + "\n")
     return 1 if (args.check and missed) else 0
 
 

@@ -106,3 +106,9 @@ class DamagedStateError(MlwfError):
     """A file in the state directory is damaged or unreadable; the message names it and what to do."""
 
     exit_code = 16
+
+
+class PromotionRefusedError(MlwfError):
+    """`mlwf models promote`: the promotion gate refused the version and `--force` was not given."""
+
+    exit_code = 17

@@ -185,12 +185,12 @@ def test_a_damaged_pointer_is_one_clear_line_and_never_promotes_past_it(tmp_path
 # -- the whole stack killed in the middle of ml_pipeline_dag --------------------------------
 
 PIPELINE = "ml_pipeline_dag"
-# ~7-15 s of training (GradientBoosting is single-threaded and exact): long enough to kill
+# ~7-15 s of training (a forest of fully grown trees, on one core): long enough to kill
 # the stack while train_model runs, short enough to train again after the crash.
 SLOW_CONF = {
     "source": "synthetic:rows=20000,features=20,seed=7",
-    "model_type": "gradient_boosting",
-    "model_params": {"n_estimators": 100},
+    "model_type": "random_forest",
+    "model_params": {"n_estimators": 100, "n_jobs": 1},
 }
 
 

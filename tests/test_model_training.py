@@ -53,7 +53,7 @@ def predictions(model_path: str, data_path: str) -> np.ndarray:
 
 @pytest.mark.parametrize("model_type", mt.MODEL_TYPES)
 def test_train_and_evaluate_each_model_type(tmp_path: Path, binary: dict, model_type: str) -> None:
-    params = {"n_estimators": 20} if model_type != "logistic_regression" else None
+    params = {"random_forest": {"n_estimators": 20}, "gradient_boosting": {"max_iter": 20}}.get(model_type)
     trained = mt.train_model(binary["train_path"], tmp_path, model_type=model_type, params=params, seed=3)
     assert trained["model_path"] == str(tmp_path / "model.skops")
     assert trained["model_type"] == model_type
@@ -186,12 +186,59 @@ def test_save_and_load_round_trip(tmp_path: Path, binary: dict) -> None:
     assert [p.name for p in path.parent.iterdir()] == ["m.skops"]  # no temporary file left
 
 
-def test_tree_models_load_with_the_allow_list(tmp_path: Path, binary: dict) -> None:
-    assert mt.TRUSTED_TYPES == ("sklearn.tree._tree.Tree",)
-    trained = mt.train_model(binary["train_path"], tmp_path, model_type="gradient_boosting",
-                             params={"n_estimators": 5})
-    assert sio.get_untrusted_types(file=trained["model_path"]) == ["sklearn.tree._tree.Tree"]
-    assert mt.load_model(trained["model_path"]).n_estimators_ == 5
+@pytest.mark.parametrize(
+    ("model_type", "params", "needs"),
+    [
+        ("random_forest", {"n_estimators": 5}, ["sklearn.tree._tree.Tree"]),
+        ("gradient_boosting", {"max_iter": 5},
+         ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]),
+    ],
+)
+def test_tree_models_round_trip_with_the_allow_list(tmp_path: Path, binary: dict, model_type, params, needs) -> None:
+    assert set(mt.TRUSTED_TYPES) == {"sklearn.tree._tree.Tree",
+                                     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"}
+    trained = mt.train_model(binary["train_path"], tmp_path, model_type=model_type, params=params)
+    assert sio.get_untrusted_types(file=trained["model_path"]) == needs
+    with pytest.raises(sio.exceptions.UntrustedTypesFoundException):  # skops alone refuses them
+        sio.load(trained["model_path"])
+    loaded = mt.load_model(trained["model_path"])
+    x = pd.read_parquet(binary["holdout_path"]).drop(columns=LABEL)
+    fresh, _ = mt.build_estimator(model_type, params)
+    fresh.fit(pd.read_parquet(binary["train_path"]).drop(columns=LABEL), pd.read_parquet(binary["train_path"])[LABEL])
+    np.testing.assert_array_equal(loaded.predict_proba(x), fresh.predict_proba(x))  # seeded: the same model
+    assert trained["params"]["n_jobs" if model_type == "random_forest" else "max_iter"] == (
+        -1 if model_type == "random_forest" else 5)
+
+
+def test_gradient_boosting_is_the_histogram_estimator(tmp_path: Path, binary: dict) -> None:
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    trained = mt.train_model(binary["train_path"], tmp_path, model_type="gradient_boosting", params={"max_iter": 5})
+    model = mt.load_model(trained["model_path"])
+    assert isinstance(model, HistGradientBoostingClassifier) and model.n_iter_ == 5
+
+
+def test_a_large_forest_grows_fewer_trees_on_bounded_bootstrap_samples(tmp_path: Path) -> None:
+    data = prepared(tmp_path / "data", "synthetic:rows=260000,features=4,seed=1")
+    rows = 208000  # the 80 % training split
+    assert rows > mt.FOREST_BOOTSTRAP_ROWS > mt.FOREST_LARGE_ROWS
+    fast = {"n_estimators": 2}  # the caller's own value wins: two trees keep this test quick
+    sized = mt.train_model(data["train_path"], tmp_path / "a", model_type="random_forest", params=fast)
+    assert sized["train_rows"] == rows
+    assert sized["params"] | {"random_state": 0} == {
+        "n_estimators": 2, "n_jobs": -1, "min_samples_leaf": 2, "max_samples": mt.FOREST_BOOTSTRAP_ROWS,
+        "random_state": 0}
+    model = mt.load_model(sized["model_path"])
+    assert (model.max_samples, model.min_samples_leaf, len(model.estimators_)) == (mt.FOREST_BOOTSTRAP_ROWS, 2, 2)
+    own = mt.train_model(data["train_path"], tmp_path / "b", model_type="random_forest",
+                         params={**fast, "max_samples": 0.5, "min_samples_leaf": 1})
+    assert (own["params"]["max_samples"], own["params"]["min_samples_leaf"]) == (0.5, 1)
+    whole = mt.train_model(data["train_path"], tmp_path / "c", model_type="random_forest",
+                           params={**fast, "bootstrap": False})
+    assert "max_samples" not in whole["params"] and whole["params"]["min_samples_leaf"] == 2
+    small = prepared(tmp_path / "small", "sklearn:breast_cancer")
+    plain = mt.train_model(small["train_path"], tmp_path / "d", model_type="random_forest")["params"]
+    assert plain == {"n_estimators": 100, "n_jobs": -1, "random_state": 42}  # scikit-learn's defaults, every core
 
 
 def test_untrusted_content_is_refused(tmp_path: Path) -> None:

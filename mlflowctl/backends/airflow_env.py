@@ -28,6 +28,11 @@ def airflow_home(config: Config) -> Path:
     return config.home_dir / "airflow"
 
 
+def data_root(config: Config) -> Path:
+    """The pipeline's data root (MLWF_DATA_ROOT) on a local stack; its model registry lies under it."""
+    return config.home_dir / "data"
+
+
 # How long a write waits for SQLite's lock before "database is locked" (sqlite3's default
 # 5 s): the components, every running task's heartbeat and the API all write to one file,
 # and on a busy laptop a writer can be descheduled while it holds the lock (seen in CI as an
@@ -57,7 +62,7 @@ def task_environment(config: Config, secrets: Secrets) -> dict[str, str]:
     """What the pipeline's tasks read (see src/mlpipeline/settings.py and monitoring_dag)."""
     env = {
         "MLWF_HOME": str(config.home_dir),
-        "MLWF_DATA_ROOT": str(config.home_dir / "data"),
+        "MLWF_DATA_ROOT": str(data_root(config)),
         "MLWF_PROJECT_ROOT": str(config.project_root),  # data files may be read from under it
         "MLWF_STATSD_HOST": "127.0.0.1",
         "MLWF_STATSD_PORT": str(config.statsd_port),

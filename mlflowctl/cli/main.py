@@ -15,7 +15,7 @@ from typing import Callable
 
 import typer
 
-from mlflowctl.cli import health, runs, scale, stack, web
+from mlflowctl.cli import health, models, runs, scale, stack, web
 from mlflowctl.cli.context import App, current
 from mlflowctl.errors import MlwfError
 
@@ -106,6 +106,7 @@ def register(module) -> None:
 
 for _module in (stack, runs, health, web, scale):
     register(_module)
+app.add_typer(models.group())
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,26 @@ class PointerDamagedError(RegistryError):
 
 class ModelIntegrityError(RegistryError):
     """A model file does not match the sha256 recorded for it: it is never loaded."""
+
+
+class VersionNotFoundError(RegistryError):
+    """No such version in the registry."""
+
+
+class MetadataDamagedError(RegistryError):
+    """A version's metadata.json exists but cannot be read as metadata."""
+
+
+class RegistryBusyError(RegistryError):
+    """Another writer (a deploy, promotion or rollback) held the lock longer than the wait allows."""
+
+
+class NothingToRollBackError(RegistryError):
+    """There is no production model, or no earlier one to go back to."""
+
+
+class PromotionRefusedError(RegistryError):
+    """The promotion gate refused the version, and the promotion was not forced."""
 
 
 # ---------------------------------------------------------------- small helpers
@@ -164,16 +185,34 @@ class ModelRegistry:
             ) from None
 
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self, wait: float | None = None) -> Iterator[None]:
+        """Hold the writers' lock; wait for it forever (None) or ``wait`` seconds, then RegistryBusyError."""
         self.ensure_writable()
         fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._acquire(fd, wait)
             remove_stale_temps(self.root)  # every writer holds this lock: a crashed one left these
             yield
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+    def _acquire(self, fd: int, wait: float | None) -> None:
+        if wait is None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise RegistryBusyError(
+                        f"model registry {self.root} is locked by another deploy, promotion or rollback "
+                        f"(waited {wait:g} s); nothing was changed"
+                    ) from None
+                time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
     def _event(self, event: str, **fields: Any) -> None:
         from mlpipeline.notifications import append_jsonl
@@ -236,8 +275,8 @@ class ModelRegistry:
     def _damaged(self, why: str) -> PointerDamagedError:
         return PointerDamagedError(
             f"production pointer {self.pointer_path} is damaged ({why}); nothing is promoted until it is "
-            f"repaired: restore it, or name a good version with mlpipeline.model_deployment.rollback("
-            f"'{self.root}', 'vNNNN') ({self.events_path.name} lists past promotions)"
+            f"repaired: restore it, or name a good version with `mlwf models rollback --to vNNNN "
+            f"--registry {self.root}` (`mlwf models events` lists past promotions)"
         )
 
     def production_version(self) -> str | None:
@@ -255,11 +294,32 @@ class ModelRegistry:
             raise RegistryError(f"{version!r} is not a version name (expected v0001, v0002, ...)")
         path = self.versions_dir / version / METADATA_FILE
         try:
-            return json.loads(path.read_text())
+            data = json.loads(path.read_text())
         except FileNotFoundError:
-            raise RegistryError(f"model version {version} not found in {self.root}") from None
-        except (OSError, json.JSONDecodeError) as exc:
-            raise RegistryError(f"metadata of {version} is unreadable: {exc}") from None
+            raise VersionNotFoundError(f"model version {version} not found in {self.root}") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise MetadataDamagedError(f"metadata of {version} ({path}) is unreadable: {exc}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("metrics", {}), dict):
+            raise MetadataDamagedError(f"metadata of {version} ({path}) is not a metadata object")
+        return data
+
+    def events(self) -> tuple[list[dict[str, Any]], int]:
+        """The events log, oldest first, and how many of its lines could not be read."""
+        try:
+            lines = self.events_path.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return [], 0
+        records, unreadable = [], 0
+        for line in filter(str.strip, lines):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                record = None
+            if isinstance(record, dict):
+                records.append(record)
+            else:
+                unreadable += 1
+        return records, unreadable
 
     def verify(self, version: str) -> dict[str, Any]:
         """Metadata of ``version`` after checking its model file against the recorded sha256."""
@@ -314,9 +374,7 @@ class ModelRegistry:
             if existing is not None:  # same run, same model: report what was decided then
                 self._finish_interrupted_promotion(existing)
                 return self._result(existing, reused=True)
-            current = self.production_version()
-            current_metrics = self.metadata(current).get("metrics", {}) if current else None
-            promoted, reason = check_promotion(metrics, thresholds, tolerance, current_metrics)
+            current, promoted, reason = self._gate(metrics, thresholds, tolerance)
             meta = self.register(
                 model_path,
                 {
@@ -342,6 +400,38 @@ class ModelRegistry:
             else:
                 self._event("not_promoted", version=meta["version"], production=current, reason=reason)
             return self._result(meta, reused=False)
+
+    def _gate(
+        self, metrics: Mapping[str, Any], thresholds: Mapping[str, float], tolerance: float
+    ) -> tuple[str | None, bool, str]:
+        """(production version, promote?, reason): `check_promotion` against the production model."""
+        current = self.production_version()
+        current_metrics = self.metadata(current).get("metrics", {}) if current else None
+        return (current, *check_promotion(metrics, thresholds, tolerance, current_metrics))
+
+    def promote(
+        self,
+        version: str,
+        *,
+        thresholds: Mapping[str, float],
+        tolerance: float,
+        force_reason: str | None = None,
+        wait: float | None = None,
+    ) -> dict[str, Any]:
+        """Make ``version`` production if the gate of `deploy` passes it against today's production,
+        or regardless of the gate when ``force_reason`` says why. A tampered model is never promoted."""
+        with self._locked(wait):
+            meta = self.verify(version)
+            current, passed, verdict = self._gate(meta.get("metrics", {}), thresholds, tolerance)
+            if version == current:
+                raise RegistryError(f"{version} is already in production")
+            if not passed and force_reason is None:
+                raise PromotionRefusedError(f"{version} {verdict}")
+            previous = (self.pointer() or {}).get("previous", [])
+            reason = verdict if passed else f"forced: {force_reason} (gate: {verdict})"
+            self._set_production(version, [*previous, current] if current else previous, reason)
+            self._event("promoted", version=version, replaced=current, reason=reason, forced=not passed)
+            return {"version": version, "replaced": current, "passed_gate": passed, "reason": reason}
 
     def _finish_interrupted_promotion(self, meta: Mapping[str, Any]) -> None:
         """A version decided 'promoted' whose pointer switch never happened (crash in between)."""
@@ -369,9 +459,9 @@ class ModelRegistry:
             "reused": reused,
         }
 
-    def rollback(self, to_version: str | None = None) -> dict[str, Any]:
+    def rollback(self, to_version: str | None = None, *, wait: float | None = None) -> dict[str, Any]:
         """Point production at ``to_version``, or at the version production replaced last."""
-        with self._locked():
+        with self._locked(wait):
             try:
                 pointer = self.pointer()
             except PointerDamagedError:
@@ -379,11 +469,11 @@ class ModelRegistry:
                     raise
                 pointer = {"version": None, "previous": []}  # naming a version repairs the pointer
             if pointer is None:
-                raise RegistryError(f"nothing to roll back: no production model in {self.root}")
+                raise NothingToRollBackError(f"nothing to roll back: no production model in {self.root}")
             current, previous = pointer["version"], list(pointer.get("previous", []))
             if to_version is None:
                 if not previous:
-                    raise RegistryError(f"nothing to roll back to: {current} is the only version ever promoted")
+                    raise NothingToRollBackError(f"nothing to roll back to: {current} is the only version ever promoted")
                 target, remaining = previous[-1], previous[:-1]
             else:
                 if to_version == current:
