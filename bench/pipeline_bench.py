@@ -153,10 +153,7 @@ def run_child(rows: int, features: int, workdir: Path, model_type: str) -> dict[
 
 
 def _scored(model: Any, x: Any, y: Any) -> dict[str, float]:
-    from sklearn.metrics import accuracy_score, roc_auc_score
-
-    proba = model.predict_proba(x)[:, 1]
-    return _quality(proba, y)
+    return _quality(model.predict_proba(x)[:, 1], y)
 
 
 def _quality(proba: Any, y: Any) -> dict[str, float]:
