@@ -170,7 +170,7 @@ def test_a_damaged_pointer_is_one_clear_line_and_never_promotes_past_it(tmp_path
     with pytest.raises(PointerDamagedError) as caught:
         _deploy(reg, model_file, "better", metrics={"accuracy": 0.99})
     message = str(caught.value)
-    assert "\n" not in message and str(pointer) in message and "mlwf models rollback --to vNNNN" in message
+    assert "\n" not in message and str(pointer) in message and "mlwf models rollback --to" in message
     assert pointer.read_bytes() == content  # nothing was promoted over it
     assert ModelRegistry(reg).list_versions() == ["v0001"]  # nor registered
     with pytest.raises(PointerDamagedError):
