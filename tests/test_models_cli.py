@@ -357,3 +357,15 @@ def test_the_commands_import_no_pandas_sklearn_or_skops(registry):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_docker_backend_and_bad_settings_are_one_line_each(registry, tmp_path, monkeypatch):
+    (tmp_path / "mlwf.toml").write_text('backend = "docker"\n')
+    docker = mlwf("list")
+    assert docker.exit_code == 14 and "pipeline-data volume" in docker.stderr
+    assert mlwf("list", "--registry", str(registry)).exit_code == 0  # an explicit path still works
+    monkeypatch.setenv("MLWF_THRESHOLDS", "{not json")
+    before = snapshot(registry)
+    bad = mlwf("promote", "1", "--registry", str(registry))
+    assert bad.exit_code == 2 and "MLWF_THRESHOLDS is not valid JSON" in bad.stderr
+    assert snapshot(registry) == before
