@@ -14,6 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from conftest import free_ports, port_open
@@ -131,3 +132,29 @@ def test_own_postgres_initialises_serves_the_password_and_stops_fast(tmp_path):
     assert postgres_local.cluster_identity(config) not in ("", identity)
     assert postgres_local.remove_data(config) in (None, f"deleted {base}")
     assert not Path(base).exists() or base.is_relative_to(config.home_dir)
+
+
+def test_lock_files_of_a_killed_server_are_forgotten(tmp_path):
+    """After kill -9 PostgreSQL refuses to start while postmaster.pid or its socket's .lock names
+    a pid that exists, even a zombie not yet reaped or a reused pid; they are removed first."""
+    from mlflowctl.backends.postgres_local import _forget_dead_postmaster
+
+    data, sockets = tmp_path / "data", tmp_path / "run"
+    data.mkdir()
+    sockets.mkdir()
+    zombie = subprocess.Popen(["true"])  # never waited for until the end: a zombie
+    deadline = time.monotonic() + 10
+    while psutil.Process(zombie.pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    try:
+        for pid, lock in ((zombie.pid, data / "postmaster.pid"), (os.getpid(), sockets / ".s.PGSQL.5432.lock")):
+            lock.write_text(f"{pid}\n/some/data\n")
+        kept = sockets / ".s.PGSQL.5433.lock"
+        kept.write_text("not a pid\n")
+        _forget_dead_postmaster(data, sockets)
+        assert not (data / "postmaster.pid").exists()  # a zombie is no server
+        assert not (sockets / ".s.PGSQL.5432.lock").exists()  # a live pid, but not postgres: reused
+        assert not kept.exists()  # unreadable: no server can be proven, PostgreSQL rewrites it
+    finally:
+        zombie.wait()

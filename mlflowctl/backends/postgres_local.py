@@ -276,7 +276,7 @@ def init_postgres(config: Config, secrets: "Secrets", binaries: Path) -> None:
     if account is not None:
         os.chown(sockets, *account)
     if (data / "PG_VERSION").is_file():
-        _forget_dead_postmaster(data)
+        _forget_dead_postmaster(data, sockets)
         write_record(config.home_dir, postgres_dir=str(base))
         return
     if data.exists():
@@ -311,24 +311,25 @@ def init_postgres(config: Config, secrets: "Secrets", binaries: Path) -> None:
     write_record(config.home_dir, postgres_dir=str(base), postgres_bin=str(binaries))
 
 
-def _forget_dead_postmaster(data: Path) -> None:
-    """Remove the postmaster.pid a killed server left behind, when its pid names no live server.
+def _forget_dead_postmaster(data: Path, sockets: Path) -> None:
+    """Remove the lock files a killed server left behind (postmaster.pid and its socket's
+    .lock), when the pid they name is no live server.
 
     PostgreSQL refuses to start while that pid exists, and right after a kill -9 (a power cut,
     as far as the stack can tell) it can still be a zombie not yet reaped, or a reused pid."""
     import psutil
 
-    lock = data / "postmaster.pid"
-    try:
-        pid = int(lock.read_text().split("\n", 1)[0])
-        process = psutil.Process(pid)
-        if process.status() != psutil.STATUS_ZOMBIE and process.name() == "postgres":
-            return  # a live server: PostgreSQL says so itself when it refuses to start
-    except (OSError, ValueError, psutil.NoSuchProcess, psutil.ZombieProcess):
-        pass
-    except psutil.Error:
-        return
-    lock.unlink(missing_ok=True)
+    for lock in [data / "postmaster.pid", *sockets.glob(".s.PGSQL.*.lock")]:
+        try:
+            pid = int(lock.read_text().split("\n", 1)[0])
+            process = psutil.Process(pid)
+            if process.status() != psutil.STATUS_ZOMBIE and process.name() == "postgres":
+                continue  # a live server: PostgreSQL says so itself when it refuses to start
+        except (OSError, ValueError, psutil.NoSuchProcess, psutil.ZombieProcess):
+            pass
+        except psutil.Error:
+            continue
+        lock.unlink(missing_ok=True)
 
 
 def _private_folder(path: Path, account: tuple[int, int] | None, *, inside: Path) -> None:
