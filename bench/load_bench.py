@@ -46,6 +46,7 @@ from stack_bench import (  # noqa: E402  (the helpers of the lifecycle benchmark
     make_project,
     stack_pss,
     standalone_env,
+    stop_standalone,
     timed,
 )
 
@@ -202,17 +203,7 @@ def standalone_burst(root: Path, project: Path, args) -> dict:
         result["pss_mib"] = round(group_pss(process.pid) / 2**20, 1)
         return result
     finally:
-        import signal
-
-        os.killpg(process.pid, signal.SIGINT)  # SIGINT stops standalone cleanly (field notes)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        stop_standalone(process)
 
 
 def soak(env: dict, ports: dict, minutes: float) -> dict:

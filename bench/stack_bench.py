@@ -174,16 +174,21 @@ def standalone_once(env: dict[str, str], log: Path, *, measure_pss: bool = False
             pss = group_pss(process.pid)
         return elapsed, pss
     finally:
-        os.killpg(process.pid, signal.SIGINT)  # SIGINT stops standalone cleanly (field notes)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        stop_standalone(process)
         time.sleep(1)
+
+
+def stop_standalone(process: subprocess.Popen) -> None:
+    """SIGINT stops standalone cleanly (field notes); whatever is left of its group is killed."""
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 # ------------------------------------------------------------------ main
