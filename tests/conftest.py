@@ -163,6 +163,22 @@ def read_until(master: int, wanted: bytes, deadline: float) -> bytes:
     return seen
 
 
+@pytest.fixture(scope="session")
+def model_file(tmp_path_factory) -> Path:
+    """A real fitted model, saved the way the training task saves it (registry tests share it)."""
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from mlpipeline.model_training import save_model
+
+    x, y = load_breast_cancer(return_X_y=True)
+    path = tmp_path_factory.mktemp("model") / "model.skops"
+    save_model(make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(x, y), path)
+    return path
+
+
 @dataclass
 class Prompted:
     returncode: int

@@ -23,7 +23,7 @@ import pytest
 from conftest import REPO, stack_processes, stack_sessions
 from mlpipeline.files import atomic_write_bytes, is_temp, temp_name
 from mlpipeline.model_deployment import ModelRegistry, PointerDamagedError, deploy_model, rollback
-from mlpipeline.model_training import load_model, save_model
+from mlpipeline.model_training import load_model
 from mlpipeline.storage import ensure_out_dir, read_parquet, write_parquet
 
 THRESHOLDS = {"accuracy": 0.8}
@@ -53,17 +53,6 @@ def start_and_kill(code: str, *args: str, ready: str = "ready") -> None:
         child.wait(timeout=10)
         child.stdout.close()
     assert child.returncode == -signal.SIGKILL
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    from sklearn.datasets import load_breast_cancer
-    from sklearn.linear_model import LogisticRegression
-
-    x, y = load_breast_cancer(return_X_y=True)
-    path = tmp_path_factory.mktemp("model") / "model.skops"
-    save_model(LogisticRegression(max_iter=5000).fit(x, y), path)
-    return path
 
 
 def _deploy(registry: Path, model: Path, run_id: str, metrics=GOOD, loader=None):

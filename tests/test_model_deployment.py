@@ -30,23 +30,6 @@ THRESHOLDS = {"accuracy": 0.8, "f1": 0.8}
 GOOD = {"accuracy": 0.95, "f1": 0.94, "roc_auc": 0.99}
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    """A real fitted model saved the way the training task saves it."""
-    from sklearn.datasets import load_breast_cancer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    from mlpipeline.model_training import save_model
-
-    x, y = load_breast_cancer(return_X_y=True)
-    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(x, y)
-    path = tmp_path_factory.mktemp("model") / "model.skops"
-    save_model(model, path)
-    return path
-
-
 def _deploy(registry: Path, model: Path, metrics=GOOD, run_id="run-1", **kw):
     return deploy_model(
         model, metrics, registry_root=registry, thresholds=kw.pop("thresholds", THRESHOLDS),

@@ -21,20 +21,6 @@ GATE = {"accuracy": 0.8, "f1": 0.8}
 GOOD = {"accuracy": 0.95, "f1": 0.94, "roc_auc": 0.99}
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    """A real fitted model, saved the way the training task saves it."""
-    from sklearn.datasets import load_breast_cancer
-    from sklearn.linear_model import LogisticRegression
-
-    from mlpipeline.model_training import save_model
-
-    x, y = load_breast_cancer(return_X_y=True)
-    path = tmp_path_factory.mktemp("model") / "model.skops"
-    save_model(LogisticRegression(max_iter=5000).fit(x, y), path)
-    return path
-
-
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch, tmp_path):
     """No MLWF_* setting of the developer's leaks in; the gate is the one these tests choose."""
