@@ -39,9 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stack_bench import (  # noqa: E402  (the helpers of the lifecycle benchmark, reused)
     AIRFLOW,
     MLWF,
-    PYCACHE,
     REPO,
     all_healthy,
+    finish,
     group_pss,
     make_project,
     stack_pss,
@@ -322,10 +322,7 @@ def main() -> None:
             subprocess.run([MLWF, "down"], cwd=each_project, env=each_env, capture_output=True)
         results["load_after"] = round(os.getloadavg()[0], 1)
     print(json.dumps(results, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
-    shutil.rmtree(root, ignore_errors=True)
-    shutil.rmtree(PYCACHE, ignore_errors=True)
+    finish(results, args.json, root)
 
 
 if __name__ == "__main__":

@@ -264,8 +264,13 @@ def main() -> None:
     for key, value in summary.items():
         print(f"{key:34} {value}")
     print(f"load average before/after: {results['load_before']:.1f} / {results['load_after']:.1f}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
+    finish(results, args.json, root)
+
+
+def finish(results: dict, json_path: Path | None, root: Path) -> None:
+    """Keep the figures (--json) and remove the bench's temporary project and bytecode cache."""
+    if json_path:
+        json_path.write_text(json.dumps(results, indent=2))
     shutil.rmtree(root, ignore_errors=True)
     shutil.rmtree(PYCACHE, ignore_errors=True)
 

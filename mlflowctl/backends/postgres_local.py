@@ -39,7 +39,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -50,6 +49,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from mlflowctl.backends.executors import read_record, write_record
+from mlflowctl.backends.ports import answers
 from mlflowctl.config import Config
 from mlflowctl.errors import MissingDependencyError, MlwfError
 from mlflowctl.state import is_ours, mark, remove_tree
@@ -374,19 +374,11 @@ def postgres_accepts(config: Config, binaries: Path) -> bool:
     """pg_isready: the server accepts connections (not only listens: it may still be starting up)."""
     ready = binaries / "pg_isready"
     if not ready.is_file():
-        return _port_answers(config.postgres_port)
+        return answers("127.0.0.1", config.postgres_port)
     result = subprocess.run(
         [str(ready), "-q", "-h", "127.0.0.1", "-p", str(config.postgres_port), "-t", "2"], capture_output=True
     )
     return result.returncode == 0
-
-
-def _port_answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1.0):
-            return True
-    except OSError:
-        return False
 
 
 def remove_data(config: Config) -> str | None:
@@ -447,7 +439,7 @@ def services(backend: "LocalBackend") -> list["ServiceSpec"]:
             ports=[PortNeed(SERVICE, "postgres_port", c.postgres_port)],
             prepare=lambda: init_postgres(c, _secrets(backend), binaries),
             ready=lambda deadline: wait_ready(backend, SERVICE, lambda: postgres_accepts(c, binaries), deadline),
-            check=lambda: (True, "") if _port_answers(c.postgres_port) else (
+            check=lambda: (True, "") if answers("127.0.0.1", c.postgres_port) else (
                 False, f"not answering on port {c.postgres_port}"
             ),
             database=True,
