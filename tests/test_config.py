@@ -51,6 +51,8 @@ def test_pyproject_without_mlwf_table_is_not_a_project(tmp_path):
         ({"MLWF_AIRFLOW_PORT": "70000"}, "not a port"),
         ({"MLWF_BACKEND": "kubernetes"}, "auto, local, docker"),
         ({"MLWF_WORKERS": "0"}, "at least 1"),
+        ({"MLWF_TASK_NICE": "20"}, "niceness from 0"),
+        ({"MLWF_TASK_NICE": "-5"}, "MLWF_TASK_NICE"),
     ],
 )
 def test_bad_values_name_their_source(project, environ, fragment):

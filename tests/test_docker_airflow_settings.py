@@ -126,6 +126,8 @@ PER_BACKEND = {
     "MLWF_PROJECT_ROOT",
     # the local launcher fixes the task supervisor, so its workers heartbeat at Airflow's 5 s
     "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL",
+    # the launcher lowers task processes' priority; containers leave CPU shares to Docker
+    "MLWF_TASK_NICE",
 }
 
 

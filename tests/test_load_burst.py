@@ -32,6 +32,7 @@ import psutil
 import pytest
 
 from conftest import REPO
+from mlflowctl.config import Config
 
 DAG = "mlwf_burst"
 TRIGGERS = 40
@@ -39,6 +40,7 @@ CLIENTS = 8
 STATUS_WITHIN_S = 15.0  # see the module docstring: the issue's 2 s is not met on a loaded 2-core machine
 RUNS_END_WITHIN_S = 600
 BAD_LOG_LINES = ("database is locked", "deadlock")
+DEFAULT_TASK_NICE = Config().task_nice
 
 
 def _add_dag(stack) -> None:
@@ -73,6 +75,17 @@ def _wait_until_ended(stack, run_ids: set[str], within: float) -> dict[str, str]
             return states
         assert time.monotonic() < deadline, f"runs not ended after {within} s: {sorted(states.items())[:10]}"
         time.sleep(2)
+
+
+def _task_niceness(stack, run_id: str) -> int:
+    """What the burst DAG's first task returned: its own process's niceness."""
+    headers = {"Authorization": f"Bearer {stack.token()}"}
+    answer = httpx.get(
+        f"{stack.url}/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/first/xcomEntries/return_value",
+        headers=headers, timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    return int(answer.json()["value"])
 
 
 def _bad_lines(home: Path) -> list[str]:
@@ -127,6 +140,9 @@ def test_a_burst_of_triggers_hurts_nothing(stack):
     states = _wait_until_ended(stack, set(run_ids), RUNS_END_WITHIN_S)
     assert sorted(states) == sorted(run_ids)  # exactly these runs: none duplicated, none extra
     assert {states[run_id] for run_id in run_ids} == {"success"}
+    # The tasks ran below the stack's priority, and nothing else did: the burst's CPU is theirs.
+    assert _task_niceness(stack, run_ids[0]) == DEFAULT_TASK_NICE
+    assert {psutil.Process(pid).nice() for pid, _ in _pids(stack.home).values()} == {0}
 
     assert len(samples) >= 3, samples
     slow = [s for s in samples if s[0] - s[1] > STATUS_WITHIN_S]

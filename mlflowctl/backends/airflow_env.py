@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Mapping
 
 from mlflowctl.airflow_settings import airflow_env
+from mlflowctl.backends.airflow_fixes import TASK_NICE_VARIABLE
 from mlflowctl.backends.processes import STACK_MARKER
 from mlflowctl.config import Config
 from mlflowctl.secrets import PASSWORDS_FILE, Secrets
@@ -96,6 +97,7 @@ def local_environment(
             "AIRFLOW_HOME": str(airflow_home(config)),
             "PYTHONPATH": os.pathsep.join(p for p in (config.tasks_dir, env.get("PYTHONPATH", "")) if p),
             "PYTHONUNBUFFERED": "1",
+            TASK_NICE_VARIABLE: str(config.task_nice),  # read by airflow_fixes.lower_task_priority
         }
     )
     env.update(

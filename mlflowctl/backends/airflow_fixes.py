@@ -1,6 +1,6 @@
-"""Three fixes to Airflow 3.3, applied by the launcher to the processes it forks.
+"""Three fixes to Airflow 3.3 and one adjustment, applied by the launcher to the processes it forks.
 
-Each costs whole seconds on a laptop stack, neither can be reached by a setting, and each is
+Each fix costs whole seconds on a laptop stack, none can be reached by a setting, and each is
 applied only to the code it was written for: a refused fix leaves Airflow as it is.
 
 The task supervisor (`fix_task_supervisor`): a task's supervisor (`ActivitySubprocess`, in a
@@ -26,6 +26,13 @@ never binds its UDP socket, so the kernel binds it to 0.0.0.0 at the first send 
 component holds a UDP port open on every interface. Fixed: a client whose target is a
 loopback address binds its socket to that address first.
 
+Task processes at a lower CPU priority (`lower_task_priority`): a burst of runs (issue 22)
+fills both cores with task processes, and every `mlwf status` or `trigger` then waited several
+seconds for CPU behind them, as did the api-server and the scheduler. Each task process (the
+supervisor's forked child that runs the task's code) lowers its own priority to the stack's
+`task_nice` (MLWF_TASK_NICE): tasks still get every idle cycle, the control plane and the
+user's shell come first. The supervisor, which heartbeats for the task, keeps its priority.
+
 Loaded by path by launcher.py (not on its sys.path): stdlib, SQLAlchemy and Airflow only.
 """
 
@@ -34,6 +41,7 @@ from __future__ import annotations
 import inspect
 import socket
 
+TASK_NICE_VARIABLE = "MLWF_TASK_NICE"  # the stack's task_nice setting, as the launcher's env carries it
 FIXED = "_mlwf_fixed"  # marks what a fix replaced, so applying twice is harmless
 SQLITE_NOW = "STRFTIME('%Y-%m-%d %H:%M:%f000', 'now')"  # 2026-01-02 03:04:05.678000, UTC
 
@@ -125,6 +133,35 @@ def fix_statsd_loopback() -> bool:
     return True
 
 
+def lower_task_priority() -> bool:
+    """Make each task process lower its CPU priority by MLWF_TASK_NICE as it starts; False when
+    the supervisor no longer forks tasks through `_fork_main` with `_subprocess_main` as target."""
+    import os
+
+    try:
+        from airflow.sdk.execution_time import supervisor
+    except ImportError:
+        return False
+    niceness = int(os.environ.get(TASK_NICE_VARIABLE) or 0)
+    upstream = getattr(supervisor, "_fork_main", None)
+    if niceness <= 0 or getattr(upstream, FIXED, False):
+        return True
+    if upstream is None or not hasattr(supervisor, "_subprocess_main") or list(
+        inspect.signature(upstream).parameters
+    ) != ["requests", "child_stdout", "child_stderr", "log_fd", "target"]:
+        return False
+
+    def _fork_main(requests, child_stdout, child_stderr, log_fd, target):
+        if target is supervisor._subprocess_main:  # a task (the DAG processor and triggerer pass their own)
+            os.nice(niceness)
+        upstream(requests, child_stdout, child_stderr, log_fd, target)
+
+    setattr(_fork_main, FIXED, True)
+    supervisor._fork_main = _fork_main
+    return True
+
+
 def apply_all() -> list[str]:
     """Apply every fix; the names of those refused."""
-    return [fix.__name__ for fix in (fix_task_supervisor, fix_sqlite_now, fix_statsd_loopback) if not fix()]
+    fixes = (fix_task_supervisor, fix_sqlite_now, fix_statsd_loopback, lower_task_priority)
+    return [fix.__name__ for fix in fixes if not fix()]

@@ -1,10 +1,12 @@
 """Two quick tasks and no schedule: the DAG the burst test and bench/load_bench.py trigger many times.
 
 No schedule, so unpausing it starts nothing by itself: every run is one the client asked for.
+`first` returns its process's CPU niceness: tasks run below the stack's priority (task_nice).
 """
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timezone
 
 from airflow.sdk import dag, task
@@ -20,7 +22,7 @@ from airflow.sdk import dag, task
 def mlwf_burst():
     @task
     def first() -> int:
-        return 1
+        return os.nice(0)
 
     @task
     def second(value: int) -> int:
