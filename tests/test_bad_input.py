@@ -487,7 +487,8 @@ def test_a_bad_variable_is_exit_2_naming_it(env, says, project):
 
 def test_a_flag_out_of_range_is_exit_2(project):
     for args in (["up", "--workers", "0"], ["up", "--timeout", "-1"], ["scale", "workers", "2", "--timeout", "0"],
-                 ["health", "--watch", "--interval", "inf"], ["trigger", "d", "--timeout", "nan"]):
+                 ["health", "--watch", "--interval", "inf"], ["trigger", "d", "--timeout", "nan"],
+                 ["up", "--timeout", "inf"], ["models", "promote", "1", "--wait", "nan"]):
         result = invoke(args, project=project)
         check(result)
         assert result.exit_code == 2, (args, result.output)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from mlflowctl.cli.context import App
-from mlflowctl.cli.options import Home, Json, Url, User
+from mlflowctl.cli.options import Home, Json, Url, User, finite
 
 if TYPE_CHECKING:
     from mlflowctl.health.report import HealthReport
@@ -74,7 +74,7 @@ def health(
     ] = None,
     watch: Annotated[bool, typer.Option("--watch", help="Redraw the report in place until Ctrl-C.")] = False,
     interval: Annotated[
-        float, typer.Option("--interval", min=1.0, max=86400.0, help="With --watch: seconds between refreshes.")
+        float, typer.Option("--interval", callback=finite, min=1.0, max=86400.0, help="With --watch: seconds between refreshes.")
     ] = 5.0,
     prometheus_url: Annotated[
         Optional[str],

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from mlflowctl.cli.context import current
-from mlflowctl.cli.options import Home, Json
+from mlflowctl.cli.options import Home, Json, finite
 from mlflowctl.errors import DamagedStateError, UsageError
 
 Registry = Annotated[
@@ -23,7 +23,7 @@ Registry = Annotated[
     typer.Option("--registry", help="Registry directory (default: the local stack's, or MLWF_REGISTRY_DIR)."),
 ]
 Wait = Annotated[
-    float, typer.Option("--wait", min=0, help="Seconds to wait for another deploy, promotion or rollback to finish.")
+    float, typer.Option("--wait", callback=finite, min=0, help="Seconds to wait for another deploy, promotion or rollback to finish.")
 ]
 Version = Annotated[str, typer.Argument(help="A version: 3, v3 or v0003.")]
 

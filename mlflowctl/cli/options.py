@@ -13,3 +13,13 @@ Url = Annotated[
 ]
 User = Annotated[Optional[str], typer.Option("--user", help="Airflow user (env MLWF_AIRFLOW_USER).")]
 Home = Annotated[Optional[str], typer.Option("--home", help="State directory (env MLWF_HOME).")]
+
+
+def finite(value: float | None) -> float | None:
+    """The callback of every number-of-seconds option: click's FloatRange lets `nan` through
+    (every comparison with it is false), and `inf` where no maximum is set."""
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter("must be a finite number")
+    return value

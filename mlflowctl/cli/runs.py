@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from mlflowctl.cli.context import App
-from mlflowctl.cli.options import Home, Json, Url, User
+from mlflowctl.cli.options import Home, Json, Url, User, finite
 from mlflowctl.errors import RunFailedError, UsageError
 
 if TYPE_CHECKING:
@@ -98,7 +98,7 @@ def trigger(
     ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Watch the run's tasks until it ends; exit by its outcome.")] = False,
     timeout: Annotated[
-        float, typer.Option("--timeout", min=0.1, help="With --wait: stop waiting after S seconds (exit 6).")
+        float, typer.Option("--timeout", callback=finite, min=0.1, help="With --wait: stop waiting after S seconds (exit 6).")
     ] = 3600.0,
     unpause: Annotated[bool, typer.Option("--unpause", help="Unpause the DAG first if it is paused.")] = False,
     junit: Annotated[
@@ -206,7 +206,7 @@ def backfill(
     ] = "none",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the logical dates and the estimated wall time only.")] = False,
     wait: Annotated[bool, typer.Option("--wait", help="Show progress until every run ended; exit by the outcome.")] = False,
-    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="With --wait: stop waiting after S seconds (exit 6).")] = 6 * 3600.0,
+    timeout: Annotated[float, typer.Option("--timeout", callback=finite, min=0.1, help="With --wait: stop waiting after S seconds (exit 6).")] = 6 * 3600.0,
     as_json: Json = False,
     url: Url = None,
     user: User = None,

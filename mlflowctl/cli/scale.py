@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from mlflowctl.cli.context import App
-from mlflowctl.cli.options import Home, Json
+from mlflowctl.cli.options import Home, Json, finite
 from mlflowctl.errors import NotAvailableError, UnhealthyError, UsageError
 
 
@@ -19,7 +19,7 @@ def scale(
         Optional[str], typer.Option("--backend", help="auto, local or docker (env MLWF_BACKEND).")
     ] = None,
     home: Home = None,
-    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait for new workers to be healthy.")] = 120.0,
+    timeout: Annotated[float, typer.Option("--timeout", callback=finite, min=0.1, help="Seconds to wait for new workers to be healthy.")] = 120.0,
     as_json: Json = False,
 ) -> None:
     """Add or remove Celery workers of the running stack; removed workers finish their running tasks first."""

@@ -15,7 +15,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from mlflowctl.cli.context import App
-from mlflowctl.cli.options import Home, Json, Url, User
+from mlflowctl.cli.options import Home, Json, Url, User, finite
 from mlflowctl.errors import StackDownError, UnhealthyError, UsageError
 
 DAGS_TIMEOUT_S = 5.0  # `status`: the DAGs table is a glance, not worth a long wait
@@ -71,7 +71,7 @@ def up(
     timeout: Annotated[
         float,
         typer.Option(
-            "--timeout", min=0.1, help="Seconds for the whole start: migration, launcher, health (a runtime build not counted)."
+            "--timeout", callback=finite, min=0.1, help="Seconds for the whole start: migration, launcher, health (a runtime build not counted)."
         ),
     ] = 120.0,
     as_json: Json = False,
