@@ -37,7 +37,7 @@ def root(ctx: typer.Context) -> None:
 
 
 def _say(line: str) -> None:
-    current().say(line)
+    current().alert(line)
 
 
 def with_error_handling(command: Callable) -> Callable:
