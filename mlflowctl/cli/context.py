@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from mlflowctl.backends.base import Backend
     from mlflowctl.config import Config
 
+WIDE = 10_000  # the width --wide output is printed at (tables keep their natural width)
 #: Builds the backend for a configuration: (backend, 'backend: NAME (why)').
 BackendFactory = Callable[["Config"], "tuple[Backend, str]"]
 
@@ -90,13 +91,15 @@ class App:
         something to copy stays whole, and with --wide so does every table."""
         if self.quiet:
             return
-        if self.wide:
-            from rich.measure import Measurement
-
-            widest = Measurement.get(self.out, self.out.options.update(width=10_000), renderable).maximum
-            self.out.print(renderable, width=max(widest, self.out.width), crop=False)
-        else:
+        if not self.wide:
             self.out.print(renderable, crop=False)
+            return
+        # --wide: laid out for no width at all; rich must not fit it to the terminal's
+        width, self.out.width = self.out.width, WIDE
+        try:
+            self.out.print(renderable, crop=False)
+        finally:
+            self.out.width = width
 
     def say(self, text: str) -> None:
         """A line for the user on stderr (stdout carries only the command's result); not with --quiet."""
@@ -153,10 +156,19 @@ class App:
         )
 
 
+_default: App | None = None
+
+
 def current() -> App:
-    """The App of the command being run (a command wrapped outside mlwf's root gets a default one)."""
+    """The App of the command being run; where no click context is current (typer calls a
+    command outside it), one default App for the process, so `--wide`/`--quiet` set on it hold."""
     import click
 
+    global _default
     context = click.get_current_context(silent=True)
     found = context.find_object(App) if context is not None else None
-    return found if found is not None else App()
+    if found is not None:
+        return found
+    if _default is None:
+        _default = App()
+    return _default

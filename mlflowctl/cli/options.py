@@ -6,18 +6,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from mlflowctl.cli.context import current
-
-
-def _wide(value: bool) -> None:
-    if value:
-        current().wide = True
-
-
-def _quiet(value: bool) -> None:
-    if value:
-        current().quiet = True
-
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON (the same data as the table) for scripts.")]
 Url = Annotated[
@@ -26,15 +14,11 @@ Url = Annotated[
 ]
 User = Annotated[Optional[str], typer.Option("--user", help="Airflow user (env MLWF_AIRFLOW_USER).")]
 Home = Annotated[Optional[str], typer.Option("--home", help="State directory (env MLWF_HOME).")]
-# Output, set on the App (cli/context.py) as the option is parsed: the command never reads them.
-Wide = Annotated[
-    bool,
-    typer.Option("--wide", callback=_wide, expose_value=False, help="Every column, whole, however wide the terminal."),
-]
+# How output looks: taken off by the root's wrapper (cli/main.py) and set on the App
+# (`app.wide`, `app.quiet`); the command itself never reads them.
+OUTPUT_OPTIONS = ("wide", "quiet")
+Wide = Annotated[bool, typer.Option("--wide", help="Every column, whole, however wide the terminal.")]
 Quiet = Annotated[
     bool,
-    typer.Option(
-        "--quiet", "-q", callback=_quiet, expose_value=False,
-        help="Print only what a script needs: the result (e.g. the run id) and why it failed.",
-    ),
+    typer.Option("--quiet", "-q", help="Print only what a script needs: the result (e.g. the run id) and why it failed."),
 ]

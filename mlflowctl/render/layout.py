@@ -13,6 +13,7 @@ from typing import Literal, Sequence, Union
 
 from rich import box
 from rich.console import Group, RenderableType
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
@@ -79,8 +80,8 @@ def fitted(
             justify=column.justify,
             no_wrap=True,
             overflow="ellipsis" if column.shrink else "ignore",
-            min_width=size,
-            max_width=size,
+            min_width=size if width is not None else None,
+            max_width=size if width is not None else None,
         )
     for row in rows:
         table.add_row(*(row[i] for i, _ in layout))
@@ -114,5 +115,6 @@ def pairs(rows: Sequence[tuple[str, Cell, str]], width: int | None, *, title: Ce
             lines.append(whole(Text(name.ljust(pad + GAP), style="bold").append_text(shown).append_text(aside)))
         else:
             lines.append(whole(Text(name, style="bold").append_text(aside)))
-            lines.append(whole(Text("    ").append_text(shown)))
+            # one token (a path, a digest) stays whole; a list of words wraps between them
+            lines.append(Padding(shown if " " in shown.plain else whole(shown), (0, 0, 0, 4)))
     return titled(title, Group(*lines))
