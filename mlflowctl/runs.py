@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, TypeVar
 from mlflowctl.errors import NotFoundError, TimeoutExpired, UnreachableError, UsageError
 
 if TYPE_CHECKING:  # the client module imports httpx: keep it out of `mlwf --help`
-    from mlflowctl.api.airflow import AirflowClient, Backfill, Dag, DagImportError, DagRun, LogRecord, TaskInstance
+    from mlflowctl.api.airflow import AirflowClient, Backfill, Dag, DagImportError, DagRun, LogRecord, Task, TaskInstance
 
 T = TypeVar("T")
 REPROCESS = ("none", "failed", "completed")
@@ -104,18 +104,38 @@ def dags_overview(client: AirflowClient) -> DagsOverview:
     return DagsOverview(rows, client.import_errors())
 
 
+def task_order(tasks: Iterable[Task]) -> tuple[str, ...]:
+    """The DAG's task ids as Airflow's grid lists them: upstream before downstream, and tasks
+    that become ready together by task id."""
+    from graphlib import TopologicalSorter
+
+    graph = TopologicalSorter()
+    for task in tasks:
+        graph.add(task.task_id)
+        for downstream in task.downstream_task_ids:
+            graph.add(downstream, task.task_id)
+    graph.prepare()
+    order: list[str] = []
+    while graph.is_active():
+        ready = sorted(graph.get_ready())
+        order.extend(ready)
+        graph.done(*ready)
+    return tuple(order)
+
+
 @dataclass
 class DagStatus:
     dag: Dag
     runs: list[DagRun]
     latest_tasks: list[TaskInstance]
+    task_order: tuple[str, ...] = ()
 
 
 def dag_status(client: AirflowClient, dag_id: str, *, limit: int = 10) -> DagStatus:
     dag = client.get_dag(dag_id)
     runs = client.list_runs(dag_id, limit=limit)
     tasks = client.task_instances(dag_id, runs[0].run_id) if runs else []
-    return DagStatus(dag, runs, tasks)
+    return DagStatus(dag, runs, tasks, task_order(client.dag_tasks(dag_id)) if runs else ())
 
 
 # -- trigger and wait ---------------------------------------------------------------------
@@ -143,6 +163,7 @@ class RunSnapshot:
     run: DagRun
     tasks: list[TaskInstance]
     elapsed: float
+    task_order: tuple[str, ...] = ()  # the DAG's order (`task_order`), for tables
 
     @property
     def failed_tasks(self) -> list[TaskInstance]:
@@ -196,10 +217,11 @@ def watch_run(
     client: AirflowClient, dag_id: str, run_id: str, *, timeout: float | None = None, interval: float = 0.3, **clocks
 ) -> Iterator[RunSnapshot]:
     """Snapshots of the run and its tasks until the run ends; TimeoutExpired after `timeout` s."""
+    order = task_order(client.dag_tasks(dag_id))
 
     def fetch(elapsed: float) -> RunSnapshot:
         run = client.get_run(dag_id, run_id)
-        return RunSnapshot(run, client.task_instances(dag_id, run_id), elapsed)
+        return RunSnapshot(run, client.task_instances(dag_id, run_id), elapsed, order)
 
     def late(snapshot: RunSnapshot) -> RunWaitTimedOut:
         return RunWaitTimedOut(

@@ -130,9 +130,12 @@ def test_up_prints_the_services_and_exits_9_when_one_is_unhealthy(project):
     assert result.exit_code == UnhealthyError.exit_code, result.output
     assert backend.calls == [("up", frozenset({"monitoring"}), 30.0)]
     assert "scheduler" in result.stdout and "unhealthy" in result.stdout and "Airflow UI: http://127.0.0.1:18080" in result.stdout
-    # Not a terminal: the steps are lines, the waits and the end are not (the table follows).
-    assert result.stderr.splitlines()[:4] == [
-        "backend: fake (a test)", "starting the components", "creating pools", "started 4 services"
+    # Not a terminal: the steps are lines, and each service's state once it is known; the waits
+    # and the end are not (the table follows).
+    lines = [line.removesuffix(" after 0.0s") for line in result.stderr.splitlines()]
+    assert lines[:8] == [
+        "backend: fake (a test)", "starting the components", "api-server healthy", "scheduler unhealthy",
+        "dag-processor healthy", "triggerer healthy", "creating pools", "started 4 services",
     ]
     assert "waiting for" not in result.stderr and "all healthy" not in result.stderr
     assert result.stderr.splitlines()[-1] == "error: the stack started but not every service is healthy"
@@ -249,7 +252,7 @@ def test_scale_on_a_backend_that_can_shows_its_steps_and_the_services(project):
     assert result.exit_code == 0, result.output
     assert backend.calls == [("scale", 2)]
     assert "warm shutdown of worker-3 (running tasks finish first)" in result.stderr
-    assert "all healthy" in result.stderr and "waiting for" not in result.stderr
+    assert "waiting for" not in result.stderr and "all healthy" not in result.stderr
     assert "api-server" in result.stdout
 
 

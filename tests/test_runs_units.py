@@ -169,12 +169,44 @@ def test_junit_after_a_wait_that_gave_up_marks_unfinished_tasks():
     assert "not started" in errors["report"].get("message")
 
 
-def test_run_table_lists_tasks_in_start_order_with_state_try_and_duration():
-    out = text(render.run_table(_snapshot()))
-    assert out.index("extract") < out.index("check") < out.index("report")
-    assert "manual__2026-01-01T12:00:00+00:00  failed  (8.0s)" in out
-    check_row = next(line for line in out.splitlines() if "check" in line)
+def test_task_order_is_topological_then_by_task_id():
+    from mlflowctl.api.airflow import Task
+    from mlflowctl.runs import task_order
+
+    dag = [Task("report"), Task("fan", ("report",)), Task("extract", ("fan", "check")), Task("check", ("report",)),
+           Task("alone")]
+    assert task_order(dag) == ("alone", "extract", "check", "fan", "report")
+
+
+def test_run_table_follows_the_dag_order_with_mapped_instances_under_their_task():
+    run = DagRun("d", "manual__2026-01-01T12:00:00+00:00", "failed", start_date=T0, duration=7.5)
+    tasks = [  # as the API lists them: by task id, a mapped task's instances in any order
+        _task("check", "failed", 5.25, start=1),
+        _task("extract", "success", 0.5, start=0),
+        TaskInstance("fan", "success", 1, map_index=1, duration=2.0),
+        TaskInstance("fan", "running", 1, map_index=0),
+        _task("report", "upstream_failed", 0.0, tries=0, start=7),
+        _task("zombie", "removed"),  # not in the DAG any more: last
+    ]
+    snapshot = RunSnapshot(run, tasks, elapsed=8.0, task_order=("extract", "check", "fan", "report"))
+    out = text(render.run_table(snapshot), width=80)
+    lines = out.splitlines()
+    assert lines[0] == "manual__2026-01-01T12:00:00+00:00  failed  (8.0s)"
+    assert [line.split()[0] for line in lines[3:]] == ["extract", "check", "fan", "[0]", "[1]", "report", "zombie"]
+    assert "2 mapped: 1 running, 1 success" in lines[5]
+    check_row = lines[4]
     assert "failed" in check_row and "5.2s" in check_row
+    # Within a live view's height, a mapped task keeps its own row only.
+    short = text(render.run_table(snapshot, height=9), width=80).splitlines()
+    assert [line.split()[0] for line in short[3:]] == ["extract", "check", "fan", "report", "zombie"]
+
+
+def test_run_changes_are_one_line_per_change_in_dag_order():
+    before = RunSnapshot(DagRun("d", "r1", "queued"), [_task("b", "none"), _task("a", "none")], 0.0, ("a", "b"))
+    after = RunSnapshot(DagRun("d", "r1", "running"), [_task("b", "queued"), _task("a", "success", 1.25)], 1.0, ("a", "b"))
+    assert [line.plain for line in render.run_changes(None, before)] == ["run r1 queued"]
+    assert [line.plain for line in render.run_changes(before, after)] == ["run r1 running", "a success 1.2s", "b queued"]
+    assert render.run_changes(after, after) == []
 
 
 def test_running_task_duration_counts_from_its_start():

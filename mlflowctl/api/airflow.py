@@ -167,6 +167,26 @@ class TaskInstance:
 
 
 @dataclass(frozen=True)
+class Task:
+    """A task of a DAG (not of a run): its place in the graph."""
+
+    task_id: str
+    downstream_task_ids: tuple[str, ...] = ()
+    is_mapped: bool = False
+
+    @classmethod
+    def from_api(cls, data: dict) -> Task:
+        downstream = data.get("downstream_task_ids") or []
+        if not isinstance(downstream, list):
+            raise TypeError("'downstream_task_ids' is not a list")
+        return cls(
+            task_id=_str(data, "task_id"),
+            downstream_task_ids=tuple(str(t) for t in downstream),
+            is_mapped=bool(data.get("is_mapped")),
+        )
+
+
+@dataclass(frozen=True)
 class Backfill:
     id: int
     dag_id: str
@@ -536,6 +556,15 @@ class AirflowClient:
             "task_instances",
             TaskInstance.from_api,
             what=f"run '{run_id}' of DAG '{dag_id}'",
+        )
+
+    def dag_tasks(self, dag_id: str) -> list[Task]:
+        """The DAG's tasks with their downstream ids (one page: the endpoint lists them all)."""
+        return self._call(
+            "GET",
+            f"/dags/{_q(dag_id)}/tasks",
+            what=f"DAG '{dag_id}'",
+            parse=lambda data: [Task.from_api(t) for t in _listed(data, "tasks")],
         )
 
     def task_log(

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from mlflowctl.backends.base import Backend
     from mlflowctl.config import Config
 
+WIDE = 10_000  # the width --wide output is printed at (tables keep their natural width)
 #: Builds the backend for a configuration: (backend, 'backend: NAME (why)').
 BackendFactory = Callable[["Config"], "tuple[Backend, str]"]
 
@@ -56,8 +57,12 @@ class App:
         self._transport = transport  # an httpx transport for every Airflow client; None: the network
         self._ask = ask
         self._out, self._err = out, err
+        self.wide = False  # --wide: every column whole, however wide the terminal
+        self.quiet = False  # --quiet: only results (echo) and errors (alert)
 
     # -- output: tables through rich, raw text (JSON, log lines) as it is --------------------
+    # Rich honours NO_COLOR and FORCE_COLOR; a live view redraws only where the console really
+    # is a terminal (FORCE_COLOR in a CI log gives colours, not redraws): see `live`.
 
     @functools.cached_property
     def out(self) -> Console:
@@ -76,12 +81,44 @@ class App:
         self.out.file.write(text + "\n")
         self.out.file.flush()
 
+    @property
+    def width(self) -> int | None:
+        """The width tables are laid out for: stdout's, or None (every column whole) with --wide."""
+        return None if self.wide else self.out.width
+
+    def show(self, renderable: Any) -> None:
+        """A table or report on stdout (not with --quiet). Never cropped: a line that holds
+        something to copy stays whole, and with --wide so does every table."""
+        if self.quiet:
+            return
+        if not self.wide:
+            self.out.print(renderable, crop=False)
+            return
+        # --wide: laid out for no width at all; rich must not fit it to the terminal's
+        width, self.out.width = self.out.width, WIDE
+        try:
+            self.out.print(renderable, crop=False)
+        finally:
+            self.out.width = width
+
     def say(self, text: str) -> None:
-        """A line for the user on stderr (stdout carries only the command's result)."""
+        """A line for the user on stderr (stdout carries only the command's result); not with --quiet."""
+        if not self.quiet:
+            self.alert(text)
+
+    def alert(self, text: str) -> None:
+        """A line on stderr even with --quiet: an error, its hint, a warning."""
         self.err.print(text, markup=False, highlight=False, soft_wrap=True)
 
     def warn(self, message: str) -> None:
-        self.say(f"warning: {message}")
+        self.alert(f"warning: {message}")
+
+    @staticmethod
+    def live(console: Console) -> bool:
+        """Whether a live view may redraw on `console`: a real terminal, not a dumb one, and
+        not a file or pipe that FORCE_COLOR made look like one."""
+        isatty = getattr(console.file, "isatty", None)
+        return console.is_interactive and bool(isatty and isatty())
 
     # -- configuration, backend, Airflow client ---------------------------------------------
 
@@ -93,8 +130,8 @@ class App:
 
     def backend(self, config: Config, *, announce: bool = True) -> Backend:
         backend, why = self._backends(config)
-        if announce:
-            self.err.print(why, style="dim", markup=False, highlight=False)
+        if announce and not self.quiet:
+            self.err.print(why, style="dim", markup=False, highlight=False, soft_wrap=True)
         return backend
 
     def password(self, config: Config, *, interactive: bool = True) -> str:
@@ -119,10 +156,19 @@ class App:
         )
 
 
+_default: App | None = None
+
+
 def current() -> App:
-    """The App of the command being run (a command wrapped outside mlwf's root gets a default one)."""
+    """The App of the command being run; where no click context is current (typer calls a
+    command outside it), one default App for the process, so `--wide`/`--quiet` set on it hold."""
     import click
 
+    global _default
     context = click.get_current_context(silent=True)
     found = context.find_object(App) if context is not None else None
-    return found if found is not None else App()
+    if found is not None:
+        return found
+    if _default is None:
+        _default = App()
+    return _default

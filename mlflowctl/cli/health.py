@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from mlflowctl.cli.context import App
-from mlflowctl.cli.options import Home, Json, Url, User, finite
+from mlflowctl.cli.options import Home, Json, Quiet, Url, User, Wide, finite
 
 if TYPE_CHECKING:
     from mlflowctl.health.report import HealthReport
@@ -89,6 +89,8 @@ def health(
     url: Url = None,
     user: User = None,
     home: Home = None,
+    quiet: Quiet = False,
+    wide: Wide = False,
 ) -> None:
     """Health of the stack and the pipeline: components, DAG runs, failures and durations by task,
     scheduler, executor, model quality. Exit 12 with --fail-on when findings reach it; exit 9 when
@@ -116,14 +118,21 @@ def health(
             else:
                 from mlflowctl.render.health import report_view
 
-                app.out.print(report_view(report))
+                app.show(report_view(report, width=app.width))
     error = exit_error(report, fail_on)
     if error is not None:
         raise error
 
 
 def _watch(app: App, collect, interval: float, as_json: bool) -> HealthReport:
-    """Refresh until Ctrl-C; returns the last report (its exit rule applies). JSON: one line per refresh."""
+    """Refresh until Ctrl-C; returns the last report (its exit rule applies). JSON: one line per
+    refresh. Otherwise a live view (cli/live.py), and the last report in full once at the end."""
+    from mlflowctl.cli.live import Watch
+    from mlflowctl.render.health import report_changes, report_view
+
+    def view(report: HealthReport, width: int, height: int):
+        return report_view(report, width=width, height=height - 1)
+
     report = None
     try:
         report = collect()
@@ -132,18 +141,16 @@ def _watch(app: App, collect, interval: float, as_json: bool) -> HealthReport:
                 _json_line(app, report, indent=None)
                 time.sleep(interval)
                 report = collect()
-        from rich.live import Live
-
-        from mlflowctl.render.health import report_view
-
-        with Live(report_view(report), console=app.out, auto_refresh=False, transient=False) as live:
+        with Watch(app, view, report_changes) as watch:
             while True:
+                watch.show(report)
                 time.sleep(interval)
                 report = collect()
-                live.update(report_view(report), refresh=True)
     except KeyboardInterrupt:
         if report is None:  # stopped before the first report came
             raise typer.Exit(130) from None
+        if not as_json:
+            app.show(report_view(report, width=app.width))
         return report
 
 

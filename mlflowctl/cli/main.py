@@ -17,6 +17,7 @@ import typer
 
 from mlflowctl.cli import health, models, runs, scale, stack, web
 from mlflowctl.cli.context import App, current
+from mlflowctl.cli.options import OUTPUT_OPTIONS
 from mlflowctl.errors import MlwfError
 
 app = typer.Typer(
@@ -37,7 +38,7 @@ def root(ctx: typer.Context) -> None:
 
 
 def _say(line: str) -> None:
-    current().say(line)
+    current().alert(line)
 
 
 def with_error_handling(command: Callable) -> Callable:
@@ -46,6 +47,11 @@ def with_error_handling(command: Callable) -> Callable:
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        given = getattr(kwargs.get("ctx"), "obj", None)  # typer's context (its own click, not `click`'s)
+        app = given if isinstance(given, App) else current()
+        for name in OUTPUT_OPTIONS:
+            if kwargs.pop(name, False):
+                setattr(app, name, True)
         try:
             return command(*args, **kwargs)
         except MlwfError as exc:

@@ -15,7 +15,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from mlflowctl.cli.context import current
-from mlflowctl.cli.options import Home, Json, finite
+from mlflowctl.cli.options import Home, Json, Wide, finite
 from mlflowctl.errors import DamagedStateError, UsageError
 
 Registry = Annotated[
@@ -33,39 +33,52 @@ def _print_json(data: Any) -> None:
 
 
 def _print(renderable: Any) -> None:
-    current().out.print(renderable)
+    current().show(renderable)
 
 
-def list_versions(home: Home = None, registry: Registry = None, as_json: Json = False) -> None:
+def _width() -> int | None:
+    return current().width
+
+
+def list_versions(home: Home = None, registry: Registry = None, as_json: Json = False, wide: Wide = False) -> None:
     """Every version: created, model type, headline metrics, data fingerprint, gate verdict, production."""
     from mlflowctl import models
     from mlflowctl.render.models import versions_table
 
     data = models.list_versions(models.open_registry(home, registry)[0])
-    _print_json(data) if as_json else _print(versions_table(data))
+    _print_json(data) if as_json else _print(versions_table(data, width=_width()))
     if data["damaged"]:
         raise DamagedStateError(data["damaged"][0])
 
 
-def show(version: Version, home: Home = None, registry: Registry = None, as_json: Json = False) -> None:
+def show(
+    version: Version, home: Home = None, registry: Registry = None, as_json: Json = False, wide: Wide = False
+) -> None:
     """All of a version's metadata; its model file is checked against the recorded sha256."""
     from mlflowctl import models
     from mlflowctl.render.models import version_detail
 
     data = models.show(models.open_registry(home, registry)[0], models.version_name(version))
-    _print_json(data) if as_json else _print(version_detail(data))
+    _print_json(data) if as_json else _print(version_detail(data, width=_width()))
     if data["integrity"] != "ok":
         raise DamagedStateError(f"model file of {data['version']} is {data['integrity']}: it is never loaded or promoted")
 
 
-def diff(first: Version, second: Version, home: Home = None, registry: Registry = None, as_json: Json = False) -> None:
+def diff(
+    first: Version,
+    second: Version,
+    home: Home = None,
+    registry: Registry = None,
+    as_json: Json = False,
+    wide: Wide = False,
+) -> None:
     """Two versions side by side: metrics with deltas, parameters, data, library versions."""
     from mlflowctl import models
     from mlflowctl.render.models import diff_tables
 
     reg = models.open_registry(home, registry)[0]
     data = models.diff(reg, models.version_name(first), models.version_name(second))
-    _print_json(data) if as_json else _print(diff_tables(data))
+    _print_json(data) if as_json else _print(diff_tables(data, width=_width()))
 
 
 def promote(
@@ -106,13 +119,13 @@ def rollback(
     _print_json(data) if as_json else _print(change_line(data))
 
 
-def events(home: Home = None, registry: Registry = None, as_json: Json = False) -> None:
+def events(home: Home = None, registry: Registry = None, as_json: Json = False, wide: Wide = False) -> None:
     """The registry's audit trail: registered, promoted, not_promoted, rolled_back."""
     from mlflowctl import models
     from mlflowctl.render.models import events_table
 
     data = models.events(models.open_registry(home, registry)[0])
-    _print_json(data) if as_json else _print(events_table(data))
+    _print_json(data) if as_json else _print(events_table(data, width=_width()))
 
 
 COMMANDS = {

@@ -6,6 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
+
 Json = Annotated[bool, typer.Option("--json", help="Print JSON (the same data as the table) for scripts.")]
 Url = Annotated[
     Optional[str],
@@ -13,6 +14,14 @@ Url = Annotated[
 ]
 User = Annotated[Optional[str], typer.Option("--user", help="Airflow user (env MLWF_AIRFLOW_USER).")]
 Home = Annotated[Optional[str], typer.Option("--home", help="State directory (env MLWF_HOME).")]
+# How output looks: taken off by the root's wrapper (cli/main.py) and set on the App
+# (`app.wide`, `app.quiet`); the command itself never reads them.
+OUTPUT_OPTIONS = ("wide", "quiet")
+Wide = Annotated[bool, typer.Option("--wide", help="Every column, whole, however wide the terminal.")]
+Quiet = Annotated[
+    bool,
+    typer.Option("--quiet", "-q", help="Print only what a script needs: the result (e.g. the run id) and why it failed."),
+]
 
 
 def finite(value: float | None) -> float | None:

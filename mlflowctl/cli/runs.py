@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from mlflowctl.cli.context import App
-from mlflowctl.cli.options import Home, Json, Url, User, finite
+from mlflowctl.cli.options import Home, Json, Quiet, Url, User, Wide, finite
 from mlflowctl.errors import RunFailedError, UsageError
 
 if TYPE_CHECKING:
@@ -46,7 +46,14 @@ def _interrupted(app: App, what: str) -> typer.Exit:
 # -- dags, pause, unpause -----------------------------------------------------------------
 
 
-def dags(ctx: typer.Context, as_json: Json = False, url: Url = None, user: User = None, home: Home = None) -> None:
+def dags(
+    ctx: typer.Context,
+    as_json: Json = False,
+    url: Url = None,
+    user: User = None,
+    home: Home = None,
+    wide: Wide = False,
+) -> None:
     """List the DAGs: paused state, schedule, last run and its state, import errors."""
     from mlflowctl import runs as service
     from mlflowctl.render import runs as render
@@ -57,9 +64,9 @@ def dags(ctx: typer.Context, as_json: Json = False, url: Url = None, user: User 
     if as_json:
         _print_json(app, render.dags_json(overview))
         return
-    app.out.print(render.dags_table(overview))
+    app.show(render.dags_table(overview, width=app.width))
     if overview.import_errors:
-        app.out.print(render.import_errors_table(overview))
+        app.show(render.import_errors_table(overview, width=app.width))
 
 
 def _set_paused(app: App, dag_id: str, paused: bool, as_json: bool, url, user, home) -> None:
@@ -109,6 +116,8 @@ def trigger(
     url: Url = None,
     user: User = None,
     home: Home = None,
+    quiet: Quiet = False,
+    wide: Wide = False,
 ) -> None:
     """Trigger a DAG run and print its run id; with --wait, follow it to the end."""
     from mlflowctl import runs as service
@@ -125,16 +134,17 @@ def trigger(
                 f"unpaused {dag_id}"
                 + (f"; its schedule ({unpaused.schedule}) may start a scheduled run now too" if unpaused.schedule else "")
             )
-        if not (wait or junit):
+        if not (wait or junit) or app.quiet:
             if as_json:
                 _print_json(app, render.jsonable(run))
             else:
                 app.echo(run.run_id)
-            return
-        if not as_json:
+            if not (wait or junit):
+                return
+        elif not as_json:
             app.echo(f"triggered {dag_id} run {run.run_id}")
         try:
-            snapshot = _watch(app, service.watch_run(client, dag_id, run.run_id, timeout=timeout), live=not as_json)
+            snapshot = _watch(app, service.watch_run(client, dag_id, run.run_id, timeout=timeout), shown=not as_json)
         except KeyboardInterrupt:
             raise _interrupted(app, f"run {run.run_id}") from None
         except service.RunWaitTimedOut as late:
@@ -150,7 +160,7 @@ def trigger(
         write_junit(junit, snapshot, failed)
     if as_json:
         _print_json(app, render.run_json(snapshot, failed))
-    else:
+    elif not app.quiet:
         for failure in failed:
             app.echo(f"\ntask {failure.task.task_id} failed (try {failure.task.try_number}); end of its log:")
             for line in failure.log_tail:
@@ -173,22 +183,27 @@ def _check_writable(path: Path, flag: str) -> None:
         raise UsageError(f"{flag} {path}: not a writable file")
 
 
-def _watch(app: App, snapshots, *, live: bool):
-    """Drain a watch_run generator, redrawing the tasks table when `live`; the last snapshot."""
-    from rich.live import Live
-
-    from mlflowctl.render.runs import run_table
-
+def _last(items):
     last = None
-    if not (live and app.out.is_terminal):
-        for last in snapshots:
-            pass
-        if live:
-            app.out.print(run_table(last))
-        return last
-    with Live(console=app.out, auto_refresh=False) as screen:
-        for last in snapshots:
-            screen.update(run_table(last), refresh=True)
+    for last in items:
+        pass
+    return last
+
+
+def _watch(app: App, snapshots, *, shown: bool):
+    """Follow a watch_run generator (cli/live.py), then print the final tasks table once; the last snapshot."""
+    from mlflowctl.cli.live import Watch
+    from mlflowctl.render.runs import run_changes, run_table
+
+    if not shown:
+        return _last(snapshots)
+
+    def view(snapshot, width: int, height: int):
+        return run_table(snapshot, width=width, height=height - 1)
+
+    with Watch(app, view, run_changes) as watch:
+        last = watch.drain(snapshots)
+    app.show(run_table(last, width=app.width))
     return last
 
 
@@ -211,6 +226,8 @@ def backfill(
     url: Url = None,
     user: User = None,
     home: Home = None,
+    quiet: Quiet = False,
+    wide: Wide = False,
 ) -> None:
     """Run a DAG for every logical date between two dates (Airflow 3 backfill)."""
     from mlflowctl import runs as service
@@ -229,10 +246,12 @@ def backfill(
             if as_json:
                 _print_json(app, render.backfill_plan_json(plan))
             else:
-                app.out.print(render.backfill_plan_table(plan))
+                app.show(render.backfill_plan_table(plan, width=app.width))
             return
         created = service.start_backfill(client, plan)
-        if not as_json:
+        if app.quiet and not as_json:
+            app.echo(str(created.id))
+        elif not as_json:
             app.echo(f"backfill {created.id} of {dag_id} created: {len(plan.dates)} runs")
         if not wait:
             if as_json:
@@ -240,13 +259,13 @@ def backfill(
             return
         try:
             snapshots = service.watch_backfill(client, plan, timeout=timeout)
-            progress = _watch_backfill(app, snapshots, len(plan.dates), live=not as_json)
+            progress = _watch_backfill(app, snapshots, shown=not as_json)
         except KeyboardInterrupt:
             raise _interrupted(app, f"backfill {created.id}") from None
     if as_json:
         _print_json(app, {"backfill": render.jsonable(created), "runs": render.jsonable(progress.runs), "total": progress.total})
     else:
-        app.out.print(render.backfill_summary_table(progress))
+        app.show(render.backfill_summary_table(progress, width=app.width))
     if progress.failed:
         raise RunFailedError(
             f"backfill {created.id} of DAG {dag_id}: {len(progress.failed)} of {progress.total} runs failed",
@@ -254,20 +273,18 @@ def backfill(
         )
 
 
-def _watch_backfill(app: App, snapshots, total: int, *, live: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+def _watch_backfill(app: App, snapshots, *, shown: bool):
+    from mlflowctl.cli.live import Watch
+    from mlflowctl.render.runs import backfill_changes, backfill_summary_table
 
-    last = None
-    if not live:
-        for last in snapshots:
-            pass
-        return last
-    columns = (TextColumn("runs ended"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=app.out) as bar:
-        task = bar.add_task("backfill", total=total)
-        for last in snapshots:
-            bar.update(task, completed=last.finished)
-    return last
+    if not shown:
+        return _last(snapshots)
+
+    def view(progress, width: int, height: int):
+        return backfill_summary_table(progress, width=width, height=height - 1)
+
+    with Watch(app, view, backfill_changes) as watch:
+        return watch.drain(snapshots)
 
 
 # -- the DAG forms of `status` and `logs` (called from cli/stack.py) ------------------------
@@ -291,8 +308,8 @@ def show_dag_status(
     if as_json:
         _print_json(app, render.dag_status_json(status))
         return
-    for table in render.dag_status_tables(status):
-        app.out.print(table)
+    for table in render.dag_status_tables(status, width=app.width):
+        app.show(table)
 
 
 def show_task_logs(

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from mlflowctl.cli.context import App
-from mlflowctl.cli.options import Home, Json, finite
+from mlflowctl.cli.options import Home, Json, Quiet, Wide, finite
 from mlflowctl.errors import NotAvailableError, UnhealthyError, UsageError
 
 
@@ -21,10 +21,11 @@ def scale(
     home: Home = None,
     timeout: Annotated[float, typer.Option("--timeout", callback=finite, min=0.1, help="Seconds to wait for new workers to be healthy.")] = 120.0,
     as_json: Json = False,
+    quiet: Quiet = False,
+    wide: Wide = False,
 ) -> None:
     """Add or remove Celery workers of the running stack; removed workers finish their running tasks first."""
-    from mlflowctl.backends.base import ProgressKind
-    from mlflowctl.cli.stack import holding_state, stack_result
+    from mlflowctl.cli.stack import holding_state, stack_result, watch_start
     from mlflowctl.config import MAX_WORKERS
 
     if what != "workers":
@@ -36,13 +37,9 @@ def scale(
     app: App = ctx.obj
     config = app.config(backend=backend, home=home)
     chosen = app.backend(config)
-
-    def progress(message: str, services, kind=None) -> None:
-        if ProgressKind.of(services, kind) is not ProgressKind.WAITING:
-            app.say(message)
-
-    with holding_state(app, config, f"mlwf scale workers {count}", create=False):
-        status = _scaler(chosen)(count, progress=progress, timeout=timeout)
+    watch, report = watch_start(app, chosen.name)
+    with holding_state(app, config, f"mlwf scale workers {count}", create=False), watch:
+        status = _scaler(chosen)(count, progress=report, timeout=timeout)
     stack_result(app, status, as_json=as_json)
     if not status.healthy:
         raise UnhealthyError("scaled, but not every service is healthy")

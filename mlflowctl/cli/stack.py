@@ -15,7 +15,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from mlflowctl.cli.context import App
-from mlflowctl.cli.options import Home, Json, Url, User, finite
+from mlflowctl.cli.options import Home, Json, Quiet, Url, User, Wide, finite
 from mlflowctl.errors import StackDownError, UnhealthyError, UsageError
 
 DAGS_TIMEOUT_S = 5.0  # `status`: the DAGs table is a glance, not worth a long wait
@@ -51,7 +51,31 @@ def stack_result(app: App, status, *, as_json: bool) -> None:
         app.echo(json.dumps(status_json(status, None), indent=2))
         return
     print_notes(app, status.notes)
-    app.out.print(services_table(status.services, backend=status.backend, database=status.database))
+    app.show(services_table(status.services, backend=status.backend, database=status.database, width=app.width))
+
+
+def watch_start(app: App, backend: str):
+    """A live display of `up` or `scale` (cli/live.py) and the Progress a backend reports to."""
+    import time
+
+    from mlflowctl.backends.base import ProgressKind
+    from mlflowctl.cli.live import Watch
+    from mlflowctl.render.stack import Starting, starting_changes, starting_view
+
+    began = time.monotonic()
+    watch = Watch(app, starting_view, starting_changes)
+
+    def report(message: str, services, kind=None) -> None:
+        step = ProgressKind.of(services, kind) is ProgressKind.STEP
+        known = services or (watch.last.services if watch.last else [])
+        watch.show(Starting(backend, message, list(known), step, time.monotonic() - began))
+
+    return watch, report
+
+
+def ui_lines(config) -> list[str]:
+    """Where the Airflow UI is and how to log in; each line short, the URL and commands whole."""
+    return [f"Airflow UI: {config.api_url}  (user {config.airflow_user}; the password: `mlwf password`)"]
 
 
 def up(
@@ -75,57 +99,32 @@ def up(
         ),
     ] = 120.0,
     as_json: Json = False,
+    quiet: Quiet = False,
+    wide: Wide = False,
 ) -> None:
     """Start the stack (idempotent: only what is not running) and wait until it is healthy."""
-    from rich.console import Group
-    from rich.live import Live
-    from rich.text import Text
-
-    from mlflowctl.backends.base import ProgressKind, StartFailed
+    from mlflowctl.backends.base import StartFailed
     from mlflowctl.backends.choose import record_backend
-    from mlflowctl.render.stack import services_table
+    from mlflowctl.render.layout import whole
 
     app: App = ctx.obj
     config = app.config(backend=backend, home=home, executor=executor, workers=workers, database=database)
     chosen = app.backend(config)
-    console = app.err
-    live = Live(console=console, transient=True, refresh_per_second=8) if console.is_terminal else None
-
-    def progress(message: str, services, kind=None) -> None:
-        if live is not None:
-            parts = [Text(message, style="bold")]
-            if services:
-                parts.append(services_table(services, backend=chosen.name, title="starting"))
-            live.update(Group(*parts))
-        elif ProgressKind.of(services, kind) is ProgressKind.STEP:
-            app.say(message)
-
+    watch, report = watch_start(app, chosen.name)
     try:
-        with holding_state(app, config, "mlwf up"):
-            if live is not None:
-                live.start()
-            status = chosen.up(exclude=frozenset(exclude or ()), progress=progress, timeout=timeout)
+        with holding_state(app, config, "mlwf up"), watch:
+            status = chosen.up(exclude=frozenset(exclude or ()), progress=report, timeout=timeout)
             record_backend(config, chosen.name)
     except StartFailed as failure:
-        if live is not None:
-            live.stop()
         if failure.log_tail:  # a migration that waits on a lock writes nothing
-            console.print(f"last lines of {failure.service}'s log:", style="bold red", markup=False)
+            app.err.print(f"last lines of {failure.service}'s log:", style="bold red", markup=False)
         for line in failure.log_tail:
-            app.say(f"  {line}")
+            app.alert(f"  {line}")
         raise
-    finally:
-        if live is not None:
-            live.stop()
     stack_result(app, status, as_json=as_json)
     if not as_json:
-        app.out.print(
-            f"Airflow UI: {config.api_url}  user: {config.airflow_user}  password: kept in "
-            f"{config.home_dir / 'secrets.json'} (show it with `mlwf config --show-password`)",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
+        for line in ui_lines(config):
+            app.show(whole(line))
     if not status.healthy:
         raise UnhealthyError("the stack started but not every service is healthy")
 
@@ -138,6 +137,7 @@ def down(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before deleting with --volumes.")] = False,
     backend: Backend = None,
     home: Home = None,
+    quiet: Quiet = False,
 ) -> None:
     """Stop every service (TERM, TERM again, then KILL); data is kept unless --volumes."""
     app: App = ctx.obj
@@ -154,7 +154,8 @@ def down(
     with holding_state(app, config, "mlwf down", create=False):
         status = app.backend(config).down(volumes=volumes)
     print_notes(app, status.notes)
-    app.out.print("stack stopped", markup=False)
+    if not app.quiet:
+        app.echo("stack stopped")
 
 
 def status(
@@ -165,6 +166,8 @@ def status(
     home: Home = None,
     url: Url = None,
     user: User = None,
+    quiet: Quiet = False,
+    wide: Wide = False,
 ) -> None:
     """Services (state, pid, uptime, port) and DAGs (paused, last run, next run); exit 0 only when healthy."""
     app: App = ctx.obj
@@ -172,6 +175,8 @@ def status(
         from mlflowctl.cli.runs import show_dag_status
 
         return show_dag_status(app, dag, url=url, user=user, as_json=as_json, home=home)
+
+    from rich.text import Text
 
     from mlflowctl import runs, status as service
     from mlflowctl.render.runs import dags_table
@@ -192,11 +197,12 @@ def status(
     if as_json:
         app.echo(json.dumps(status_json(stack, found.dags, found.dags_error), indent=2))
     else:
-        app.out.print(services_table(stack.services, backend=stack.backend, database=stack.database))
+        app.show(services_table(stack.services, backend=stack.backend, database=stack.database, width=app.width))
         if found.dags is not None:
-            app.out.print(dags_table(found.dags, title="DAGs"))
+            app.show(Text(""))
+            app.show(dags_table(found.dags, title="DAGs", width=app.width))
         elif found.dags_error:
-            app.out.print(f"DAGs: {found.dags_error}", markup=False)
+            app.show(Text(f"DAGs: {found.dags_error}"))
     if not stack.running:
         raise StackDownError("the stack is not running", hint="start it with `mlwf up`")
     if not stack.healthy:
@@ -247,8 +253,10 @@ def config(
     show_password: Annotated[
         bool, typer.Option("--show-password", help="Print only the admin password of this project's stack.")
     ] = False,
+    wide: Wide = False,
 ) -> None:
     """The effective configuration and where each value came from (secrets masked)."""
+    from mlflowctl.render.layout import whole
     from mlflowctl.render.stack import config_table, mask
 
     app: App = ctx.obj
@@ -266,8 +274,8 @@ def config(
         data["project_root"] = {"value": str(settings.project_root), "source": "found"}
         app.echo(json.dumps(data, indent=2))
         return
-    app.out.print(f"project: {settings.project_root}", markup=False, highlight=False)
-    app.out.print(config_table(items))
+    app.show(whole(f"project: {settings.project_root}"))
+    app.show(config_table(items, width=app.width))
 
 
 COMMANDS = {"up": up, "down": down, "status": status, "logs": logs, "config": config}

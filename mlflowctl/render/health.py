@@ -10,11 +10,11 @@ import math
 from typing import Iterable
 
 from rich.console import Group
-from rich.table import Table
 from rich.text import Text
 
 from mlflowctl.health.report import SECTIONS, HealthReport, Row
 from mlflowctl.render.durations import duration
+from mlflowctl.render.layout import Column, fitted
 
 STATUS_STYLES = {
     "ok": "green",
@@ -78,35 +78,64 @@ def headline(report: HealthReport) -> Text:
     return text
 
 
-def section_table(report: HealthReport, section: str) -> Table | None:
-    rows = report.section(section)
+def _columns(report: HealthReport, with_trend: bool) -> tuple[Column, ...]:
+    trend = (Column(f"trend ({report.window})", drop=1),) if with_trend else ()
+    return (Column("check"), Column("status"), Column("value", "right"), *trend, Column("detail", shrink=True))
+
+
+def section_table(report: HealthReport, section: str, *, width: int | None = None, rows: list[Row] | None = None):
+    rows = report.section(section) if rows is None else rows
     if not rows:
         return None
     with_trend = section == "task_durations"
-    table = Table(title=SECTIONS[section], title_justify="left", expand=False)
-    table.add_column("check", overflow="fold")
-    table.add_column("status")
-    table.add_column("value", justify="right")
-    if with_trend:
-        table.add_column(f"trend ({report.window})", no_wrap=True)
-    table.add_column("detail", overflow="fold")
+    cells = []
     for row in rows:
-        cells: list = [row.name, status_text(row.status), value_text(row)]
+        line: list = [row.name, status_text(row.status), value_text(row)]
         if with_trend:
-            cells.append(sparkline(row.trend))
-        cells.append(row.detail)
-        table.add_row(*cells)
-    return table
+            line.append(sparkline(row.trend))
+        line.append(row.detail)
+        cells.append(line)
+    return fitted(_columns(report, with_trend), cells, width, title=Text(SECTIONS[section], style="bold"))
 
 
-def report_view(report: HealthReport) -> Group:
-    """The whole report as one renderable (what `--watch` redraws)."""
-    parts: list = [headline(report)]
-    for note in report.notes:
-        parts.append(Text(note, style="yellow"))
-    parts.append(Text(f"airflow {report.airflow_url or '-'}   prometheus {report.prometheus_url or '-'}", style="dim"))
-    for section in SECTIONS:
-        table = section_table(report, section)
+QUIET_STATUSES = ("ok", "info")
+
+
+def report_view(report: HealthReport, *, width: int | None = None, height: int | None = None) -> Group:
+    """The whole report as one renderable (what `--watch` redraws). Within `height` lines (a
+    live view) only the rows that need a look are listed, with a count of the others."""
+    head: list = [headline(report), *(Text(note, style="yellow") for note in report.notes)]
+    head.append(Text(f"airflow {report.airflow_url or '-'}   prometheus {report.prometheus_url or '-'}", style="dim"))
+    sections = {name: report.section(name) for name in SECTIONS}
+    lines = len(head) + 1 + sum(len(rows) + 3 for rows in sections.values() if rows)  # headline may wrap: +1
+    hidden = 0
+    if height is not None and lines > height:
+        for name, rows in sections.items():
+            kept = [row for row in rows if row.status not in QUIET_STATUSES]
+            hidden += len(rows) - len(kept)
+            sections[name] = kept
+    parts = list(head)
+    for name, rows in sections.items():
+        table = section_table(report, name, width=width, rows=rows)
         if table is not None:
             parts.append(table)
+    if hidden:
+        parts.append(Text(f"{hidden} ok or info rows not shown: a taller terminal or --json shows them", style="dim"))
     return Group(*parts)
+
+
+def report_changes(before: HealthReport | None, after: HealthReport) -> list[Text]:
+    """A log's lines for `--watch`: the headline when the overall status changes, and each row
+    whose status changed, with its value."""
+    lines = []
+    if before is None or (before.worst, before.degraded) != (after.worst, after.degraded):
+        lines.append(headline(after))
+    was = {} if before is None else {(row.section, row.name): row.status for row in before.rows}
+    for row in after.rows:
+        old = was.get((row.section, row.name))
+        if before is not None and old != row.status:
+            line = Text(f"{SECTIONS.get(row.section, row.section)}: {row.name} {old or 'new'} -> ")
+            line.append_text(status_text(row.status))
+            line.append(f" ({value_text(row)})")
+            lines.append(line)
+    return lines

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from rich.table import Table
+from rich.console import Group, RenderableType
 from rich.text import Text
 
 from mlflowctl.backends.base import ServiceStatus, StackStatus
 from mlflowctl.render.durations import duration
+from mlflowctl.render.layout import Column, fitted, pairs, plan, whole
 
 if TYPE_CHECKING:
     from mlflowctl.runs import DagRow, DagsOverview
@@ -22,15 +23,31 @@ STATE_STYLES = {"healthy": "green", "starting": "yellow", "unhealthy": "red", "s
 DATABASE_NAMES = {"postgres": "PostgreSQL", "sqlite": "SQLite", "database_url": "the database at database_url"}
 
 
+SERVICE_COLUMNS = (
+    Column("service"),
+    Column("state"),
+    Column("pid", "right", drop=3),
+    Column("uptime", "right", drop=2),
+    Column("port", "right", drop=4),
+    Column("url", drop=1),
+    Column("detail", shrink=True),
+)
+URL = [c.header for c in SERVICE_COLUMNS].index("url")
+
+
 def services_table(
-    services: list[ServiceStatus], *, backend: str, title: str | None = None, database: str = ""
-) -> Table:
+    services: list[ServiceStatus],
+    *,
+    backend: str,
+    title: str | None = None,
+    database: str = "",
+    width: int | None = None,
+) -> RenderableType:
+    """The services, one line each; on a terminal too narrow for the URL column the URLs
+    follow the table, one line each, whole."""
     on = f", metadata in {DATABASE_NAMES.get(database, database)}" if database else ""
-    table = Table(title=title or f"services ({backend} backend{on})", title_justify="left")
-    for column in ("service", "state", "pid", "uptime", "port", "url", "detail"):
-        table.add_column(column, overflow="fold")
-    for service in services:
-        table.add_row(
+    rows = [
+        [
             service.name,
             Text(service.state, style=STATE_STYLES.get(service.state, "")),
             str(service.pid) if service.pid else "-",
@@ -38,8 +55,50 @@ def services_table(
             str(service.port) if service.port else "-",
             service.url or "",
             service.detail,
-        )
-    return table
+        ]
+        for service in services
+    ]
+    layout = plan(SERVICE_COLUMNS, rows, width)
+    table = fitted(SERVICE_COLUMNS, rows, width, title=title or f"services ({backend} backend{on})", layout=layout)
+    if any(i == URL for i, _ in layout):
+        return table
+    named = [s for s in services if s.url]
+    if not named:
+        return table
+    pad = max(len(s.name) for s in named)
+    return Group(table, Text(""), *(whole(f"{s.name.ljust(pad)}   {s.url}") for s in named))
+
+
+@dataclass(frozen=True)
+class Starting:
+    """What `up` or `scale` reported last: a step's message and the services' states."""
+
+    backend: str
+    message: str
+    services: list[ServiceStatus]
+    step: bool  # the message is a step worth a line in a log (not a wait)
+    elapsed: float  # seconds since the command began
+
+
+def starting_view(state: Starting, width: int, height: int) -> RenderableType:
+    """The live view on a terminal: the message, then the services."""
+    parts: list[RenderableType] = [Text(state.message, style="bold")]
+    if state.services:
+        parts.append(services_table(state.services, backend=state.backend, title="starting", width=width))
+    return Group(*parts)
+
+
+def starting_changes(before: Starting | None, after: Starting) -> list[Text]:
+    """A log's lines: each step, and each service that changed state, with the time so far."""
+    lines = [Text(after.message)] if after.step else []
+    was = {s.name: s.state for s in before.services} if before else {}
+    for service in after.services:
+        if was.get(service.name, "starting") != service.state:
+            line = Text(f"{service.name} ")
+            line.append(service.state, style=STATE_STYLES.get(service.state, ""))
+            line.append(f" after {duration(after.elapsed)}")
+            lines.append(line)
+    return lines
 
 
 def status_json(status: StackStatus, dags: DagsOverview | None, dags_error: str | None = None) -> dict[str, Any]:
@@ -77,14 +136,12 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def config_table(items: list[tuple[str, Any, str, bool]]) -> Table:
-    table = Table(title="effective configuration", title_justify="left")
-    for column in ("setting", "value", "from"):
-        table.add_column(column, overflow="fold")
+def config_table(items: list[tuple[str, Any, str, bool]], *, width: int | None = None) -> RenderableType:
+    rows = []
     for name, value, source, secret in items:
-        shown = ", ".join(value) if isinstance(value, tuple) else str(value)
-        table.add_row(name, mask(value) if secret else shown, source)
-    return table
+        shown = mask(value) if secret else (", ".join(value) if isinstance(value, tuple) else str(value))
+        rows.append((name, shown, f"from {source}"))
+    return pairs(rows, width, title="effective configuration")
 
 
 def mask(value: Any) -> str:
