@@ -20,7 +20,7 @@ import pytest
 from mlflowctl.backends import compose
 from mlflowctl.backends.docker import POOLS, DockerBackend
 from mlflowctl.config import load_config
-from mlflowctl.errors import MissingDependencyError
+from mlflowctl.errors import MissingDependencyError, UsageError
 from mlflowctl.secrets import load_or_create
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,3 +148,18 @@ def test_env_file_refuses_values_compose_would_mangle():
     assert compose.render_env({"A": "x y", "B": '{"k":1}'}) == 'A=x y\nB={"k":1}\n'
     with pytest.raises(UsageError, match="WEBHOOK"):
         compose.render_env({"WEBHOOK": "http://h/$path"})
+
+
+def test_sqlite_is_refused_by_the_docker_backend_before_anything_runs(tmp_path):
+    """The compose stack's metadata lives in its PostgreSQL container: an explicit SQLite choice
+    is a usage error naming where it came from, not silently ignored."""
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    config = load_config({"home": str(tmp_path / "s")}, cwd=ROOT, environ={"MLWF_DATABASE": "sqlite"})
+    with pytest.raises(UsageError, match=r"database=sqlite \(from MLWF_DATABASE\): the docker backend") as caught:
+        DockerBackend(config, environ={"PATH": str(empty)}).up()
+    assert caught.value.exit_code == 2
+    assert not (tmp_path / "s").exists()
+    given = load_config({"home": str(tmp_path / "s")}, cwd=ROOT, environ={"MLWF_DATABASE": "sqlite", "MLWF_DATABASE_URL": "postgresql://u:p@db/a"})
+    assert DockerBackend(given).database_name() == "database_url"  # the user's own database: nothing to refuse
+    assert DockerBackend(load_config({}, cwd=ROOT, environ={})).database_name() == "postgres"

@@ -200,7 +200,21 @@ class DockerBackend:
         return services
 
     def status(self) -> StackStatus:
-        return StackStatus(backend=self.name, services=self._snapshot(self.client()))
+        return StackStatus(backend=self.name, services=self._snapshot(self.client()), database=self.database_name())
+
+    def database_name(self) -> str:
+        """The compose stack always has its PostgreSQL container, unless the user gave a database_url."""
+        return "database_url" if self.config.database_url else "postgres"
+
+    def _refuse_sqlite(self) -> None:
+        """SQLite cannot be shared by containers: the setting is the local backend's only."""
+        if self.config.database != "postgres" and not self.config.database_url:
+            origin = self.config.sources.get("database", "default")
+            raise UsageError(
+                f"database={self.config.database} (from {origin}): the docker backend keeps its metadata in a "
+                "PostgreSQL container",
+                hint="drop --database / MLWF_DATABASE, or run the local backend (--backend local)",
+            )
 
     # ----------------------------------------------------------------- up
 
@@ -214,6 +228,7 @@ class DockerBackend:
         from mlflowctl.secrets import load_or_create
 
         report = progress or no_progress
+        self._refuse_sqlite()
         expected = self.expected(exclude)
         commands = self.commands()  # MissingDependencyError before anything is written
         client = self.client()  # UnreachableError likewise
@@ -222,7 +237,7 @@ class DockerBackend:
             s.name == "redis" or s.name.startswith(f"{compose.WORKER}-") for s in before if s.state != "stopped"
         )
         if all(s.state == "healthy" for s in before) and not leftovers:
-            status = StackStatus(backend=self.name, services=before)
+            status = StackStatus(backend=self.name, services=before, database=self.database_name())
             status.notes.append("the stack is already running; nothing changed")
             return status
 
@@ -262,7 +277,7 @@ class DockerBackend:
                 f"in {self.config.home_dir / 'secrets.json'})"
             )
         notes.append(f"compose env files (0600): {files.compose.parent}")
-        return StackStatus(backend=self.name, services=services_now, notes=notes)
+        return StackStatus(backend=self.name, services=services_now, notes=notes, database=self.database_name())
 
     @staticmethod
     def _image_exists(client, image: str) -> bool:
