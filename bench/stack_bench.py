@@ -75,6 +75,14 @@ def make_project(root: Path) -> tuple[Path, dict[str, int], dict[str, str]]:
     return project, ports, env
 
 
+def component_environ(home: str, name: str) -> dict[str, str]:
+    """The environment a running component of the stack at `home` was started with."""
+    import psutil
+
+    record = json.loads((Path(home) / "run" / f"{name}.pid").read_text())
+    return psutil.Process(record["pid"]).environ()
+
+
 CPU_SPENT: list[float] = []  # CPU seconds (user+sys) of each timed command: less load-dependent than wall
 
 
@@ -229,7 +237,8 @@ def main() -> None:
         status_s, status_cpu = timed_cpu([MLWF, "status"], 5, cwd=project, env=env)
         af_env = clean_env() | {
             "AIRFLOW_HOME": str(Path(marker) / "airflow"),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{Path(marker) / 'airflow' / 'airflow.db'}",
+            # the stack's own database (PostgreSQL by default), as its scheduler was given it
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": component_environ(marker, "scheduler")["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"],
             "AIRFLOW__CORE__DAGS_FOLDER": str(project / "dags"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         }
