@@ -75,12 +75,14 @@ def make_project(root: Path) -> tuple[Path, dict[str, int], dict[str, str]]:
     return project, ports, env
 
 
-def component_environ(home: str, name: str) -> dict[str, str]:
-    """The environment a running component of the stack at `home` was started with."""
-    import psutil
+def stack_database_url(project: Path, env: dict[str, str]) -> str:
+    """The URL of the PostgreSQL the local stack of `project` runs on (its default database)."""
+    from mlflowctl.backends.postgres_local import database_url
+    from mlflowctl.config import load_config
+    from mlflowctl.secrets import load_or_create
 
-    record = json.loads((Path(home) / "run" / f"{name}.pid").read_text())
-    return psutil.Process(record["pid"]).environ()
+    config = load_config({}, cwd=project, environ=env)
+    return database_url(config, load_or_create(config.home_dir))
 
 
 CPU_SPENT: list[float] = []  # CPU seconds (user+sys) of each timed command: less load-dependent than wall
@@ -238,7 +240,7 @@ def main() -> None:
         af_env = clean_env() | {
             "AIRFLOW_HOME": str(Path(marker) / "airflow"),
             # the stack's own database (PostgreSQL by default), as its scheduler was given it
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": component_environ(marker, "scheduler")["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"],
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": stack_database_url(project, env),
             "AIRFLOW__CORE__DAGS_FOLDER": str(project / "dags"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         }
