@@ -135,7 +135,8 @@ def test_up_applies_astro_settings_idempotently_and_refuses_bad_ones(stack):
         assert unset.returncode == 2 and "OBJ_TEST_PG_PASSWORD" in one_error_line(unset)
 
         # An object the server refuses (Airflow allows only slots on default_pool): exit 18.
-        settings.write_text(SETTINGS + "    - pool_name: default_pool\n      pool_slot: 64\n      pool_description: mine\n")
+        refusable = "    - pool_name: default_pool\n      pool_slot: 64\n      pool_description: mine\n  variables:"
+        settings.write_text(SETTINGS.replace("  variables:", refusable))
         refused = stack.mlwf("up", env=env, timeout=240)
         assert refused.returncode == 18, refused.stderr
         line = one_error_line(refused)
