@@ -89,7 +89,7 @@ def _models():
 
     class VariableSpec(Entry):
         variable_name: str = Field(min_length=1, max_length=250)
-        variable_value: Any = None
+        variable_value: Any
 
         @field_validator("variable_value")
         @classmethod
@@ -252,9 +252,11 @@ def declared(config: Config, environ: Mapping[str, str] | None = None) -> list[D
 def _refuse_duplicates(found: list[Declared]) -> None:
     seen: dict[tuple[str, str], str] = {}
     for item in found:
-        earlier = seen.setdefault((item.kind, item.name), item.source)
-        if earlier is not item.source:
-            raise UsageError(f"{item.label} is declared twice ({earlier} and {item.source})")
+        earlier = seen.get((item.kind, item.name))
+        seen[item.kind, item.name] = item.source
+        if earlier is not None:
+            where = item.source if earlier == item.source else f"{earlier} and {item.source}"
+            raise UsageError(f"{item.label} is declared twice ({where})")
 
 
 # ---------------------------------------------------------------- comparing through masks
