@@ -331,17 +331,17 @@ def _existing(client: AirflowClient) -> dict[tuple[str, str], dict]:
 def _compare(kind: str, server: dict, wanted: dict) -> tuple[list[str], list[str]]:
     """(fields that differ, fields whose sameness the server hides) of an existing object."""
     differ, unknown = [], []
-    for field, value in wanted.items():
-        if kind == "variable" and field == "value":
-            verdict = _same(_json(server.get(field)), _json(value))
-        elif field == "extra":
-            verdict = _same(server.get(field), _json(value))
+    for name, value in wanted.items():
+        if kind == "variable" and name == "value":
+            verdict = _same(_json(server.get(name)), _json(value))
+        elif name == "extra":
+            verdict = _same(server.get(name), _json(value))
         else:
-            verdict = _same(server.get(field), value)
+            verdict = _same(server.get(name), value)
         if verdict is False:
-            differ.append(field)
+            differ.append(name)
         elif verdict is None:
-            unknown.append(field)
+            unknown.append(name)
     return differ, unknown
 
 

@@ -6,7 +6,6 @@ Exit 0 when nothing blocks `up` (warnings allowed), 19 when something does, 2 fo
 from __future__ import annotations
 
 import json
-from typing import Optional
 
 import typer
 
