@@ -21,6 +21,8 @@ BACKENDS = ("auto", "local", "docker")
 EXECUTORS = ("local", "celery")
 DATABASES = ("postgres", "sqlite")
 SERVICE_GROUPS = ("monitoring",)
+#: Tables of the project file that declare Airflow objects, not settings (read by mlflowctl.objects).
+OBJECT_TABLES = ("connections", "variables", "pools")
 
 
 def _kind(value: Any) -> str:
@@ -207,6 +209,8 @@ class Config:
 
     project_root: Path = field(default=Path("."), metadata={"internal": True})
     sources: dict[str, str] = field(default_factory=dict, metadata={"internal": True})
+    objects: dict[str, Any] = field(default_factory=dict, metadata={"internal": True})  # OBJECT_TABLES as written
+    objects_origin: str = field(default="", metadata={"internal": True})
 
     @property
     def home_dir(self) -> Path:
@@ -290,12 +294,14 @@ def load_config(
     environ = os.environ if environ is None else environ
     root = find_project_root(cwd)
     file_values, file_label = _project_values(root) if root else ({}, "")
+    objects = {name: file_values[name] for name in OBJECT_TABLES if name in file_values}
+    file_values = {name: value for name, value in file_values.items() if name not in OBJECT_TABLES}
     known = {f.name for f in _settings()}
     unknown = sorted(set(file_values) - known)
     if unknown:
         raise UsageError(f"{file_label}: unknown setting(s): {', '.join(unknown)}")
 
-    config = Config()
+    config = Config(objects=objects, objects_origin=file_label)
     layers = (
         (file_values, file_label),
         ({name: environ[f"MLWF_{name.upper()}"] for name in known if f"MLWF_{name.upper()}" in environ}, "env"),

@@ -112,3 +112,15 @@ class PromotionRefusedError(MlwfError):
     """`mlwf models promote`: the promotion gate refused the version and `--force` was not given."""
 
     exit_code = 17
+
+
+class ObjectRejectedError(MlwfError):
+    """A connection, variable or pool of the project could not be applied: the server refused it."""
+
+    exit_code = 18
+
+
+class DoctorFoundError(MlwfError):
+    """`mlwf doctor` found something that would stop `mlwf up`."""
+
+    exit_code = 19

@@ -212,6 +212,71 @@ class Backfill:
 
 
 @dataclass(frozen=True)
+class Connection:
+    """A connection as the API shows it: `password` and secret `extra` keys come back as '***'."""
+
+    connection_id: str
+    conn_type: str
+    host: str | None = None
+    login: str | None = None
+    schema: str | None = None
+    port: int | None = None
+    password: str | None = None
+    extra: str | None = None  # a JSON object as text
+    description: str | None = None
+
+    @classmethod
+    def from_api(cls, data: dict) -> Connection:
+        port = data.get("port")
+        if port is not None and (isinstance(port, bool) or not isinstance(port, int)):
+            raise TypeError("'port' is not an integer")
+        return cls(
+            connection_id=_str(data, "connection_id"),
+            conn_type=_str(data, "conn_type"),
+            host=_opt_str(data, "host"),
+            login=_opt_str(data, "login"),
+            schema=_opt_str(data, "schema"),
+            port=port,
+            password=_opt_str(data, "password"),
+            extra=_opt_str(data, "extra"),
+            description=_opt_str(data, "description"),
+        )
+
+
+@dataclass(frozen=True)
+class Variable:
+    """A variable; the API shows a secret one's value (or secret keys of a JSON one) as '***'."""
+
+    key: str
+    value: str | None
+    description: str | None = None
+
+    @classmethod
+    def from_api(cls, data: dict) -> Variable:
+        return cls(key=_str(data, "key"), value=_opt_str(data, "value"), description=_opt_str(data, "description"))
+
+
+@dataclass(frozen=True)
+class Pool:
+    name: str
+    slots: int
+    description: str | None = None
+    include_deferred: bool = False
+
+    @classmethod
+    def from_api(cls, data: dict) -> Pool:
+        slots = data["slots"]
+        if isinstance(slots, bool) or not isinstance(slots, int):
+            raise TypeError("'slots' is not an integer")
+        return cls(
+            name=_str(data, "name"),
+            slots=slots,
+            description=_opt_str(data, "description"),
+            include_deferred=bool(data.get("include_deferred")),
+        )
+
+
+@dataclass(frozen=True)
 class TaskFailure:
     """A failed task instance of any DAG run (`mlwf health`)."""
 
@@ -628,6 +693,40 @@ class AirflowClient:
             return False
         self._parsed(response, "POST", "/pools", f"pool '{name}'", None)
         return True
+
+    def pools(self) -> list[Pool]:
+        return self._pages("/pools", "pools", Pool.from_api, params={"order_by": "name"})
+
+    # -- connections, variables, pools as objects (`mlflowctl.objects`) --------------------
+    # `create_*` POSTs; `update_*` PATCHes only `fields` of the body (Airflow's update_mask),
+    # so every other field keeps the server's value (default_pool allows only slots).
+
+    def connections(self) -> list[Connection]:
+        return self._pages("/connections", "connections", Connection.from_api, params={"order_by": "connection_id"})
+
+    def variables(self) -> list[Variable]:
+        return self._pages("/variables", "variables", Variable.from_api, params={"order_by": "key"})
+
+    def create_connection(self, body: dict) -> None:
+        self._call("POST", "/connections", what=f"connection '{body['connection_id']}'", json=body)
+
+    def update_connection(self, body: dict, fields: list[str]) -> None:
+        self._patch(f"/connections/{_q(body['connection_id'])}", body, fields, f"connection '{body['connection_id']}'")
+
+    def create_variable(self, body: dict) -> None:
+        self._call("POST", "/variables", what=f"variable '{body['key']}'", json=body)
+
+    def update_variable(self, body: dict, fields: list[str]) -> None:
+        self._patch(f"/variables/{_q(body['key'])}", body, fields, f"variable '{body['key']}'")
+
+    def create_pool(self, body: dict) -> None:
+        self._call("POST", "/pools", what=f"pool '{body['name']}'", json=body)
+
+    def update_pool(self, body: dict, fields: list[str]) -> None:
+        self._patch(f"/pools/{_q(body['name'])}", body, fields, f"pool '{body['name']}'")
+
+    def _patch(self, path: str, body: dict, fields: list[str], what: str) -> None:
+        self._call("PATCH", path, what=what, json=body, params={"update_mask": fields})
 
     # -- monitoring (`mlwf health`) ------------------------------------------------------
 

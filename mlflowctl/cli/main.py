@@ -15,7 +15,7 @@ from typing import Callable
 
 import typer
 
-from mlflowctl.cli import health, models, runs, scale, stack, web
+from mlflowctl.cli import doctor, health, models, objects, runs, scale, stack, web
 from mlflowctl.cli.context import App, current
 from mlflowctl.cli.options import OUTPUT_OPTIONS
 from mlflowctl.errors import MlwfError
@@ -110,9 +110,10 @@ def register(module) -> None:
         app.command(name)(with_error_handling(function))
 
 
-for _module in (stack, runs, health, web, scale):
+for _module in (stack, runs, health, web, scale, doctor):
     register(_module)
 app.add_typer(models.group())
+app.add_typer(objects.group())
 
 
 def main() -> None:

@@ -43,14 +43,18 @@ def print_notes(app: App, notes: list[str]) -> None:
         app.say(note)
 
 
-def stack_result(app: App, status, *, as_json: bool) -> None:
-    """What `up` and `scale` print when done: the notes and the services table, or the JSON."""
+def stack_result(app: App, status, *, as_json: bool, applied=None) -> None:
+    """What `up` and `scale` print when done: the notes and the services table, or the JSON;
+    for `up`, what became of the project's connections, variables and pools."""
+    from mlflowctl.render.objects import applied_json, summary
     from mlflowctl.render.stack import services_table, status_json
 
     if as_json:
-        app.echo(json.dumps(status_json(status, None), indent=2))
+        app.echo(json.dumps({**status_json(status, None), **(applied_json(applied) if applied else {})}, indent=2))
         return
     print_notes(app, status.notes)
+    if applied:
+        app.say(summary(applied))
     app.show(services_table(status.services, backend=status.backend, database=status.database, width=app.width))
 
 
@@ -105,23 +109,27 @@ def up(
     """Start the stack (idempotent: only what is not running) and wait until it is healthy."""
     from mlflowctl.backends.base import StartFailed
     from mlflowctl.backends.choose import record_backend
+    from mlflowctl.cli.objects import apply_declared
+    from mlflowctl.objects import declared
     from mlflowctl.render.layout import whole
 
     app: App = ctx.obj
     config = app.config(backend=backend, home=home, executor=executor, workers=workers, database=database)
+    declarations = declared(config)  # a malformed file stops `up` before anything starts
     chosen = app.backend(config)
     watch, report = watch_start(app, chosen.name)
     try:
         with holding_state(app, config, "mlwf up"), watch:
             status = chosen.up(exclude=frozenset(exclude or ()), progress=report, timeout=timeout)
             record_backend(config, chosen.name)
+        applied = apply_declared(app, config, declarations) if status.healthy else []
     except StartFailed as failure:
         if failure.log_tail:  # a migration that waits on a lock writes nothing
             app.err.print(f"last lines of {failure.service}'s log:", style="bold red", markup=False)
         for line in failure.log_tail:
             app.alert(f"  {line}")
         raise
-    stack_result(app, status, as_json=as_json)
+    stack_result(app, status, as_json=as_json, applied=applied)
     if not as_json:
         for line in ui_lines(config):
             app.show(whole(line))
