@@ -112,3 +112,10 @@ class PromotionRefusedError(MlwfError):
     """`mlwf models promote`: the promotion gate refused the version and `--force` was not given."""
 
     exit_code = 17
+
+
+class DagFileError(MlwfError):
+    """`mlwf parse` or `mlwf test`: a DAG file does not import, or a DAG in it was refused (a DAG
+    id another file has, a cycle)."""
+
+    exit_code = 18
