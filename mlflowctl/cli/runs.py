@@ -183,6 +183,8 @@ def finish_run(app: App, snapshot, failed: list, *, junit: Path | None, as_json:
 
 def check_writable(path: Path, flag: str) -> None:
     """Refuse an output file that could not be written, before the run, not after it."""
+    if path.parent.exists() and not path.parent.is_dir():
+        raise UsageError(f"{flag} {path}: {path.parent} is not a folder")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

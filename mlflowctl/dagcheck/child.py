@@ -82,7 +82,7 @@ def parse_folder(folder: str) -> tuple[object, list[dict]]:
     bag = _bag_class()(dag_folder=folder, collect_dags=False)
     safe_mode = conf.getboolean("core", "DAG_DISCOVERY_SAFE_MODE")
     files = []
-    for path in get_importer_registry().list_dag_files(folder, safe_mode=safe_mode):
+    for path in sorted(get_importer_registry().list_dag_files(folder, safe_mode=safe_mode)):
         started = time.perf_counter()
         found = bag.process_file(path, only_if_updated=False, safe_mode=safe_mode)
         seconds = time.perf_counter() - started
