@@ -41,10 +41,14 @@ def error_summary(filepath: str, trace: str) -> dict:
     """An import error as file, line (the DAG file's own last frame, else the last frame) and last line."""
     frames = [(m["file"], int(m["line"])) for m in _FRAME.finditer(trace)]
     own = [line for file, line in frames if os.path.abspath(file) == os.path.abspath(filepath)]
-    lines = [line for line in trace.strip().splitlines() if line.strip()]
+    lines = [line for line in trace.rstrip().splitlines() if line.strip()]
+    # The exception's own line: the first one after the last frame that is not the frame's code
+    # (an exception's message may go on over more lines, e.g. Airflow's import timeout).
+    after = max((i for i, line in enumerate(lines) if _FRAME.match(line)), default=-1) + 1
+    message = [line for line in lines[after:] if not line.startswith(" ")] or lines[after:] or lines
     return {
         "line": own[-1] if own else (frames[-1][1] if frames else None),
-        "last": lines[-1].strip() if lines else "unknown error",
+        "last": message[0].strip() if message else "unknown error",
         "trace": trace,
     }
 
