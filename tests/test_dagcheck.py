@@ -192,16 +192,36 @@ def test_test_runs_a_dag_with_the_live_table_json_and_junit(tmp_path):
 
 
 def test_test_of_a_failing_run_exits_7_with_the_failed_task_log_tail(tmp_path):
-    project, env = make_project(tmp_path, {"smoke.py": SMOKE.read_text()})
+    project, env = make_project(tmp_path, {"smoke.py": SMOKE.read_text(), "broken.py": BROKEN})
     report = tmp_path / "run.xml"
     result = mlwf(project, env, "test", "mlwf_smoke", "--conf", '{"fail": true}', "--junit", str(report))
     assert result.returncode == 7, result.stderr
     assert "task check failed (try 1); end of its log:" in result.stdout
     assert "ValueError: check failed on purpose" in result.stdout
-    assert result.stderr.startswith("error: run manual__") and "(failed: check)" in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == "warning: another DAG file does not import: broken.py:4: NameError: name 'undefined_name' is not defined"
+    assert lines[1].startswith("error: run manual__") and lines[1].endswith("of DAG mlwf_smoke ended failed (failed: check)")
+    assert lines[2] == f"hint: the run's whole log: {project / '.mlwf' / 'dagcheck' / 'mlwf_smoke.log'}"
     cases = junit_cases(report)
     assert "check failed on purpose" in cases["check"].find("failure").text
     assert cases["report"].find("skipped").get("message") == "upstream_failed"
+
+
+@pytest.mark.slow
+def test_test_that_runs_out_of_time_exits_6_stops_the_run_and_still_reports(tmp_path):
+    import psutil
+
+    project, env = make_project(tmp_path, {"smoke.py": SMOKE.read_text()})
+    report = tmp_path / "run.xml"
+    result = mlwf(project, env, "test", "mlwf_smoke", "--conf", '{"sleep": 600}', "--timeout", "40", "--junit", str(report))
+    assert result.returncode == 6, result.stderr
+    assert result.stderr.startswith("error: test run of DAG 'mlwf_smoke' still running after 40 s; stopped")
+    cases = junit_cases(report)
+    assert cases["report"].find("error").get("type") == "unfinished"
+    assert cases["check"].find("error") is None and cases["check"].find("failure") is None
+    left = [p.pid for p in psutil.process_iter(["cmdline"]) if str(project) in " ".join(p.info["cmdline"] or [])]
+    assert left == [], "the test run's process outlived mlwf"
+    assert sorted(p.name for p in (project / ".mlwf" / "dagcheck").iterdir()) == ["mlwf_smoke.log", "template-3.3.2.db"]
 
 
 @pytest.mark.slow

@@ -69,17 +69,19 @@ def test(
     """Run a DAG once in the Airflow runtime, no stack needed: its own throwaway database and data
     under the state directory. The live task table, exit codes and JUnit report of `trigger --wait`."""
     from mlflowctl import runs as service
-    from mlflowctl.dagcheck.runner import InProcessRun
+    from mlflowctl.dagcheck import runner
 
     app: App = ctx.obj
     payload = service.parse_conf(conf)  # refused before anything starts
     if junit:
         check_writable(junit, "--junit")
     config = app.config(home=home)
-    run = InProcessRun(config, _runtime(app, config), dag_id, payload, timeout=timeout)
+    run = runner.InProcessRun(config, _runtime(app, config), dag_id, payload, timeout=timeout)
     snapshot = watch_to_end(
         app, run.snapshots(), junit=junit, live=not as_json, interrupted=f"stopped the test run of {dag_id}"
     )
+    for parsed in run.broken:
+        app.warn(f"another DAG file does not import: {runner.describe(parsed)}")
     finish_run(app, snapshot, run.failures, junit=junit, as_json=as_json, hint=f"the run's whole log: {run.log_path}")
 
 

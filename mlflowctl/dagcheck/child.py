@@ -11,7 +11,8 @@ of this run's own). Airflow and the DAGs log to stdout and stderr, which this sc
 - test: `{"event": "snapshot", "run": {...}, "tasks": [...]}` whenever a task starts or ends
   (the REST API's shapes, so the CLI reads them as it reads the API's answers), then
   `{"event": "done", "failures": [...]}`; or one of `{"event": "import_error", ...}`,
-  `{"event": "unknown", ...}`, `{"event": "refused", ...}` instead of running.
+  `{"event": "unknown", ...}`, `{"event": "refused", ...}` instead of running; before the
+  run, `{"event": "broken", "files": [...]}` when other DAG files do not import.
 
 Stdlib, SQLAlchemy and Airflow only: the runtime need not have mlwf installed.
 """
@@ -239,13 +240,15 @@ def test(plan: dict) -> int:
     _prepare_database(plan)
     bag, files = parse_folder(plan["dags_folder"])
     dag = bag.dags.get(plan["dag_id"])
+    broken = [f for f in files if f["error"]]
     if dag is None:
-        broken = [f for f in files if f["error"]]
         if broken:
             emit(event="import_error", files=broken)
         else:
             emit(event="unknown", dag_ids=sorted(bag.dags))
         return 0
+    if broken:
+        emit(event="broken", files=broken)  # other files: the run goes on, the CLI warns
     _apply_fixes()
     logs: dict[str, list[str]] = {}
     _watch_tasks(plan["log"], logs)

@@ -203,7 +203,8 @@ def parse(config: Config, runtime: Runtime, *, timeout: float = 600.0) -> ParseR
 class InProcessRun:
     """One DAG run in the runtime's python against a database of its own, under the state
     directory's `dagcheck/` (deleted afterwards; the migrated template stays, one per Airflow
-    version). Iterate `snapshots()`; then `failures` holds the failed tasks' log tails."""
+    version). Iterate `snapshots()`; then `failures` holds the failed tasks' log tails and
+    `broken` the other DAG files of the folder that do not import."""
 
     config: Config
     runtime: Runtime
@@ -211,6 +212,7 @@ class InProcessRun:
     conf: dict
     timeout: float = 3600.0
     failures: list[TaskFailure] = field(default_factory=list)
+    broken: list[ParsedFile] = field(default_factory=list)  # other DAG files that do not import
 
     @property
     def log_path(self) -> Path:
@@ -245,6 +247,8 @@ class InProcessRun:
                 if kind == "snapshot":
                     last = _snapshot(event, time.monotonic() - started)
                     yield last
+                elif kind == "broken":
+                    self.broken = [_file(f) for f in event["files"]]
                 elif kind == "done":
                     self.failures = _failures(last, event["failures"])
                     return
