@@ -230,6 +230,20 @@ def test_monitoring_dag_structure(described):
     assert all(t["execution_timeout"] for t in d["tasks"].values())
 
 
+@pytest.mark.slow
+def test_airflow_dags_test_runs_the_pipeline_with_its_deadline_and_exits_0(airflow_env):
+    """Airflow 3.3.2 alone exits 1 after the last task; mlwf's plugin (an `airflow.plugins`
+    entry point) fixes the deadline lookup in every Airflow process of this environment."""
+    plugins = airflow_env.run("-m", "airflow", "plugins", "--output", "json")
+    assert plugins.returncode == 0, plugins.stderr[-2000:]
+    assert "mlwf_fixes" in plugins.stdout
+    result = airflow_env.run("-m", "airflow", "dags", "test", "ml_pipeline_dag")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-5000:]
+    assert "has no attribute 'hex'" not in output
+    assert "DagRun Finished: dag_id=ml_pipeline_dag" in output and "state=success" in output
+
+
 def test_bad_conf_is_refused_before_any_task(airflow_env):
     confs = [
         {"model_type": "svm"}, {"seed": "forty"}, {"thresholds": {"accuracy": 3}}, {"test_size": 0},
