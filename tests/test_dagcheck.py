@@ -252,6 +252,16 @@ def test_unknown_dag_is_one_line_exit_4_naming_the_dags_there(tmp_path):
     assert result.stdout == ""
 
 
+def test_a_dag_id_airflow_would_not_take_is_refused_before_anything_starts(tmp_path):
+    project, env = make_project(tmp_path, {"smoke.py": SMOKE.read_text()})
+    result = mlwf(project, env, "test", "../../etc/x", timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: '../../etc/x' is not a DAG id (letters, digits, '_', '.', '-'; at most 250)"
+    ]
+    assert not (project / ".mlwf").exists()
+
+
 def test_a_dag_file_that_does_not_import_is_named_with_its_error(tmp_path):
     project, env = make_project(tmp_path, {"broken.py": BROKEN})
     result = mlwf(project, env, "test", "broken")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from mlflowctl.errors import DagFileError, NotFoundError, RunFailedError, UsageError
+from mlflowctl.errors import DagFileError, NotFoundError, RunFailedError, TimeoutExpired, UsageError
 
 if TYPE_CHECKING:
     from mlflowctl.backends.runtime import Runtime
@@ -33,6 +34,7 @@ CHILD = Path(__file__).with_name("child.py")
 SLOW_SHARE = 0.5
 SCRATCH = "dagcheck"  # in the state directory: the template database and each test run's folder
 LOG_TAIL_LINES = 20
+DAG_ID = re.compile(r"[\w.-]{1,250}")  # Airflow's rule for ids; it also keeps file names made from one in their folder
 
 
 @dataclass(frozen=True)
@@ -223,6 +225,8 @@ class InProcessRun:
         from mlflowctl.runs import RunWaitTimedOut
         from mlflowctl.state import ensure_home
 
+        if not DAG_ID.fullmatch(self.dag_id):
+            raise UsageError(f"{self.dag_id!r} is not a DAG id (letters, digits, '_', '.', '-'; at most 250)")
         folder = dags_folder(self.config)
         ensure_home(self.config.home_dir, self.config.project_root)
         base = self.config.home_dir / SCRATCH
@@ -257,7 +261,7 @@ class InProcessRun:
             raise _died(process, log, f"the test run of DAG '{self.dag_id}'")
         except TimeoutError:
             if last is None:
-                raise RunFailedError(f"DAG '{self.dag_id}' did not start within {self.timeout:g} s") from None
+                raise TimeoutExpired(f"DAG '{self.dag_id}' did not start within {self.timeout:g} s") from None
             raise RunWaitTimedOut(
                 f"test run of DAG '{self.dag_id}' still {last.run.state} after {self.timeout:g} s; stopped",
                 snapshot=last,
