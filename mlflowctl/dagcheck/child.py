@@ -208,7 +208,7 @@ def _apply_fixes() -> None:
         print("mlwf: fix_dag_test_deadline refused: Airflow differs from what it was written for", file=sys.stderr)
 
 
-def _watch_tasks(log_path: str, failures: dict) -> None:
+def _watch_tasks(log_path: str, tails: dict) -> None:
     """Wrap dag.test()'s task runner: a snapshot before and after each task, and each task's
     part of the log kept (tasks run one at a time here) for the tails of failed tasks."""
     from airflow.sdk.definitions import dag as dag_module
@@ -230,7 +230,7 @@ def _watch_tasks(log_path: str, failures: dict) -> None:
             with open(log_path, "rb") as log:
                 log.seek(start)
                 lines = log.read().decode("utf-8", "replace").splitlines()
-            failures[ti.task_id] = lines[-LOG_TAIL_LINES:]
+            tails[ti.task_id] = lines[-LOG_TAIL_LINES:]
             emit(event="snapshot", **snapshot(ti.dag_id, ti.run_id))
 
     dag_module._run_task = _run_task
@@ -250,8 +250,8 @@ def test(plan: dict) -> int:
     if broken:
         emit(event="broken", files=broken)  # other files: the run goes on, the CLI warns
     _apply_fixes()
-    logs: dict[str, list[str]] = {}
-    _watch_tasks(plan["log"], logs)
+    tails: dict[str, list[str]] = {}
+    _watch_tasks(plan["log"], tails)
     from airflow.exceptions import ParamValidationError
 
     try:
@@ -264,7 +264,7 @@ def test(plan: dict) -> int:
     failed = [t for t in final["tasks"] if t["state"] == "failed"]
     emit(
         event="done",
-        failures=[{"task_id": t["task_id"], "log_tail": logs.get(t["task_id"], ["(no log found)"])} for t in failed],
+        failures=[{"task_id": t["task_id"], "log_tail": tails.get(t["task_id"], ["(no log found)"])} for t in failed],
     )
     return 0
 
