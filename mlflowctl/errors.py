@@ -124,3 +124,10 @@ class DoctorFoundError(MlwfError):
     """`mlwf doctor` found something that would stop `mlwf up`."""
 
     exit_code = 19
+
+
+class DagFileError(MlwfError):
+    """`mlwf parse` or `mlwf test`: a DAG file does not import, or a DAG in it was refused (a DAG
+    id another file has, a cycle)."""
+
+    exit_code = 20

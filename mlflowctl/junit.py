@@ -1,4 +1,5 @@
-"""A DAG run as a JUnit XML report: one test case per task, failures carry their log tail.
+"""A DAG run as a JUnit XML report: one test case per task, failures carry their log tail; and
+`mlwf parse` as one: one test case per DAG file, a file that does not import is a <failure>.
 
 CI systems (GitLab, Jenkins, GitHub test reporters) display this format natively. A task
 that failed is a <failure>; one that never ran because an upstream task failed, or was
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from mlflowctl.dagcheck.runner import ParseReport
     from mlflowctl.runs import RunSnapshot, TaskFailure
 
 
@@ -60,14 +62,39 @@ def junit_xml(snapshot: RunSnapshot, failures: list[TaskFailure], *, timed_out: 
     for key, value in counts.items():
         suite.set(key, str(value))
     suite.set("time", f"{run.duration or snapshot.elapsed:.3f}")
-    root = ET.Element("testsuites", name=f"mlwf {run.dag_id}", **{k: str(v) for k, v in counts.items()})
+    return _document(f"mlwf {run.dag_id}", suite, counts)
+
+
+def parse_junit_xml(report: ParseReport) -> str:
+    counts = {"tests": len(report.files), "failures": len(report.problems), "errors": 0, "skipped": 0}
+    suite = ET.Element("testsuite", name="mlwf parse", time=f"{report.seconds:.3f}")
+    for parsed in report.files:
+        case = ET.SubElement(suite, "testcase", classname="dags", name=parsed.file, time=f"{parsed.seconds:.3f}")
+        if parsed.error:
+            failure = ET.SubElement(case, "failure", message=xml_safe(parsed.error.last), type=parsed.error.kind)
+            failure.text = xml_safe(parsed.error.trace)
+        if parsed.slow:
+            out = ET.SubElement(case, "system-out")
+            out.text = f"slow: {parsed.seconds:.1f} s of the {parsed.timeout:g} s import timeout"
+    for key, value in counts.items():
+        suite.set(key, str(value))
+    return _document("mlwf parse", suite, counts)
+
+
+def _document(name: str, suite: ET.Element, counts: dict) -> str:
+    root = ET.Element("testsuites", name=name, **{k: str(v) for k, v in counts.items()})
     root.append(suite)
     ET.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
 def write_junit(path: Path, snapshot: RunSnapshot, failures: list[TaskFailure], *, timed_out: bool = False) -> None:
+    write_report(path, junit_xml(snapshot, failures, timed_out=timed_out))
+
+
+def write_report(path: Path, xml: str) -> None:
+    """Replace `path` atomically: a CI job never reads half a report."""
     from mlflowctl.state import write_durably
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_durably(path, junit_xml(snapshot, failures, timed_out=timed_out), mode=0o644)
+    write_durably(path, xml, mode=0o644)

@@ -32,7 +32,8 @@ class Secrets:
     grafana_password: str
 
 
-def _generate() -> Secrets:
+def generate() -> Secrets:
+    """New random secrets (also for a throwaway run that keeps none: `mlwf test`)."""
     return Secrets(
         admin_user=ADMIN_USER,
         admin_password=random.token_urlsafe(18),
@@ -70,7 +71,7 @@ def load_or_create(home: Path) -> Secrets:
                 f"{path} is missing but the stack in {home} has data (its Fernet key and passwords are gone)",
                 hint=_RESTORE,
             )
-        current = _generate()
+        current = generate()
         write_private(path, json.dumps(asdict(current), indent=2))
     else:
         try:

@@ -163,3 +163,39 @@ def test_only_task_processes_lower_their_priority_by_task_nice(niceness, expecte
     answer = subprocess.run([sys.executable, "-c", NICENESS_PROBE], env=env, capture_output=True, text=True, timeout=120)
     assert answer.returncode == 0, answer.stderr[-2000:]
     assert answer.stdout.strip().splitlines()[-1] == expected
+
+
+def test_dag_test_deadline_lookup_takes_a_serialized_alert_and_ids_as_before():
+    """dag.test() hands DeadlineAlertModel.get_by_id the serialized alert; the scheduler a row id."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import NoResultFound
+    from sqlalchemy.orm import Session
+
+    from airflow.models.deadline_alert import DeadlineAlert
+    from airflow.models.serialized_dag import SerializedDagModel  # noqa: F401  (the table its key refers to)
+
+    assert airflow_fixes.fix_dag_test_deadline(), "DeadlineAlert no longer has the shape the fix was written for"
+    assert airflow_fixes.fix_dag_test_deadline(), "applying twice must be harmless"
+    serialized = {
+        "name": None,
+        "reference": {"reference_type": "DagRunQueuedAtDeadline"},
+        "interval": {"__classname__": "datetime.timedelta", "__version__": 2, "__data__": 7200.0},
+        "callback": {"__classname__": "airflow.sdk.definitions.callback.SyncCallback", "__version__": 0,
+                     "__data__": {"path": "mlpipeline.notifications.deadline_missed", "kwargs": {}, "executor": None}},
+    }
+    engine = create_engine("sqlite://")
+    DeadlineAlert.__table__.create(engine)
+    with Session(engine) as session:
+        alert = DeadlineAlert.get_by_id(serialized, session=session)
+        assert alert.reference_class.__name__ == "DagRunQueuedAtDeadline"
+        assert alert.callback_def == serialized["callback"] and alert not in session
+        stored = DeadlineAlert(
+            serialized_dag_id=uuid.uuid4(), reference=serialized["reference"], interval=serialized["interval"],
+            callback_def=serialized["callback"],
+        )
+        session.add(stored)
+        session.commit()
+        assert DeadlineAlert.get_by_id(stored.id, session=session) is stored
+        assert DeadlineAlert.get_by_id(str(stored.id), session=session) is stored
+        with pytest.raises(NoResultFound):
+            DeadlineAlert.get_by_id(uuid.uuid4(), session=session)

@@ -1,7 +1,9 @@
-"""Three fixes to Airflow 3.3 and one adjustment, applied by the launcher to the processes it forks.
+"""Fixes to Airflow 3.3 and one adjustment: three fixes and the adjustment the launcher applies
+to the processes it forks, and one fix every Airflow process of the environment gets through
+mlwf's Airflow plugin (airflow_plugin.py).
 
-Each fix costs whole seconds on a laptop stack, none can be reached by a setting, and each is
-applied only to the code it was written for: a refused fix leaves Airflow as it is.
+The first three fixes cost whole seconds on a laptop stack, none can be reached by a setting,
+and each is applied only to the code it was written for: a refused fix leaves Airflow as it is.
 
 The task supervisor (`fix_task_supervisor`): a task's supervisor (`ActivitySubprocess`, in a
 LocalExecutor or Celery worker) waits in select() on its task process's sockets for at most
@@ -33,7 +35,16 @@ supervisor's forked child that runs the task's code) lowers its own priority to 
 `task_nice` (MLWF_TASK_NICE): tasks still get every idle cycle, the control plane and the
 user's shell come first. The supervisor, which heartbeats for the task, keeps its priority.
 
-Loaded by path by launcher.py (not on its sys.path): stdlib, SQLAlchemy and Airflow only.
+The deadline lookup of `dag.test()` (`fix_dag_test_deadline`): when a run of a DAG with a
+Deadline Alert succeeds, `DagRun.update_state` looks each of `dag.deadline` up with
+`DeadlineAlertModel.get_by_id`. The scheduler's DAG, read from the database, holds the alerts'
+row ids there; the DAG `dag.test()` builds (serialized and deserialized in memory) holds the
+serialized alerts themselves, so `airflow dags test` crashed after its last task with
+`'dict' object has no attribute 'hex'` and exited 1 although the run succeeded. Fixed: a
+serialized alert is read as an unsaved row of its own (the caller only asks its reference's
+kind); ids are looked up as before, so the scheduler's path does not change.
+
+Loaded by path by launcher.py and dagcheck/child.py (not on its sys.path): stdlib, SQLAlchemy and Airflow only.
 """
 
 from __future__ import annotations
@@ -158,6 +169,38 @@ def lower_task_priority() -> bool:
 
     setattr(_fork_main, FIXED, True)
     supervisor._fork_main = _fork_main
+    return True
+
+
+def fix_dag_test_deadline() -> bool:
+    """Let `DeadlineAlertModel.get_by_id` take a serialized alert (a dict) as `dag.test()` hands
+    it; False when the model no longer has the columns that dict fills (then nothing is changed)."""
+    try:
+        from airflow.models.deadline_alert import DeadlineAlert
+    except ImportError:
+        return True  # no Deadline Alerts, nothing to look up
+    upstream = DeadlineAlert.__dict__["get_by_id"]
+    if getattr(upstream.__func__, FIXED, False):
+        return True
+    columns = DeadlineAlert.__table__.columns.keys()
+    if not {"reference", "interval", "callback_def", "name"} <= set(columns) or not hasattr(DeadlineAlert, "reference_class"):
+        return False
+    lookup = upstream.__func__
+
+    def get_by_id(cls, deadline_alert_id, *args, **kwargs):
+        if isinstance(deadline_alert_id, dict):
+            alert = deadline_alert_id
+            return cls(
+                name=alert.get("name"),
+                reference=alert["reference"],
+                interval=alert["interval"],
+                callback_def=alert["callback"],
+            )
+        return lookup(cls, deadline_alert_id, *args, **kwargs)
+
+    setattr(get_by_id, FIXED, True)
+    get_by_id.__doc__ = lookup.__doc__
+    DeadlineAlert.get_by_id = classmethod(get_by_id)
     return True
 
 

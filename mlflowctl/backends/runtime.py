@@ -121,10 +121,9 @@ def find_runtime(project_root: Path, progress: Callable[[str], None] = lambda _l
     runtime = current_runtime()
     if runtime is not None:
         return runtime
-    requirements = requirements_text(project_root)
-    target = cache_root() / runtime_key(requirements)
+    target = managed_path(project_root)
     if not (target / COMPLETE_MARKER).is_file():
-        build_managed(requirements, target, progress)
+        build_managed(requirements_text(project_root), target, progress)
     bin_dir = target / "bin"
     version = _installed_version(bin_dir)
     if not version.startswith(SUPPORTED):
@@ -133,6 +132,22 @@ def find_runtime(project_root: Path, progress: Callable[[str], None] = lambda _l
             hint=f"pin apache-airflow==3.3.2 in {project_root / REQUIREMENTS}",
         )
     return Runtime(bin_dir, version, managed=True)
+
+
+def managed_path(project_root: Path) -> Path:
+    """Where the managed runtime for this project's pinned list lives (or would)."""
+    return cache_root() / runtime_key(requirements_text(project_root))
+
+
+def installed_runtime(project_root: Path) -> Runtime | None:
+    """The runtime `find_runtime` would use, when there is one already (never builds; no import)."""
+    runtime = current_runtime()
+    if runtime is not None:
+        return runtime
+    target = managed_path(project_root)
+    if not (target / COMPLETE_MARKER).is_file():
+        return None
+    return Runtime(target / "bin", _installed_version(target / "bin"), managed=True)
 
 
 def _installed_version(bin_dir: Path) -> str:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Callable
+from pathlib import Path
+from typing import Annotated, Callable
 
 import typer
 
-from mlflowctl.cli import doctor, health, models, objects, runs, scale, stack, web
+from mlflowctl.cli import dagcheck, doctor, health, models, objects, runs, scale, stack, web
 from mlflowctl.cli.context import App, current
 from mlflowctl.cli.options import OUTPUT_OPTIONS
 from mlflowctl.errors import MlwfError
@@ -24,14 +25,38 @@ app = typer.Typer(
     name="mlwf",
     help="Run and watch ML pipelines on Apache Airflow 3.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
 
 
+def _show_version(value: bool) -> None:
+    if not value:
+        return
+    from mlflowctl import __version__
+    from mlflowctl.backends.runtime import installed_runtime
+    from mlflowctl.config import find_project_root
+
+    runtime = installed_runtime(find_project_root() or Path.cwd())
+    typer.echo(f"mlwf {__version__}")
+    if runtime is None:
+        typer.echo("Airflow: no runtime yet (`mlwf up` or `mlwf test` builds it from requirements/runtime.txt)")
+    else:
+        kind = "managed" if runtime.managed else "this interpreter's"
+        typer.echo(f"Airflow {runtime.version or 'unknown'} ({kind} runtime, {runtime.bin_dir})")
+    raise typer.Exit()
+
+
 @app.callback()
-def root(ctx: typer.Context) -> None:
+def root(
+    ctx: typer.Context,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_show_version, help="Show mlwf's and the Airflow runtime's versions."
+        ),
+    ] = False,
+) -> None:
     # The one context object every command takes; a test passes its own with `invoke(obj=...)`.
     if ctx.obj is None:
         ctx.obj = App()
@@ -110,7 +135,7 @@ def register(module) -> None:
         app.command(name)(with_error_handling(function))
 
 
-for _module in (stack, runs, health, web, scale, doctor):
+for _module in (stack, runs, dagcheck, health, web, scale, doctor):
     register(_module)
 app.add_typer(models.group())
 app.add_typer(objects.group())

@@ -126,7 +126,7 @@ def trigger(
     app: App = ctx.obj
     payload = service.parse_conf(conf)  # bad JSON is refused before anything is sent
     if junit:
-        _check_writable(junit, "--junit")
+        check_writable(junit, "--junit")
     with connect(app, url, user, home) as client:
         run, unpaused = service.trigger(client, dag_id, payload, unpause=unpause)
         if unpaused is not None:
@@ -143,17 +143,39 @@ def trigger(
                 return
         elif not as_json:
             app.echo(f"triggered {dag_id} run {run.run_id}")
-        try:
-            snapshot = _watch(app, service.watch_run(client, dag_id, run.run_id, timeout=timeout), shown=not as_json)
-        except KeyboardInterrupt:
-            raise _interrupted(app, f"run {run.run_id}") from None
-        except service.RunWaitTimedOut as late:
-            if junit:  # CI still gets a report: the tasks that had not finished are marked so
-                from mlflowctl.junit import write_junit
-
-                write_junit(junit, late.snapshot, [], timed_out=True)
-            raise
+        snapshot = watch_to_end(
+            app, service.watch_run(client, dag_id, run.run_id, timeout=timeout), junit=junit, live=not as_json,
+            interrupted=f"stopped watching; run {run.run_id} goes on in Airflow",
+        )
         failed = service.failures(client, snapshot) if snapshot.run.state != "success" else []
+    finish_run(app, snapshot, failed, junit=junit, as_json=as_json, hint=f"full log: mlwf logs {dag_id} TASK --run '{run.run_id}'")
+
+
+def watch_to_end(app: App, snapshots, *, junit: Path | None, live: bool, interrupted: str):
+    """The last snapshot of a run watched to its end (`trigger --wait`, `test`): Ctrl-C says
+    `interrupted` and exits 130; a wait that gives up still writes the JUnit report, the
+    unfinished tasks marked so."""
+    from mlflowctl.runs import RunWaitTimedOut
+
+    try:
+        return _watch(app, snapshots, shown=live)
+    except KeyboardInterrupt:
+        app.say(interrupted)
+        raise typer.Exit(130) from None
+    except RunWaitTimedOut as late:
+        if junit:
+            from mlflowctl.junit import write_junit
+
+            write_junit(junit, late.snapshot, [], timed_out=True)
+        raise
+
+
+def finish_run(app: App, snapshot, failed: list, *, junit: Path | None, as_json: bool, hint: str) -> None:
+    """The end of a run as `trigger --wait` and `test` show it: the JUnit report, the JSON or the
+    failed tasks' log tails, and exit 7 unless the run succeeded."""
+    from mlflowctl.render import runs as render
+
+    run = snapshot.run
     if junit:
         from mlflowctl.junit import write_junit
 
@@ -165,16 +187,15 @@ def trigger(
             app.echo(f"\ntask {failure.task.task_id} failed (try {failure.task.try_number}); end of its log:")
             for line in failure.log_tail:
                 app.echo(f"  {line}")
-    if snapshot.run.state != "success":
+    if run.state != "success":
         names = ", ".join(f.task.task_id for f in failed) or "no task failed"
-        raise RunFailedError(
-            f"run {run.run_id} of DAG {dag_id} ended {snapshot.run.state} (failed: {names})",
-            hint=f"full log: mlwf logs {dag_id} TASK --run '{run.run_id}'",
-        )
+        raise RunFailedError(f"run {run.run_id} of DAG {run.dag_id} ended {run.state} (failed: {names})", hint=hint)
 
 
-def _check_writable(path: Path, flag: str) -> None:
+def check_writable(path: Path, flag: str) -> None:
     """Refuse an output file that could not be written, before the run, not after it."""
+    if path.parent.exists() and not path.parent.is_dir():
+        raise UsageError(f"{flag} {path}: {path.parent} is not a folder")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
