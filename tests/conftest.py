@@ -333,6 +333,18 @@ def stack(tmp_path_factory) -> Stack:
 
 
 @pytest.fixture(scope="session")
+def smoke(stack) -> str:
+    """The mlwf_smoke DAG (tests/dags/, about a second a run), copied into the stack's DAG folder
+    and parsed by Airflow."""
+    source = REPO / "tests" / "dags" / "mlwf_smoke_dag.py"
+    target = stack.project / "dags" / source.name
+    if not target.exists() or target.read_text() != source.read_text():
+        shutil.copy(source, target)
+    stack.wait_for_dags(["mlwf_smoke"], timeout=90)
+    return "mlwf_smoke"
+
+
+@pytest.fixture(scope="session")
 def make_stack(tmp_path_factory):
     """A factory for extra short-lived stacks (destructive tests); all are stopped at the end."""
     made: list[Stack] = []

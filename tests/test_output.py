@@ -9,19 +9,13 @@ one plain line per change and the final table once. NO_COLOR, FORCE_COLOR and --
 
 from __future__ import annotations
 
-import fcntl
-import os
 import re
-import struct
-import subprocess
-import termios
-import time
 
-import pyte
 import pytest
 from rich.cells import cell_len
 
-from conftest import MLWF, read_until
+from conftest import UP_TIMEOUT_S
+from terminal import in_terminal, screen_of
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -60,31 +54,6 @@ def dag_order(stack) -> list[str]:
                        and all(t not in downstream[u] for u in downstream if u not in order))
         order.extend(ready)
     return order
-
-
-def in_terminal(stack, *args: str, cols: int = 80, rows: int = 24, env: dict | None = None, timeout: float = 300):
-    """Run mlwf with a pseudo-terminal of cols x rows as stdin, stdout and stderr: (exit code, bytes shown)."""
-    master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-    full_env = {**stack.env, "COLUMNS": str(cols), "LINES": str(rows), "TERM": "xterm-256color", **(env or {})}
-    process = subprocess.Popen([MLWF, *args], stdin=slave, stdout=slave, stderr=slave, cwd=stack.project,
-                               env=full_env, start_new_session=True)
-    os.close(slave)
-    try:
-        shown = read_until(master, b"\0never", time.monotonic() + timeout)  # until the child closes the terminal
-        code = process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        os.close(master)
-    return code, shown
-
-
-def screen_of(shown: bytes, cols: int = 80, rows: int = 24) -> pyte.HistoryScreen:
-    screen = pyte.HistoryScreen(cols, rows, history=10_000)
-    pyte.ByteStream(screen).feed(shown)
-    return screen
 
 
 def triggered_run(text: str) -> str:
@@ -137,10 +106,10 @@ def test_trigger_wait_in_a_ci_log_prints_a_line_per_change_then_the_table_once(s
 
 def test_trigger_wait_redraws_in_place_in_an_80x24_terminal(stack):
     order = dag_order(stack)
-    code, shown = in_terminal(stack, "trigger", DAG, "--unpause", "--wait")
-    assert code == 0, shown.decode(errors="replace")
-    assert CURSOR_MOVES.search(shown), "no redraw: was the live view on?"
-    screen = screen_of(shown)
+    ran = in_terminal(stack, "trigger", DAG, "--unpause", "--wait")
+    assert ran.code == 0, ran.shown.decode(errors="replace")
+    assert CURSOR_MOVES.search(ran.shown), "no redraw: was the live view on?"
+    screen = screen_of(ran.shown)
     assert not screen.history.top, "lines scrolled off the 24-line screen"
     lines = [line.rstrip() for line in screen.display]
     run_id = triggered_run("\n".join(lines))
@@ -149,15 +118,58 @@ def test_trigger_wait_redraws_in_place_in_an_80x24_terminal(stack):
 
 
 def test_up_on_a_running_stack_fits_an_80x24_terminal_and_no_color_is_honoured(stack):
-    code, shown = in_terminal(stack, "up", env={"NO_COLOR": "1"})
-    assert code == 0, shown.decode(errors="replace")
-    assert not SGR_COLOUR.search(shown)
-    screen = screen_of(shown)
+    ran = in_terminal(stack, "up", env={"NO_COLOR": "1"})
+    assert ran.code == 0, ran.shown.decode(errors="replace")
+    assert not SGR_COLOUR.search(ran.shown)
+    screen = screen_of(ran.shown)
     assert not screen.history.top
     text = "\n".join(line.rstrip() for line in screen.display)
     assert_whole(text, *SERVICES, f"Airflow UI: {stack.url}", "`mlwf password`")
-    code, shown = in_terminal(stack, "status")  # colours by default on a terminal
-    assert code == 0 and SGR_COLOUR.search(shown)
+    ran = in_terminal(stack, "status")  # colours by default on a terminal
+    assert ran.code == 0 and SGR_COLOUR.search(ran.shown)
+
+
+def test_up_of_a_fresh_stack_redraws_in_place_in_an_80x24_terminal(make_stack):
+    fresh = make_stack()
+    try:
+        ran = in_terminal(fresh, "up", "--timeout", str(UP_TIMEOUT_S - 20), timeout=UP_TIMEOUT_S)
+        assert ran.code == 0, ran.shown.decode(errors="replace")
+        assert CURSOR_MOVES.search(ran.shown), "no redraw: was the live view on?"
+        screen = screen_of(ran.shown)
+        assert not screen.history.top, "lines scrolled off the 24-line screen"
+        text = "\n".join(line.rstrip() for line in screen.display)
+        assert_whole(text, *SERVICES, f"Airflow UI: {fresh.url}")
+        states = {row[0]: row[1] for row in map(str.split, text.splitlines()) if len(row) > 2 and row[0] in SERVICES}
+        assert states == dict.fromkeys(SERVICES, "healthy"), text
+    finally:
+        fresh.down_and_check()
+
+
+def test_backfill_wait_redraws_in_place_in_an_80x24_terminal(stack, smoke):
+    stack.mlwf("unpause", smoke, check=True)  # a new DAG is paused, and so would its backfill runs be
+    ran = in_terminal(stack, "backfill", smoke, "--start-date", "2023-05-01", "--end-date", "2023-05-03",
+                      "--max-active-runs", "2", "--wait", timeout=300)
+    assert ran.code == 0, ran.shown.decode(errors="replace")
+    assert CURSOR_MOVES.search(ran.shown), "no redraw: was the live view on?"
+    screen = screen_of(ran.shown)
+    assert not screen.history.top, "lines scrolled off the 24-line screen"
+    text = "\n".join(line.rstrip() for line in screen.display)
+    assert "3/3 runs ended, 0 failed" in text
+    runs = re.findall(r"^2023-05-0([123]) 00:00:00\s+(backfill__\S+)\s+success", text, re.M)
+    assert [day for day, _ in runs] == ["1", "2", "3"], text
+    assert_whole(text, *(run_id for _, run_id in runs))
+
+
+def test_health_watch_redraws_in_place_in_an_80x24_terminal_until_ctrl_c(stack):
+    # Ctrl-C once a refresh erases the view (rich's Live erases each line it redraws): without a
+    # live view that never comes and in_terminal fails
+    ran = in_terminal(stack, "health", "--watch", "--interval", "1", interrupt_on=b"\x1b[2K", timeout=120)
+    assert ran.code in (0, 9), ran.shown.decode(errors="replace")  # 9: degraded, as a fresh stack may be
+    live = screen_of(ran.before_interrupt)
+    assert not live.history.top, "the live view scrolled off the 24-line screen"
+    assert_fits("\n".join(live.display), 80)
+    after = ran.shown[len(ran.before_interrupt):]
+    assert b"health: " in after  # the full report, once, after Ctrl-C
 
 
 def test_quiet_prints_only_the_run_id_and_the_reason_of_a_failure(stack):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -25,7 +24,6 @@ from conftest import answer_prompt
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
-HERE = Path(__file__).resolve().parent
 SMOKE = "mlwf_smoke"
 KNOWN_LINE = "mlwf-smoke: the answer is 42"
 PIPELINE = "ml_pipeline_dag"
@@ -68,32 +66,6 @@ def api(stack):
         "tasks": ac.TaskInstanceApi(client),
         "backfills": ac.BackfillApi(client),
     }
-
-
-def _wait_for_dag(api, dag_id: str, timeout: float = 90) -> None:
-    from airflow_client.client.exceptions import NotFoundException
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            api["dags"].get_dag(dag_id)
-            return
-        except NotFoundException:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1)
-
-
-@pytest.fixture(scope="session")
-def smoke(stack, api):
-    """The mlwf_smoke DAG, copied into the stack's DAG folder and parsed by Airflow."""
-    dags_dir = Path(stack.project) / "dags"
-    dags_dir.mkdir(parents=True, exist_ok=True)
-    target = dags_dir / "mlwf_smoke_dag.py"
-    if not target.exists() or target.read_text() != (HERE / "dags" / "mlwf_smoke_dag.py").read_text():
-        shutil.copy(HERE / "dags" / "mlwf_smoke_dag.py", target)
-    _wait_for_dag(api, SMOKE)
-    return SMOKE
 
 
 def _server_run(api, dag_id: str, run_id: str):

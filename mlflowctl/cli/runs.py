@@ -132,7 +132,7 @@ def trigger(
         if unpaused is not None:
             app.say(
                 f"unpaused {dag_id}"
-                + (f"; its schedule ({unpaused.schedule}) may start a scheduled run now too" if unpaused.schedule else "")
+                + (f"; a scheduled run ({unpaused.schedule}) may start now too" if unpaused.schedule else "")
             )
         if not (wait or junit) or app.quiet:
             if as_json:
