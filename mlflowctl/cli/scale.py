@@ -57,7 +57,7 @@ def _scaler(backend):
     if backend.name == "local":  # until the local backend implements Scaling itself
         from functools import partial
 
-        from mlflowctl.backends.celery_local import scale
+        from mlflowctl.backends.local.celery_executor import scale
 
         return partial(scale, backend)
     raise NotAvailableError(f"the {backend.name} backend cannot scale workers")

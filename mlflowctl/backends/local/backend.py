@@ -4,7 +4,7 @@ Layout of the state directory (`config.home`):
 
     secrets.json, simple_auth_manager_passwords.json   generated once, 0600
     airflow/        AIRFLOW_HOME (the SQLite metadata database, for `database = "sqlite"`)
-    postgres/       mlwf's PostgreSQL, the default metadata database (see postgres_local.py)
+    postgres/       mlwf's PostgreSQL, the default metadata database (see postgres.py)
     run/<service>.pid   pid, start time and command of each service's group leader
     logs/<service>.log  one log per service; logs/tasks/ the task logs
     data/           the pipeline's data root (MLWF_DATA_ROOT)
@@ -49,7 +49,7 @@ LOG_TAIL_LINES = 25
 HEALTH_TIMEOUT_S = 5.0
 EXCLUDE_FILE = "excluded.json"  # in run/: what the last `up` left out, so `status` ignores it
 __all__ = ["LocalBackend", "StartFailed", "LOG_TAIL_LINES"]
-LAUNCHER = Path(__file__).with_name("launcher.py")
+LAUNCHER = Path(__file__).parent.parent / "launcher.py"
 SPAWNER = "spawner"
 # Run launcher.py by path without putting its folder on sys.path (its siblings, e.g. docker.py,
 # would shadow modules of those names).
@@ -81,7 +81,7 @@ class LocalBackend:
     name = "local"
 
     def __init__(self, config: Config, *, runtime=None) -> None:
-        from mlflowctl.backends.executors import effective_config
+        from mlflowctl.backends.local.record import effective_config
 
         self.requested = config  # as the user gave it: `up` refuses another database than the stack's
         self.config = effective_config(config)  # the executor, workers and database the stack was started with
@@ -109,7 +109,7 @@ class LocalBackend:
 
     def services(self, exclude: frozenset[str] = frozenset()) -> list[ServiceSpec]:
         """Every service of the stack, in start order, minus excluded groups or names."""
-        from mlflowctl.backends import postgres_local
+        from mlflowctl.backends.local import postgres
 
         plugin = self._executor_plugin()
         c = self.config
@@ -130,7 +130,7 @@ class LocalBackend:
         ]
         # The database first; an executor's services (celery: the broker, then the workers) around the core.
         specs = [
-            *postgres_local.services(self),
+            *postgres.services(self),
             *(plugin.before_airflow(self) if plugin else []),
             *core,
             *(plugin.after_airflow(self) if plugin else []),
@@ -175,7 +175,7 @@ class LocalBackend:
     def _executor_plugin(self):
         """The module adding an executor's services and settings; None for the local executor.
 
-        A plugin (`mlflowctl.backends.<executor>_local`) provides `before_airflow(backend)` and
+        A plugin (`mlflowctl.backends.local.<executor>_executor`) provides `before_airflow(backend)` and
         `after_airflow(backend)` -> list[ServiceSpec] and `environment(backend)` -> keyword
         arguments for `local_environment` (broker_url).
         """
@@ -184,7 +184,7 @@ class LocalBackend:
         import importlib
 
         try:
-            return importlib.import_module(f"mlflowctl.backends.{self.config.executor}_local")
+            return importlib.import_module(f"mlflowctl.backends.local.{self.config.executor}_executor")
         except ImportError:
             raise NotAvailableError(
                 f"executor {self.config.executor!r} is not available on the local backend in this mlwf version"
@@ -385,7 +385,7 @@ class LocalBackend:
         progress: Progress | None = None,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> StackStatus:
-        from mlflowctl.backends import postgres_local
+        from mlflowctl.backends.local import postgres
         from mlflowctl.backends.airflow_env import local_environment
         from mlflowctl.secrets import load_or_create
 
@@ -393,14 +393,14 @@ class LocalBackend:
             raise NotAvailableError(
                 "Airflow does not run natively on Windows", hint="run mlwf inside WSL, or use --backend docker"
             )
-        from mlflowctl.backends.executors import check_switch, read_record, write_record
+        from mlflowctl.backends.local.record import check_switch, read_record, write_record
 
         check_switch(self.requested)
         report = progress or no_progress
         ensure_home(self.home, self.config.project_root)
         secrets = load_or_create(self.home)
         runtime = self.runtime(progress)  # building one is the one phase that may take longer
-        postgres_local.check_ready(self, runtime)  # binaries and (root) the system user, before anything starts
+        postgres.check_ready(self, runtime)  # binaries and (root) the system user, before anything starts
         deadline = Deadline.start(timeout)
         specs = self.services(exclude)
         notes: list[str] = []
@@ -437,7 +437,7 @@ class LocalBackend:
             self.config,
             secrets,
             supervisor_fixed=not _one_by_one(),
-            database_url=postgres_local.database_url(self.config, secrets) if postgres_local.runs_own(self.config) else None,
+            database_url=postgres.database_url(self.config, secrets) if postgres.runs_own(self.config) else None,
             **(plugin.environment(self) if plugin else {}),
         )
         env["PATH"] = f"{runtime.bin_dir}:{env.get('PATH', '')}"
@@ -492,13 +492,13 @@ class LocalBackend:
     def _migration_marker(self, runtime) -> str | None:
         """The marker's text once this database is migrated: the runtime's version (SQLite, as
         before), plus the cluster's identity for mlwf's PostgreSQL; None when it cannot be known."""
-        from mlflowctl.backends import postgres_local
+        from mlflowctl.backends.local import postgres
 
         if self.config.database_url:
             return None
         if self.config.database == "sqlite":
             return runtime.version if (self.home / "airflow" / "airflow.db").exists() else None
-        identity = postgres_local.cluster_identity(self.config)
+        identity = postgres.cluster_identity(self.config)
         return f"{runtime.version} {identity}" if identity else None
 
     def _migration_done(self, runtime) -> None:
@@ -749,7 +749,7 @@ class LocalBackend:
         if damaged:
             status.notes.append(f"removed damaged pid file(s) {', '.join(damaged)}; their processes were swept by marker")
         if volumes and self.home.exists():
-            from mlflowctl.backends.postgres_local import remove_data
+            from mlflowctl.backends.local.postgres import remove_data
 
             removed = remove_data(self.config)
             if removed:

@@ -25,7 +25,7 @@ PostgreSQL refuses to run as root: then it runs as the `postgres` system user wh
 one, else as `mlwf-postgres`, which mlwf creates once (a system user, no home, no login shell).
 That user owns only the data folder; the binaries must be reachable by it.
 
-Run as a script (`python -m mlflowctl.backends.postgres_local supervise ...`) it is the small
+Run as a script (`python -m mlflowctl.backends.local.postgres supervise ...`) it is the small
 supervisor that runs the server: it drops to that user and turns the TERM of `mlwf down` into
 PostgreSQL's fast shutdown (TERM alone is a "smart" shutdown that waits for every client).
 """
@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from mlflowctl.backends.executors import read_record, write_record
+from mlflowctl.backends.local.record import read_record, write_record
 from mlflowctl.backends.ports import answers
 from mlflowctl.config import Config
 from mlflowctl.errors import MissingDependencyError, MlwfError
@@ -56,7 +56,7 @@ from mlflowctl.state import is_ours, mark, remove_tree
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflowctl.backends.base import Deadline
-    from mlflowctl.backends.local import LocalBackend, ServiceSpec
+    from mlflowctl.backends.local.backend import LocalBackend, ServiceSpec
     from mlflowctl.secrets import Secrets
 
 SERVICE = "postgres"
@@ -367,7 +367,7 @@ def postgres_argv(config: Config, binaries: Path) -> list[str]:
         "-c", f"max_connections={MAX_CONNECTIONS}", "-c", "synchronous_commit=off",
     ]
     user = ["--uid", str(account[0]), "--gid", str(account[1])] if account else []
-    return [sys.executable, "-m", "mlflowctl.backends.postgres_local", "supervise", *user, "--", *server]
+    return [sys.executable, "-m", "mlflowctl.backends.local.postgres", "supervise", *user, "--", *server]
 
 
 def postgres_accepts(config: Config, binaries: Path) -> bool:
@@ -418,7 +418,7 @@ def check_ready(backend: "LocalBackend", runtime) -> Path | None:
 
 def services(backend: "LocalBackend") -> list["ServiceSpec"]:
     """The `postgres` service when the stack runs mlwf's own database, first in start order."""
-    from mlflowctl.backends.local import ServiceSpec
+    from mlflowctl.backends.local.backend import ServiceSpec
     from mlflowctl.backends.ports import PortNeed
 
     c = backend.config
@@ -458,7 +458,7 @@ def wait_ready(backend: "LocalBackend", name: str, condition, deadline: "Deadlin
     `up --timeout` runs out."""
     from mlflowctl.backends import processes
     from mlflowctl.backends.base import StartFailed
-    from mlflowctl.backends.local import LOG_TAIL_LINES, tail_lines
+    from mlflowctl.backends.local.backend import LOG_TAIL_LINES, tail_lines
 
     while not condition():
         record = processes.read_pid_file(backend.run_dir / f"{name}.pid")
@@ -501,4 +501,4 @@ def _supervise(argv: list[str]) -> int:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "supervise":
         sys.exit(_supervise(sys.argv[2:]))
-    sys.exit("usage: python -m mlflowctl.backends.postgres_local supervise [--uid N --gid N] -- COMMAND...")
+    sys.exit("usage: python -m mlflowctl.backends.local.postgres supervise [--uid N --gid N] -- COMMAND...")

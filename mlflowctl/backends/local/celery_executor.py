@@ -2,8 +2,8 @@
 
 `LocalBackend` asks this module for the extra services when the stack's executor is
 `celery`; each is an ordinary service of the stack (pid file, log, health, `down`). The
-metadata database is the stack's own, as for the LocalExecutor (postgres_local.py); Celery
-on SQLite is refused (executors.check_switch).
+metadata database is the stack's own, as for the LocalExecutor (postgres.py); Celery
+on SQLite is refused (record.check_switch).
 
     redis        mlwf's own Redis (unless `broker_url` is set), no persistence: a
                  fresh, empty broker each time it starts, so stale queued messages of
@@ -32,13 +32,13 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlflowctl.backends.executors import write_record
-from mlflowctl.backends.postgres_local import wait_ready
+from mlflowctl.backends.local.record import write_record
+from mlflowctl.backends.local.postgres import wait_ready
 from mlflowctl.config import Config
 from mlflowctl.errors import MissingDependencyError, StackDownError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from mlflowctl.backends.local import LocalBackend, ServiceSpec
+    from mlflowctl.backends.local.backend import LocalBackend, ServiceSpec
     from mlflowctl.secrets import Secrets
 
 WORKER_PREFIX = "worker-"
@@ -179,7 +179,7 @@ def worker_indices(backend: "LocalBackend") -> list[int]:
 
 def broker_services(backend: "LocalBackend") -> list["ServiceSpec"]:
     """Redis (when mlwf runs it itself), started before Airflow."""
-    from mlflowctl.backends.local import ServiceSpec
+    from mlflowctl.backends.local.backend import ServiceSpec
     from mlflowctl.backends.ports import PortNeed
 
     c = backend.config
