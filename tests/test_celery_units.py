@@ -1,4 +1,4 @@
-"""Celery plugin pieces without a stack: the executor record, refusals, binaries, Redis.
+"""Celery executor pieces without a stack: the executor record, refusals, binaries, Redis.
 
 Redis runs for real here (the installed binary, a free port, a temporary state directory);
 a missing binary is simulated by emptying the search path. PostgreSQL, which both executors
@@ -15,7 +15,7 @@ import time
 import pytest
 
 from conftest import MLWF, free_ports
-from mlflowctl.backends.local import celery_executor, record
+from mlflowctl.backends.local import broker, celery_executor, record
 from mlflowctl.config import load_config
 from mlflowctl.errors import MissingDependencyError, UsageError
 from mlflowctl.secrets import load_or_create
@@ -59,9 +59,9 @@ def test_celery_on_sqlite_is_refused_and_an_existing_sqlite_stack_is_not_moved(t
 
 def test_missing_redis_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(celery_executor, "REDIS_DIRS", (str(tmp_path),))
+    monkeypatch.setattr(broker, "REDIS_DIRS", (str(tmp_path),))
     with pytest.raises(MissingDependencyError, match="apt-get install redis-server"):
-        celery_executor.find_redis()
+        broker.find_redis()
 
 
 def test_user_urls_are_used_as_given(tmp_path):
@@ -76,18 +76,18 @@ def test_own_redis_needs_its_password_and_keeps_nothing(tmp_path):
     (port,) = free_ports(1)
     config = _config(tmp_path, executor="celery", redis_port=port)
     secrets = load_or_create(config.home_dir)
-    conf = celery_executor.write_redis_config(config, secrets)
+    conf = broker.write_config(config, secrets)
     assert oct(conf.stat().st_mode & 0o777) == "0o600"
-    server = subprocess.Popen([celery_executor.find_redis(), str(conf)], stdout=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen([broker.find_redis(), str(conf)], stdout=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 20
-        while not celery_executor.redis_ping(port, celery_executor.redis_password(secrets))[0]:
+        while not broker.ping(port, broker.password(secrets))[0]:
             assert time.monotonic() < deadline
             time.sleep(0.1)
-        assert celery_executor.redis_ping(port, "wrong") == (False, "refused the password")
-        assert celery_executor.queue_length(celery_executor.broker_url(config, secrets)) == 0
-        assert celery_executor._redis_status(config, secrets) == (True, "0 tasks queued")
-        assert celery_executor.queue_length(f"redis://127.0.0.1:{port}/0") is None  # no password: refused
+        assert broker.ping(port, "wrong") == (False, "refused the password")
+        assert broker.queue_length(broker.broker_url(config, secrets)) == 0
+        assert broker.status(config, secrets) == (True, "0 tasks queued")
+        assert broker.queue_length(f"redis://127.0.0.1:{port}/0") is None  # no password: refused
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(10)

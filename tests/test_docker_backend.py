@@ -30,7 +30,7 @@ from mlflowctl.backends.base import ProgressKind
 from mlflowctl.backends import compose
 from mlflowctl.backends.docker import ComposeFailed, DockerBackend
 from mlflowctl.config import load_config
-from mlflowctl.backends.local.backend import StartFailed
+from mlflowctl.backends.base import StartFailed
 from mlflowctl.errors import NotFoundError, UnreachableError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -301,7 +301,7 @@ class DockerBackend:
 
     def _start_failed(self, message: str, name: str, *, timed_out: bool = False) -> MlwfError:
         """The local backend's StartFailed (the CLI prints its log tail), from `compose logs`."""
-        from mlflowctl.backends.local.backend import LOG_TAIL_LINES, StartFailed
+        from mlflowctl.backends.base import LOG_TAIL_LINES, StartFailed
 
         service = compose.WORKER if name.startswith(f"{compose.WORKER}-") else name
         try:
