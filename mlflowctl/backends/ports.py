@@ -97,8 +97,3 @@ def answers(host: str, port: int, timeout: float = 1.0) -> bool:
     except OSError:
         return False
 
-
-def local_url(port: int, path: str = "", *, scheme: str = "http", host: str = "127.0.0.1") -> str:
-    """The URL of a service on this machine, `http://127.0.0.1:<port><path>`: the one place
-    such URLs are built (`host`: a name or address of the same machine, e.g. `localhost`)."""
-    return f"{scheme}://{host}:{port}{path}"

@@ -6,13 +6,12 @@ workers. Nothing here prints: progress goes through the `progress(message, servi
 callback. The rooms: state.py (folders, pid records, ServiceSpec), services.py (the
 catalogue), probes.py (health), starting.py (launcher, spawner, one by one), executors.py
 (the executor interface), postgres.py, broker.py and workers.py (what they run), record.py
-(what the stack was started with), logs.py.
+(what the stack was started with), environment.py (what its processes run with), logs.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import subprocess
 import sys
 from typing import Iterator
 
@@ -24,14 +23,12 @@ from mlflowctl.backends.local.logs import follow_logs
 from mlflowctl.backends.local.probes import Prober
 from mlflowctl.backends.local.starting import Start, clean_leftovers, needs_migration, one_by_one
 from mlflowctl.backends.local.state import ServiceSpec, Stack
-from mlflowctl.backends.ports import check_free, local_url
-from mlflowctl.config import Config
+from mlflowctl.backends.ports import check_free
+from mlflowctl.config import Config, local_url
 from mlflowctl.errors import DamagedStateError, NotAvailableError, NotFoundError, StackDownError, UsageError
 from mlflowctl.state import ensure_home, remove_tree
 
 DEFAULT_TIMEOUT = 120.0
-#: Pools the DAGs use: name -> (slots, description).
-POOLS = {"ml_training": (1, "model training, one at a time (ml_pipeline_dag)")}
 
 
 class LocalBackend:
@@ -95,8 +92,8 @@ class LocalBackend:
         progress: Progress | None = None,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> StackStatus:
-        from mlflowctl.backends.airflow_env import local_environment
         from mlflowctl.backends.local import postgres
+        from mlflowctl.backends.local.environment import local_environment
         from mlflowctl.backends.local.record import check_switch, read_record, write_record
 
         if sys.platform == "win32":
@@ -174,14 +171,16 @@ class LocalBackend:
         return status
 
     def _ensure_pools(self, secrets, deadline: Deadline) -> None:
+        from mlpipeline.pools import POOLS
+
         from mlflowctl.api.airflow import AirflowClient
 
         timeout = max(1.0, min(10.0, deadline.left()))  # healthy already: the API answers at once
         password = secrets.admin_password
         with AirflowClient(self.url, secrets.admin_user, lambda: password, home=self.home, timeout=timeout,
                            retry_for=timeout) as client:
-            for name, (slots, description) in POOLS.items():
-                client.ensure_pool(name, slots, description)  # one that exists keeps the user's slots
+            for name, pool in POOLS.items():
+                client.ensure_pool(name, pool.slots, pool.description)  # one that exists keeps the user's slots
 
     # ----------------------------------------------------------------- scale
 

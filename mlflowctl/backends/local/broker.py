@@ -15,8 +15,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mlflowctl.backends.ports import PortNeed, local_url
-from mlflowctl.config import Config
+from mlflowctl.backends.ports import PortNeed
+from mlflowctl.config import Config, local_url
 from mlflowctl.errors import MissingDependencyError
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -43,14 +43,13 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from mlflowctl.backends.local.record import read_record, write_record
 from mlflowctl.backends.ports import answers
-from mlflowctl.config import Config
+from mlflowctl.config import Config, local_url
 from mlflowctl.errors import MissingDependencyError, MlwfError
 from mlflowctl.state import is_ours, mark, remove_tree
 
@@ -421,7 +420,7 @@ def check_ready(stack: "Stack") -> Path | None:
 def services(stack: "Stack") -> list["ServiceSpec"]:
     """The `postgres` service when the stack runs mlwf's own database, first in start order."""
     from mlflowctl.backends.local.state import ServiceSpec
-    from mlflowctl.backends.ports import PortNeed, local_url
+    from mlflowctl.backends.ports import PortNeed
 
     c = stack.config
     if not runs_own(c):

@@ -15,7 +15,7 @@ from typing import Callable
 
 from mlflowctl.backends.base import ServiceStatus
 from mlflowctl.backends.local.state import ServiceSpec, Stack
-from mlflowctl.backends.ports import local_url
+from mlflowctl.config import local_url
 from mlflowctl.backends.processes import PidRecord
 
 # How long `status` waits for the api-server's health answer. A busy api-server is not a dead

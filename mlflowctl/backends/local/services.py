@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Callable
 
 from mlflowctl.backends.local.state import MONITORING, SPAWNER, ServiceSpec, Stack
 from mlflowctl.backends.ports import PortNeed
-from mlflowctl.config import Config
+from mlflowctl.config import Config, local_url
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflowctl.backends.local.executors import Executor
@@ -44,8 +44,6 @@ def airflow_service(stack: Stack, name: str, args: list[str], **details) -> Serv
 
 
 def airflow_services(stack: Stack) -> list[ServiceSpec]:
-    from mlflowctl.backends.ports import local_url
-
     c = stack.config
     return [
         airflow_service(
@@ -84,8 +82,6 @@ def stack_dir(config: Config) -> Path:
 
 def monitoring_services(stack: Stack, notes: list[str]) -> list[ServiceSpec]:
     """The embedded StatsD exporter and, when its binary is on PATH, Prometheus."""
-    from mlflowctl.backends.ports import local_url
-
     c = stack.config
     specs = [
         ServiceSpec(
