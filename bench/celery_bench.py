@@ -153,7 +153,7 @@ def _scale(stack: Stack, workers: int) -> None:
 def _wait_idle(stack: Stack, timeout: float = 120) -> None:
     """Until no worker runs a task: a run counts as ended when its tasks have reported their
     state, while their supervisors may still hold the worker's slots a moment longer."""
-    from mlflowctl.backends.celery_local import worker_tasks
+    from mlflowctl.backends.local.workers import tasks as worker_tasks
     from mlflowctl.backends.processes import read_pid_file
 
     deadline = time.monotonic() + timeout

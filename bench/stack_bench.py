@@ -77,7 +77,7 @@ def make_project(root: Path) -> tuple[Path, dict[str, int], dict[str, str]]:
 
 def stack_database_url(project: Path, env: dict[str, str]) -> str:
     """The URL of the PostgreSQL the local stack of `project` runs on (its default database)."""
-    from mlflowctl.backends.postgres_local import database_url
+    from mlflowctl.backends.local.postgres import database_url
     from mlflowctl.config import load_config
     from mlflowctl.secrets import load_or_create
 

@@ -14,12 +14,12 @@ from typing import Any
 
 from airflow.sdk import DeadlineAlert, DeadlineReference, Param, SyncCallback, dag, task
 
-from mlpipeline.sources import SOURCE_HELP, SOURCE_PATTERN  # stdlib only: cheap at parse time
+from mlpipeline.pools import TRAINING_POOL  # stdlib only: cheap at parse time
+from mlpipeline.sources import SOURCE_HELP, SOURCE_PATTERN
 
 DAG_ID = "ml_pipeline_dag"
 LABEL = "target"  # mlpipeline.storage.LABEL (checked by tests/test_dags.py)
 MODEL_TYPES = ("logistic_regression", "random_forest", "gradient_boosting")  # = model_training.MODEL_TYPES
-TRAINING_POOL = "ml_training"
 CODE_DIR = str(Path(__file__).resolve().parent)
 
 

@@ -25,7 +25,7 @@ import hmac
 import json
 from typing import Mapping
 
-from mlflowctl.config import Config
+from mlflowctl.config import Config, local_url
 from mlflowctl.secrets import Secrets
 
 EXECUTOR_CLASSES = {"local": "LocalExecutor", "celery": "CeleryExecutor"}
@@ -118,7 +118,7 @@ def airflow_env(
     mlwf's fix of the task supervisor (the local backend's launcher).
     """
     api_port = config.airflow_port if api_port is None else api_port
-    own_url = f"http://{api_reach_host}:{api_port}"
+    own_url = local_url(api_port, host=api_reach_host)
     env = {
         "AIRFLOW__CORE__EXECUTOR": EXECUTOR_CLASSES[config.executor],
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
@@ -200,20 +200,25 @@ def task_env(
     statsd_host: str = "127.0.0.1",
     statsd_port: int | None = None,
     home: str | None = None,
+    project_root: str | None = None,
 ) -> dict[str, str]:
-    """What the pipeline's tasks read (MLWF_*), and the API connection for monitoring_dag."""
+    """What the pipeline's tasks read (MLWF_*, see src/mlpipeline/settings.py), and the API
+    connection for monitoring_dag. `project_root`: where the tasks may read data files from
+    (the local backend's; the containers see only the data root)."""
     api_port = config.airflow_port if api_port is None else api_port
     env = {
         "MLWF_DATA_ROOT": data_root,
         "MLWF_STATSD_HOST": statsd_host,
         "MLWF_STATSD_PORT": str(config.statsd_port if statsd_port is None else statsd_port),
         "AIRFLOW_CONN_MLWF_API": api_connection(secrets, host=api_host, port=api_port),
-        "MLWF_AIRFLOW_URL": f"http://{api_host}:{api_port}",
+        "MLWF_AIRFLOW_URL": local_url(api_port, host=api_host),
         "MLWF_AIRFLOW_USER": secrets.admin_user,
         "MLWF_AIRFLOW_PASSWORD": secrets.admin_password,
     }
     if home:
         env["MLWF_HOME"] = home
+    if project_root:
+        env["MLWF_PROJECT_ROOT"] = project_root
     if config.webhook_url:
         env["MLWF_WEBHOOK_URL"] = config.webhook_url
     return env

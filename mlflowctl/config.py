@@ -166,6 +166,13 @@ def _setting(default: Any, parse=_text, *, secret: bool = False, help: str = "")
     return field(default=default, metadata={"parse": parse, "secret": secret, "help": help})
 
 
+
+def local_url(port: int, path: str = "", *, scheme: str = "http", host: str = "127.0.0.1") -> str:
+    """The URL of a service of this machine's stack, `http://127.0.0.1:<port><path>`: the one
+    place such URLs are built (`host`: another name the same service is reached by)."""
+    return f"{scheme}://{host}:{port}{path}"
+
+
 @dataclass
 class Config:
     """Effective settings. Paths are absolute once loaded; `sources` maps name -> origin."""
@@ -219,7 +226,7 @@ class Config:
     @property
     def api_url(self) -> str:
         """The Airflow server commands talk to: an explicit URL, else the local stack's."""
-        return (self.airflow_url or f"http://127.0.0.1:{self.airflow_port}").rstrip("/")
+        return (self.airflow_url or local_url(self.airflow_port)).rstrip("/")
 
     def items(self) -> list[tuple[str, Any, str, bool]]:
         """(name, value, source, secret) for every user-facing setting, in declaration order."""

@@ -92,12 +92,13 @@ def no_password(config: Config) -> AuthError:
     """The error for a server we have no password for (and cannot ask: no terminal, or none typed)."""
     from pathlib import Path
 
+    from mlflowctl.config import local_url
     from mlflowctl.secrets import read_password
 
     if is_local_stack_url(config.api_url, config.airflow_port):
         hint = f"set {PASSWORD_ENV}, or run from the project whose stack `mlwf up` started (or pass --home)"
     elif read_password(Path(config.home)):
-        own = f"http://127.0.0.1:{config.airflow_port}"
+        own = local_url(config.airflow_port)
         hint = f"set {PASSWORD_ENV} (the password of this project's stack is sent only to its own URL, {own})"
     else:
         hint = f"set {PASSWORD_ENV}"

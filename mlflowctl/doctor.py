@@ -120,17 +120,17 @@ def binaries(config: Config, backend: Backend) -> list[Finding]:
         "apt-get install --no-install-recommends prometheus (or `mlwf up --exclude monitoring`)",
     ))
     if config.executor == "celery" and not config.broker_url:
-        from mlflowctl.backends.celery_local import find_redis
+        from mlflowctl.backends.local.broker import find_redis
 
         found.append(_needed("redis-server", find_redis))
-    from mlflowctl.backends import postgres_local
+    from mlflowctl.backends.local import postgres
 
-    if postgres_local.runs_own(config):
+    if postgres.runs_own(config):
         from mlflowctl.backends.runtime import current_runtime
 
         current = current_runtime()
         found.append(_needed("postgresql", lambda: str(
-            postgres_local.find_postgres_bin(config, current.bin_dir if current else None)
+            postgres.find_postgres_bin(config, current.bin_dir if current else None)
         )))
     browser = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
     driver = shutil.which("chromedriver")

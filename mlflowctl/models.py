@@ -36,8 +36,8 @@ _VERSION_ARG = re.compile(r"^[vV]?0*(\d{1,9})$")
 
 def _settings(config: Any):
     """The pipeline's settings as the local stack's tasks see them: this environment, with the
-    data root mlwf gives its stacks (`mlflowctl.backends.airflow_env.data_root`)."""
-    from mlflowctl.backends.airflow_env import data_root
+    data root mlwf gives its stacks (`mlflowctl.backends.local.environment.data_root`)."""
+    from mlflowctl.backends.local.environment import data_root
     from mlpipeline.settings import PipelineSettings, SettingsError
 
     try:

@@ -64,7 +64,7 @@ def load_or_create(home: Path) -> Secrets:
     path = home / SECRETS_FILE
     data = read_json(path, fix=_RESTORE)
     if data is None:
-        from mlflowctl.backends.executors import RECORD_FILE
+        from mlflowctl.backends.local.record import RECORD_FILE
 
         if (home / "airflow" / "airflow.db").exists() or (home / RECORD_FILE).exists():
             raise DamagedStateError(

@@ -20,6 +20,8 @@ PASSWORD_KEYS = {"airflow": "admin_password", "grafana": "grafana_password"}
 
 def service_url(config: Config, service: str) -> str:
     """The URL a user opens for `service` on the backend that runs (or would run) the stack."""
+    from mlflowctl.config import local_url
+
     if service not in SERVICES:
         raise UsageError(f"unknown service {service!r}: choose one of {', '.join(SERVICES)}")
     if service == "airflow":
@@ -34,8 +36,8 @@ def service_url(config: Config, service: str) -> str:
                 hint="the docker backend runs it (`mlwf up --backend docker`); "
                 "here use Prometheus: `mlwf open prometheus`",
             )
-        return f"http://127.0.0.1:{config.grafana_port}"
-    return f"http://127.0.0.1:{config.prometheus_port}"
+        return local_url(config.grafana_port)
+    return local_url(config.prometheus_port)
 
 
 def answers(url: str, timeout: float = 1.0) -> bool:

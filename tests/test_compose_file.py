@@ -16,7 +16,6 @@ import pytest
 import yaml
 
 from mlflowctl.backends import compose
-from mlflowctl.backends.docker import POOLS
 from mlflowctl.config import load_config
 from mlflowctl.secrets import load_or_create
 
@@ -28,7 +27,7 @@ needs_v1 = pytest.mark.skipif(shutil.which("docker-compose") is None, reason="do
 
 def _env_files(tmp_path: Path, executor: str = "local") -> compose.EnvFiles:
     config = load_config({"home": str(tmp_path / "state"), "executor": executor}, cwd=ROOT, environ={})
-    return compose.write_env_files(config, load_or_create(config.home_dir), compose.stack_dir(config), POOLS)
+    return compose.write_env_files(config, load_or_create(config.home_dir), compose.stack_dir(config))
 
 
 def _compose_config(files: compose.EnvFiles, *extra: str) -> subprocess.CompletedProcess:
@@ -98,6 +97,15 @@ def test_generated_env_files_are_private(tmp_path):
     for path in (files.compose, files.airflow):
         assert path.stat().st_mode & 0o777 == 0o600
     assert (tmp_path / "state" / "docker") == files.compose.parent
+
+
+def test_the_init_container_creates_the_one_pool_list(tmp_path, spec):
+    """The pools come from src/mlpipeline/pools.py only: no default of the compose file's own."""
+    from mlpipeline.pools import POOLS, TRAINING_POOL
+
+    assert _env_files(tmp_path).variables["MLWF_POOLS"].split() == [f"{n}={p.slots}" for n, p in POOLS.items()]
+    assert TRAINING_POOL in POOLS
+    assert ":?" in spec["services"]["airflow-init"]["environment"]["MLWF_POOLS"]
 
 
 # ---------------------------------------------------------------- structure

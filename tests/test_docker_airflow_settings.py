@@ -134,7 +134,7 @@ PER_BACKEND = {
 @pytest.mark.parametrize("executor", ["local", "celery"])
 def test_both_backends_run_airflow_with_the_same_settings(tmp_path, executor):
     """The local processes and the docker containers differ only in where things are."""
-    from mlflowctl.backends.airflow_env import local_environment
+    from mlflowctl.backends.local.environment import local_environment
     from mlflowctl.backends.compose import container_airflow_env
 
     config = Config(home=str(tmp_path), executor=executor, parallelism=3, airflow_port=18080)
@@ -153,7 +153,7 @@ def test_both_backends_run_airflow_with_the_same_settings(tmp_path, executor):
 def test_only_processes_with_the_fixed_task_supervisor_keep_airflows_heartbeat_interval(tmp_path):
     """The docker images and MLWF_LAUNCHER=0 run Airflow's supervisor as it is: 1 s caps its
     late look at an exited task; the launcher's fixed supervisor keeps Airflow's 5 s."""
-    from mlflowctl.backends.airflow_env import local_environment
+    from mlflowctl.backends.local.environment import local_environment
     from mlflowctl.backends.compose import container_airflow_env
 
     config = Config(home=str(tmp_path))

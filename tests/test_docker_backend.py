@@ -30,7 +30,7 @@ from mlflowctl.backends.base import ProgressKind
 from mlflowctl.backends import compose
 from mlflowctl.backends.docker import ComposeFailed, DockerBackend
 from mlflowctl.config import load_config
-from mlflowctl.backends.local import StartFailed
+from mlflowctl.backends.base import StartFailed
 from mlflowctl.errors import NotFoundError, UnreachableError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -327,7 +327,7 @@ def test_up_celery_scales_workers_and_skips_an_existing_image(tmp_path, engine, 
     engine.healthy_after = 1
     backend = _backend(tmp_path, engine, bin_dir=docker_cli, executor="celery")
     backend.config.home_dir.mkdir(parents=True)
-    compose.write_env_files(backend.config, _secrets(backend), backend.stack, {})
+    compose.write_env_files(backend.config, _secrets(backend), backend.stack)
     engine.images.add(re.search(r"MLWF_AIRFLOW_IMAGE=(\S+)",
                                 (backend.config.home_dir / "docker/compose.env").read_text()).group(1))
 
@@ -392,7 +392,7 @@ def test_logs_and_down(tmp_path, engine, docker_cli):
     with pytest.raises(NotFoundError, match="no service 'nope'"):
         list(backend.logs("nope"))
     ensure_home(backend.config.home_dir, backend.config.project_root)
-    compose.write_env_files(backend.config, _secrets(backend), backend.stack, {})
+    compose.write_env_files(backend.config, _secrets(backend), backend.stack)
 
     lines = list(backend.logs("scheduler", tail=5, follow=False))
 
@@ -434,7 +434,7 @@ def test_scale_workers_on_a_running_celery_stack(tmp_path, engine, docker_cli):
     with pytest.raises(Exception, match="no docker stack was started"):
         backend.scale(3)
     backend.config.home_dir.mkdir(parents=True)
-    compose.write_env_files(backend.config, _secrets(backend), backend.stack, {})
+    compose.write_env_files(backend.config, _secrets(backend), backend.stack)
     for service in backend.expected():
         if service != "worker":
             engine.add(backend.project, service)

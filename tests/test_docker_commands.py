@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from mlflowctl.backends import compose
-from mlflowctl.backends.docker import POOLS, DockerBackend
+from mlflowctl.backends.docker import DockerBackend
 from mlflowctl.config import load_config
 from mlflowctl.errors import MissingDependencyError, UsageError
 from mlflowctl.secrets import load_or_create
@@ -70,7 +70,7 @@ def _closed_port() -> int:
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose (v1) not installed")
 def test_v1_accepts_every_command_line(tmp_path):
     config = load_config({"home": str(tmp_path / "state"), "executor": "celery"}, cwd=ROOT, environ={})
-    files = compose.write_env_files(config, load_or_create(config.home_dir), compose.stack_dir(config), POOLS)
+    files = compose.write_env_files(config, load_or_create(config.home_dir), compose.stack_dir(config))
     c = compose.ComposeCommands(compose.V1, "mlwf-test", FILE, files.compose)
     env = {"PATH": "/usr/bin:/bin", "DOCKER_HOST": f"tcp://127.0.0.1:{_closed_port()}"}
     lines = {

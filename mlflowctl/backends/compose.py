@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Mapping
 
 from mlflowctl.airflow_settings import airflow_env, task_env
-from mlflowctl.config import Config
+from mlflowctl.config import Config, local_url
 from mlflowctl.errors import MissingDependencyError, UsageError
 from mlflowctl.secrets import PASSWORDS_FILE, Secrets, write_private
 
@@ -214,7 +214,7 @@ def container_airflow_env(config: Config, secrets: Secrets) -> dict[str, str]:
         statsd_port=STATSD_PORT,
         log_server_port=8793,
         trigger_log_server_port=8794,
-        base_url=f"http://127.0.0.1:{config.airflow_port}",
+        base_url=local_url(config.airflow_port),
         broker_url=(config.broker_url or f"redis://redis:{REDIS_PORT}/0") if celery else None,
         scheduler_health_check=True,
     )
@@ -227,8 +227,9 @@ def container_airflow_env(config: Config, secrets: Secrets) -> dict[str, str]:
     return env
 
 
-def compose_variables(config: Config, secrets: Secrets, stack: Path, airflow_env_file: Path,
-                      pools: Mapping[str, int]) -> dict[str, str]:
+def compose_variables(config: Config, secrets: Secrets, stack: Path, airflow_env_file: Path) -> dict[str, str]:
+    from mlpipeline.pools import POOLS
+
     requirements = requirements_dir(config, stack)
     dockerfile = stack / "Dockerfile"
     return {
@@ -247,7 +248,7 @@ def compose_variables(config: Config, secrets: Secrets, stack: Path, airflow_env
         "MLWF_PROMETHEUS_PORT": str(config.prometheus_port),
         "MLWF_EXPORTER_PORT": str(config.exporter_port),
         "MLWF_GRAFANA_PORT": str(config.grafana_port),
-        "MLWF_POOLS": " ".join(f"{name}={slots}" for name, slots in pools.items()),
+        "MLWF_POOLS": " ".join(f"{name}={pool.slots}" for name, pool in POOLS.items()),
         "MLWF_WORKER_CONCURRENCY": "2",
     }
 
@@ -262,12 +263,12 @@ def render_env(values: Mapping[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_env_files(config: Config, secrets: Secrets, stack: Path, pools: Mapping[str, int]) -> EnvFiles:
+def write_env_files(config: Config, secrets: Secrets, stack: Path) -> EnvFiles:
     """(Re)write both env files, 0600, from the config and the secrets: never stale, never committed."""
     directory = docker_dir(config)
     airflow_file = directory / "airflow.env"
     compose_file = directory / "compose.env"
     write_private(airflow_file, render_env(container_airflow_env(config, secrets)))
-    variables = compose_variables(config, secrets, stack, airflow_file, pools)
+    variables = compose_variables(config, secrets, stack, airflow_file)
     write_private(compose_file, render_env(variables))
     return EnvFiles(compose=compose_file, airflow=airflow_file, variables=variables)

@@ -19,13 +19,11 @@ from typing import Callable, Iterator, Mapping
 from mlflowctl.backends import compose
 from mlflowctl.backends.base import Progress, ProgressKind, ServiceStatus, StackStatus, no_progress
 from mlflowctl.state import ensure_home, remove_tree
-from mlflowctl.config import Config
+from mlflowctl.config import Config, local_url
 from mlflowctl.errors import MlwfError, NotFoundError, StackDownError, UnreachableError, UsageError
 
 DEFAULT_TIMEOUT = 300.0  # a first start pulls and builds images
 POLL_SECONDS = 2.0
-#: Pools the DAGs use: name -> slots (the local backend creates the same ones).
-POOLS = {"ml_training": 1}
 SDK_TIMEOUT = 5
 
 
@@ -57,7 +55,7 @@ def _state(container) -> ServiceStatus:
         for binding in bindings or []:
             if binding.get("HostPort"):
                 status.port = int(binding["HostPort"])
-                status.url = f"http://{binding.get('HostIp') or '127.0.0.1'}:{status.port}"
+                status.url = local_url(status.port, host=binding.get("HostIp") or "127.0.0.1")
                 break
     return status
 
@@ -243,7 +241,7 @@ class DockerBackend:
 
         ensure_home(self.config.home_dir, self.config.project_root)
         secrets = load_or_create(self.config.home_dir)
-        files = compose.write_env_files(self.config, secrets, self.stack, POOLS)
+        files = compose.write_env_files(self.config, secrets, self.stack)
         image = files.variables["MLWF_AIRFLOW_IMAGE"]
         notes = [f"compose: {commands.flavour.label}, project {self.project}"]
         if not self._image_exists(client, image):
@@ -273,7 +271,7 @@ class DockerBackend:
             raise
         if "grafana" in expected:
             notes.append(
-                f"Grafana: http://127.0.0.1:{self.config.grafana_port} (user admin, password `grafana_password` "
+                f"Grafana: {local_url(self.config.grafana_port)} (user admin, password `grafana_password` "
                 f"in {self.config.home_dir / 'secrets.json'})"
             )
         notes.append(f"compose env files (0600): {files.compose.parent}")
@@ -316,7 +314,7 @@ class DockerBackend:
 
     def _start_failed(self, message: str, name: str, *, timed_out: bool = False) -> MlwfError:
         """The local backend's StartFailed (the CLI prints its log tail), from `compose logs`."""
-        from mlflowctl.backends.local import LOG_TAIL_LINES, StartFailed
+        from mlflowctl.backends.base import LOG_TAIL_LINES, StartFailed
 
         service = compose.WORKER if name.startswith(f"{compose.WORKER}-") else name
         try:
@@ -367,7 +365,7 @@ class DockerBackend:
             from mlflowctl.secrets import load_or_create
 
             ensure_home(self.config.home_dir, self.config.project_root)
-            files = compose.write_env_files(self.config, load_or_create(self.config.home_dir), self.stack, POOLS)
+            files = compose.write_env_files(self.config, load_or_create(self.config.home_dir), self.stack)
             variables = files.variables
         else:
             variables = None

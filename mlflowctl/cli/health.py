@@ -33,11 +33,12 @@ def _clients(app: App, url: str | None, user: str | None, home: str | None, prom
     # takes: ~80-100 ms of CPU of a ~0.5 s command. A None entry makes that import fail fast.
     sys.modules.setdefault("trio", None)  # type: ignore[arg-type]
     from mlflowctl.api.prometheus import PrometheusClient
+    from mlflowctl.config import local_url
     from mlflowctl.health.gather import live_celery_workers
 
     config = app.config(airflow_url=url, airflow_user=user, home=home)
     airflow = app.client(config, timeout=API_TIMEOUT_S, retry_for=API_RETRY_S)
-    prometheus = PrometheusClient(_prometheus_url(prometheus_url) or f"http://127.0.0.1:{config.prometheus_port}")
+    prometheus = PrometheusClient(_prometheus_url(prometheus_url) or local_url(config.prometheus_port))
     return airflow, prometheus, lambda: live_celery_workers(config.home_dir)
 
 

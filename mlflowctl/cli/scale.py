@@ -46,17 +46,11 @@ def scale(
 
 
 def _scaler(backend):
-    """The backend's `scale`; the local backend's is its celery executor's. Others cannot scale."""
+    """The backend's `scale` when it implements `Scaling`; others cannot scale."""
     from mlflowctl.backends.base import Scaling
 
     if isinstance(backend, Scaling):
         return backend.scale
-    if backend.name == "local":  # until the local backend implements Scaling itself
-        from functools import partial
-
-        from mlflowctl.backends.celery_local import scale
-
-        return partial(scale, backend)
     raise NotAvailableError(f"the {backend.name} backend cannot scale workers")
 
 

@@ -111,7 +111,7 @@ def dags_folder(config: Config) -> Path:
 
 
 def child_env(config: Config, scratch: Path, database: Path) -> dict[str, str]:
-    from mlflowctl.backends.airflow_env import local_environment
+    from mlflowctl.backends.local.environment import local_environment
     from mlflowctl.backends.processes import STACK_MARKER
     from mlflowctl.secrets import generate
 
@@ -131,7 +131,7 @@ def child_env(config: Config, scratch: Path, database: Path) -> dict[str, str]:
 
 
 def start_child(runtime: Runtime, mode: str, plan: dict, env: dict, cwd: Path) -> subprocess.Popen:
-    from mlflowctl.backends.local import LAUNCH_CODE  # runs a script by path, its folder not on sys.path
+    from mlflowctl.backends.local.starting import LAUNCH_CODE  # runs a script by path, its folder not on sys.path
     from mlflowctl.backends.processes import PRIVATE_UMASK
 
     return subprocess.Popen(
@@ -167,7 +167,7 @@ def _events(process: subprocess.Popen, until: float) -> Iterator[dict]:
 
 
 def _died(process: subprocess.Popen, log: Path, what: str) -> RunFailedError:
-    from mlflowctl.backends.local import tail_lines
+    from mlflowctl.backends.local.logs import tail_lines
 
     code = process.wait()
     tail = tail_lines(log, LOG_TAIL_LINES) if log.exists() else []

@@ -666,7 +666,9 @@ def fetch_status(host: str, port: int, timeout: float = 2.0) -> dict[str, Any]:
     """GET /status of a running exporter (urllib: no extra import for the caller)."""
     import urllib.request
 
-    with urllib.request.urlopen(f"http://{host}:{port}/status", timeout=timeout) as resp:  # noqa: S310 - loopback URL we built
+    from mlflowctl.config import local_url
+
+    with urllib.request.urlopen(local_url(port, "/status", host=host), timeout=timeout) as resp:  # noqa: S310 - loopback URL we built
         return json.loads(resp.read())
 
 

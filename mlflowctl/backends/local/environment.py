@@ -1,21 +1,19 @@
 """The environment every process of a local stack runs with.
 
-The `AIRFLOW__*` settings come from the one shared builder (`mlflowctl.airflow_settings`,
-also used by the docker backend); this module adds what is local: the state directory's
-paths (AIRFLOW_HOME, SQLite database, task logs, passwords file), the task modules on
-PYTHONPATH, the marker every process of the stack inherits (so `down` can sweep strays),
-and what the pipeline's tasks read (data root, StatsD target, the API connection and
-credentials for monitoring_dag).
+The `AIRFLOW__*` settings and what the pipeline's tasks read come from the one builder both
+backends use (`mlflowctl.airflow_settings`: `airflow_env`, `task_env`); this module adds
+only what is local: the state directory's paths (AIRFLOW_HOME, SQLite database, task logs,
+passwords file), the task modules on PYTHONPATH, and the marker every process of the stack
+inherits (so `down` can sweep strays).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Mapping
 
-from mlflowctl.airflow_settings import airflow_env
+from mlflowctl.airflow_settings import airflow_env, task_env
 from mlflowctl.backends.airflow_fixes import TASK_NICE_VARIABLE
 from mlflowctl.backends.processes import STACK_MARKER
 from mlflowctl.config import Config
@@ -43,38 +41,6 @@ SQLITE_LOCK_TIMEOUT_S = 30
 
 def sqlite_url(config: Config) -> str:
     return f"sqlite:///{airflow_home(config) / 'airflow.db'}?timeout={SQLITE_LOCK_TIMEOUT_S}"
-
-
-def api_connection(config: Config, secrets: Secrets) -> str:
-    """AIRFLOW_CONN_MLWF_API in Airflow's JSON form: the API that monitoring_dag reads."""
-    return json.dumps(
-        {
-            "conn_type": "http",
-            "host": "127.0.0.1",
-            "port": config.airflow_port,
-            "schema": "http",
-            "login": secrets.admin_user,
-            "password": secrets.admin_password,
-        }
-    )
-
-
-def task_environment(config: Config, secrets: Secrets) -> dict[str, str]:
-    """What the pipeline's tasks read (see src/mlpipeline/settings.py and monitoring_dag)."""
-    env = {
-        "MLWF_HOME": str(config.home_dir),
-        "MLWF_DATA_ROOT": str(data_root(config)),
-        "MLWF_PROJECT_ROOT": str(config.project_root),  # data files may be read from under it
-        "MLWF_STATSD_HOST": "127.0.0.1",
-        "MLWF_STATSD_PORT": str(config.statsd_port),
-        "AIRFLOW_CONN_MLWF_API": api_connection(config, secrets),
-        "MLWF_AIRFLOW_URL": f"http://127.0.0.1:{config.airflow_port}",
-        "MLWF_AIRFLOW_USER": secrets.admin_user,
-        "MLWF_AIRFLOW_PASSWORD": secrets.admin_password,
-    }
-    if config.webhook_url:
-        env["MLWF_WEBHOOK_URL"] = config.webhook_url
-    return env
 
 
 def local_environment(
@@ -107,15 +73,12 @@ def local_environment(
             database_url=database_url or config.database_url or sqlite_url(config),
             passwords_file=str(home / PASSWORDS_FILE),
             dags_folder=config.dags_dir,
+            base_log_folder=str(home / "logs" / "tasks"),
             broker_url=broker_url or config.broker_url or None,
             supervisor_fixed=supervisor_fixed,
-            extra={
-                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-                "AIRFLOW__API__WORKERS": "1",
-                "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs" / "tasks"),
-                "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "10",
-            },
         )
     )
-    env.update(task_environment(config, secrets))
+    env.update(
+        task_env(config, secrets, data_root=str(data_root(config)), home=str(home), project_root=str(config.project_root))
+    )
     return env

@@ -1,0 +1,111 @@
+"""Celery workers of a local stack: which there are, how busy each is, and a warm stop.
+
+    worker-<i>   `airflow celery worker -H w<i>@%h --skip-serve-logs`: distinct Celery
+                 hostnames; no log server (the task logs are files on this machine that
+                 the api-server reads directly; two log servers would clash on 8793)
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mlflowctl.backends.local.state import ServiceSpec, Stack
+    from mlflowctl.backends.processes import PidRecord
+
+PREFIX = "worker-"
+CONCURRENCY = 2
+#: How long a removed worker may take to finish its running tasks.
+WARM_SHUTDOWN_TIMEOUT = 600.0
+
+
+def name(index: int) -> str:
+    return f"{PREFIX}{index}"
+
+
+def indices(stack: Stack) -> list[int]:
+    """1..workers, plus any worker that still has a pid file (so `down` stops it too)."""
+    found = set()
+    for path in stack.run_dir.glob(f"{PREFIX}*.pid"):
+        suffix = path.stem[len(PREFIX):]
+        if suffix.isdigit():
+            found.add(int(suffix))
+    return sorted(found | set(range(1, stack.config.workers + 1)))
+
+
+def services(stack: Stack) -> list[ServiceSpec]:
+    from mlflowctl.backends.local.services import airflow_service
+
+    return [
+        airflow_service(
+            stack,
+            name(index),
+            ["celery", "worker", "-H", f"w{index}@%h", "--concurrency", str(CONCURRENCY), "--skip-serve-logs"],
+            kind="celery-worker",
+        )
+        for index in indices(stack)
+    ]
+
+
+def tasks(record: PidRecord | None) -> tuple[int, int] | None:
+    """(pool processes, tasks running) of a live worker, from its process tree.
+
+    Cheap (no broker round trip; `celery inspect active` broadcasts and waits a second or
+    more): a pool process is titled `[celeryd: w1@host:ForkPoolWorker-N]` while idle and
+    `airflow supervisor: <task id>` once it supervised a task (the title stays); a task runs
+    while that pool process has a live child (the task process the supervisor forked).
+    """
+    import psutil
+
+    process = record.process() if record is not None else None
+    if process is None:
+        return None
+    pool = running = 0
+    try:
+        children = process.children()
+    except psutil.Error:
+        return None
+    for child in children:
+        try:
+            title = " ".join(child.cmdline())
+            if "ForkPoolWorker" in title:
+                pool += 1
+            elif "supervisor:" in title:  # the title stays after the task: a live child is the proof
+                pool += 1
+                if any(grandchild.status() != psutil.STATUS_ZOMBIE for grandchild in child.children()):
+                    running += 1
+        except psutil.Error:
+            continue
+    return pool, running
+
+
+def check(record: PidRecord | None) -> tuple[bool, str]:
+    counted = tasks(record)
+    if counted is None:
+        return False, "not running"
+    pool, running = counted
+    if pool == 0:
+        return False, "no pool processes yet"
+    return True, f"{running} of {pool} slots busy ({running} task{'s' if running != 1 else ''} running)"
+
+
+def warm_stop(stack: Stack, worker: str, timeout: float) -> str:
+    """SIGTERM to the worker's main process only: Celery's warm shutdown stops taking tasks
+    and lets the running ones finish; then whatever is left of its session is stopped."""
+    from mlflowctl.backends import processes
+
+    record = stack.record(worker)
+    if record is None:
+        return "not running"
+    process = record.process()
+    outcome = "stopped"
+    if process is not None:
+        try:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout)
+        except Exception:  # psutil.TimeoutExpired or gone
+            outcome = "killed after the warm-shutdown timeout"
+    processes.stop_session(record, grace=5.0, second_grace=3.0)
+    stack.pid_file(worker).unlink(missing_ok=True)
+    return outcome
