@@ -10,33 +10,40 @@ import warnings
 from typing import Any
 
 import numpy as np
-import pandas as pd
+import pyarrow as pyarrow
 
 from mlpipeline.sources import DataError
-from mlpipeline.storage import LABEL, ensure_out_dir, feature_columns, read_parquet, write_parquet
+from mlpipeline.storage import LABEL, dtypes_frame, ensure_out_dir, feature_columns, float_column, read_table, write_table
 
 
-def _top_features(train: pd.DataFrame, features: list[str], label: str, k: int) -> list[str]:
+def _top_features(x: np.ndarray, y: np.ndarray, features: list[str], k: int) -> list[str]:
     """The `k` features with the highest ANOVA F score against the label (ties: column order)."""
     from sklearn.feature_selection import f_classif
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # constant columns give F = nan
         warnings.simplefilter("ignore", UserWarning)  # ... and a "Features [...] are constant" warning
-        scores, _ = f_classif(train[features].to_numpy(dtype=_float_dtype(train, features)), train[label].to_numpy())
+        scores, _ = f_classif(x, y)
     scores = np.nan_to_num(scores, nan=0.0, posinf=0.0)
     order = np.argsort(-scores, kind="stable")
     return [features[i] for i in order[:k]]
 
 
-def _float_dtype(frame: pd.DataFrame, features: list[str]) -> type[np.floating]:
+def _float_dtype(table: pyarrow.Table, features: list[str]) -> type[np.floating]:
     """float32 when every feature is float32 (preprocess_data's default output), else float64."""
-    return np.float32 if all(frame[c].dtype == np.float32 for c in features) else np.float64
+    return np.float32 if all(table.schema.field(c).type == pyarrow.float32() for c in features) else np.float64
 
 
-def _derive(frame: pd.DataFrame, features: list[str], pairs: list[tuple[str, str]]) -> dict[str, np.ndarray]:
-    dtype = _float_dtype(frame, features)
-    x = frame[features].to_numpy(dtype=dtype)
+def _matrix(table: pyarrow.Table, features: list[str], dtype: type[np.floating]) -> np.ndarray:
+    """The features as one matrix, column-major as `DataFrame.to_numpy(dtype)` gives it for a frame
+    read from Parquet (the layout decides the rounding of the row statistics)."""
+    x = np.empty((table.num_rows, len(features)), dtype=dtype, order="F")
+    for j, name in enumerate(features):
+        x[:, j] = float_column(table, name, dtype)
+    return x
+
+
+def _derive(table: pyarrow.Table, x: np.ndarray, pairs: list[tuple[str, str]]) -> dict[str, np.ndarray]:
     derived = {
         "row_mean": x.mean(axis=1),
         "row_std": x.std(axis=1),
@@ -44,7 +51,7 @@ def _derive(frame: pd.DataFrame, features: list[str], pairs: list[tuple[str, str
         "row_max": x.max(axis=1),
     }
     for a, b in pairs:
-        derived[f"{a}_x_{b}"] = frame[a].to_numpy(dtype=dtype) * frame[b].to_numpy(dtype=dtype)
+        derived[f"{a}_x_{b}"] = float_column(table, a, x.dtype.type) * float_column(table, b, x.dtype.type)
     return derived
 
 
@@ -61,29 +68,33 @@ def feature_engineering(
 
     The features are chosen on the training split only and applied to both splits.
     Deterministic (`seed` is accepted for interface symmetry; nothing here is random).
+    Works on Arrow tables: the input columns are written back as they were read, beside the
+    derived ones, without a pandas frame in between.
     """
     out = ensure_out_dir(out_dir)
-    train = read_parquet(train_path, "training split")
-    holdout = read_parquet(holdout_path, "holdout split")
-    features = feature_columns(train, label, str(train_path))
-    missing = [c for c in features if c not in holdout.columns]
+    train = read_table(train_path, "training split")
+    holdout = read_table(holdout_path, "holdout split")
+    features = feature_columns(dtypes_frame(train), label, str(train_path))
+    missing = [c for c in features if c not in holdout.column_names]
     if missing:
         raise DataError(f"holdout split {holdout_path} lacks feature columns: {', '.join(missing)}")
-    top = _top_features(train, features, label, max(0, top_k))
+    dtype = _float_dtype(train, features)
+    x_train = _matrix(train, features, dtype)
+    top = _top_features(x_train, train.column(label).to_pandas().to_numpy(), features, max(0, top_k))
     pairs = [(a, b) for i, a in enumerate(top) for b in top[i + 1 :]]
     outputs = {"train_path": out / "train_features.parquet", "holdout_path": out / "holdout_features.parquet"}
     derived_names: list[str] = []
-    for key, frame in (("train_path", train), ("holdout_path", holdout)):
-        derived = _derive(frame, features, pairs)
+    for key, table, x in (("train_path", train, x_train), ("holdout_path", holdout, None)):
+        derived = _derive(table, _matrix(table, features, dtype) if x is None else x, pairs)
         clash = [name for name in derived if name in features or name == label]
         if clash:
             raise DataError(f"derived feature names clash with existing columns: {', '.join(clash)}")
-        result = pd.concat(
-            [frame[features], pd.DataFrame(derived, index=frame.index), frame[[label]]], axis=1
-        )
-        write_parquet(result, outputs[key])
+        columns = [table.column(c) for c in features] + [pyarrow.array(v) for v in derived.values()]
+        names = [*features, *derived, label]
+        write_table(pyarrow.table([*columns, table.column(label)], names=names), outputs[key])
         derived_names = list(derived)
-        del result, derived
+        del derived, columns, x
+    del x_train
     return {
         "train_path": str(outputs["train_path"]),
         "holdout_path": str(outputs["holdout_path"]),

@@ -12,8 +12,11 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pyarrow
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from mlpipeline.files import atomic_path, remove_stale_temps
 from mlpipeline.sources import DataError
@@ -41,23 +44,57 @@ def ensure_out_dir(out_dir: str | os.PathLike[str]) -> Path:
 
 def write_parquet(df: pd.DataFrame, path: str | os.PathLike[str]) -> str:
     """Write `df` (without its index) to `path` atomically; deterministic bytes for equal frames."""
+    return write_table(pyarrow.Table.from_pandas(df, preserve_index=False), path)
+
+
+def write_table(table: pyarrow.Table, path: str | os.PathLike[str]) -> str:
+    """Write an Arrow table to `path` atomically, as it is: no pandas conversion, no copy."""
     # Dictionary encoding only helps low-cardinality columns; on float features it costs time
     # and makes the file larger than the raw values.
-    dictionary = [str(c) for c in df.columns if not pd.api.types.is_float_dtype(df[c].dtype)]
+    dictionary = [f.name for f in table.schema if not pyarrow.types.is_floating(f.type)]
     with atomic_path(path) as tmp:
-        df.to_parquet(tmp, index=False, engine="pyarrow", use_dictionary=dictionary)
+        pq.write_table(table, tmp, use_dictionary=dictionary)
     return str(path)
 
 
 def read_parquet(path: str | os.PathLike[str], what: str = "dataset") -> pd.DataFrame:
     """Read a Parquet file, turning a missing or corrupt file into a DataError."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{what} {path} does not exist")
+    path = _existing(path, what)
     try:
         return pd.read_parquet(path, engine="pyarrow")
     except (ValueError, OSError, pyarrow.ArrowException) as exc:
         raise DataError(f"{what} {path} is not a readable Parquet file: {exc}") from exc
+
+
+def read_table(path: str | os.PathLike[str], what: str = "dataset") -> pyarrow.Table:
+    """Read a Parquet file as an Arrow table (no pandas frame), with read_parquet's errors."""
+    path = _existing(path, what)
+    try:
+        return pq.read_table(path)
+    except (ValueError, OSError, pyarrow.ArrowException) as exc:
+        raise DataError(f"{what} {path} is not a readable Parquet file: {exc}") from exc
+
+
+def _existing(path: str | os.PathLike[str], what: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what} {path} does not exist")
+    return path
+
+
+def dtypes_frame(table: pyarrow.Table) -> pd.DataFrame:
+    """An empty frame with the pandas dtypes `table`'s columns would read as: the column
+    checks (`feature_columns`) judge an Arrow table exactly as they judge its frame."""
+    return table.schema.empty_table().to_pandas()
+
+
+def float_column(table: pyarrow.Table, name: str, dtype: type[np.floating] = np.float64) -> np.ndarray:
+    """One column as a `dtype` array, nulls as NaN, as `DataFrame.to_numpy(dtype=...)` gives it
+    (no copy when the column already is one chunk of `dtype` without nulls)."""
+    column = table.column(name)
+    if column.type != pyarrow.from_numpy_dtype(dtype):
+        column = pc.cast(column, pyarrow.from_numpy_dtype(dtype), safe=False)
+    return column.to_numpy()
 
 
 def is_numeric(s: pd.Series) -> bool:

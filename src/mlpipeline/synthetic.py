@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pyarrow
 import pyarrow.parquet as pq
+from threadpoolctl import threadpool_limits
 
 from mlpipeline.files import atomic_path
 from mlpipeline.sources import synthetic_layout
@@ -67,11 +68,16 @@ class _SyntheticModel:
 
 
 def write_synthetic(target: Path, *, rows: int, features: int, seed: int, classes: int) -> None:
-    """Generate the table of a checked synthetic spec into `target` (Parquet), chunk by chunk."""
+    """Generate the table of a checked synthetic spec into `target` (Parquet), chunk by chunk.
+
+    The chunks' small matrix products run on one BLAS thread: a multi-threaded BLAS splits
+    them differently by thread count (so the bytes depended on the machine's cores), and on
+    matrices this thin its threads cost more CPU than they save (2-4x here under load).
+    """
     model = _SyntheticModel(features, classes, seed)
     names = [f"feature_{i:02d}" for i in range(features)]
     schema = pyarrow.schema([(n, pyarrow.float64()) for n in names] + [(LABEL, pyarrow.int64())])
-    with atomic_path(target) as tmp:
+    with atomic_path(target) as tmp, threadpool_limits(limits=1, user_api="blas"):
         with pq.ParquetWriter(tmp, schema, use_dictionary=[LABEL]) as writer:
             for index, start in enumerate(range(0, rows, SYNTHETIC_CHUNK_ROWS)):
                 x, y = model.chunk(index, min(SYNTHETIC_CHUNK_ROWS, rows - start))

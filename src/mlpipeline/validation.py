@@ -65,6 +65,15 @@ def _count_duplicates(df: pd.DataFrame) -> int:
     return int(df[candidates].duplicated().sum())
 
 
+def _count_infinite(s: pd.Series) -> int:
+    """Infinite values in a numeric column (0 for any other): a float column is read in place,
+    others are converted to float first."""
+    if not is_numeric(s):
+        return 0
+    values = s.to_numpy() if isinstance(s.dtype, np.dtype) and s.dtype.kind == "f" else s.to_numpy(dtype=float, na_value=np.nan)
+    return int(np.isinf(values).sum())
+
+
 def _build_schema(
     df: pd.DataFrame, *, label: str, max_null_fraction: float, max_duplicate_fraction: float, min_rows: int
 ) -> tuple[pa.DataFrameSchema, _Checks]:
@@ -96,7 +105,7 @@ def _build_schema(
                 ),
                 checks.add(
                     "finite", name, "no infinite values", 0,
-                    lambda s: (n := int(np.isinf(s.to_numpy(dtype=float, na_value=np.nan)).sum()) if is_numeric(s) else 0, n == 0),
+                    lambda s: (n := _count_infinite(s), n == 0),
                 ),
             ],
         )
