@@ -109,7 +109,7 @@ class LocalBackend:
 
     def services(self, exclude: frozenset[str] = frozenset()) -> list[ServiceSpec]:
         """Every service of the stack, in start order, minus excluded groups or names."""
-        from mlflowctl.backends import postgres_local
+        from mlflowctl.backends import postgres_local, serving_local
 
         plugin = self._executor_plugin()
         c = self.config
@@ -127,6 +127,7 @@ class LocalBackend:
             self._airflow_service("dag-processor", ["dag-processor"], health_key="dag_processor"),
             self._airflow_service("triggerer", ["triggerer", "--skip-serve-logs"], health_key="triggerer"),
             *self._monitoring_services(),
+            *serving_local.services(self),
         ]
         # The database first; an executor's services (celery: the broker, then the workers) around the core.
         specs = [
@@ -253,6 +254,7 @@ class LocalBackend:
             self.home / "prometheus" / "prometheus.yml",
             exporter_port=self.config.exporter_port,
             prometheus_port=self.config.prometheus_port,
+            serving_port=self.config.serving_port,
             stack_dir=stack_dir,
         )
 
@@ -385,7 +387,7 @@ class LocalBackend:
         progress: Progress | None = None,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> StackStatus:
-        from mlflowctl.backends import postgres_local
+        from mlflowctl.backends import postgres_local, serving_local
         from mlflowctl.backends.airflow_env import local_environment
         from mlflowctl.secrets import load_or_create
 
@@ -441,6 +443,7 @@ class LocalBackend:
             **(plugin.environment(self) if plugin else {}),
         )
         env["PATH"] = f"{runtime.bin_dir}:{env.get('PATH', '')}"
+        env.update(serving_local.task_environment(specs))
         write_record(self.home, executor=self.config.executor, workers=self.config.workers, database=self.config.database)
         for folder in ("data", "airflow", "logs"):
             (self.home / folder).mkdir(mode=0o700, exist_ok=True)
