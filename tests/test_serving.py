@@ -342,3 +342,21 @@ def test_ten_swaps_under_load_fail_no_request(server, registry, data):
     assert outcomes[200] > 100 and versions["v0002"] > 0 and versions["v0003"] > 0, (outcomes, versions)
     metrics = httpx.get(server.url + "/metrics", timeout=5).text
     assert "mlpipeline_serving_model_swaps_total 11.0" in metrics  # the first load and ten swaps
+
+
+# ---------------------------------------------------------------- the health rules (mlwf health, thresholds.py)
+
+
+def test_the_serving_rules_grade_by_the_limits_in_thresholds():
+    from mlpipeline import monitoring as rules
+    from mlpipeline.thresholds import LIMITS
+
+    assert rules.check_served_version(3, 3, True).severity == rules.OK
+    assert rules.check_served_version(2, 3, True).severity == rules.WARNING  # loading, or stuck: the alert waits
+    refused = rules.check_served_version(2, 3, False)
+    assert refused.severity == rules.CRITICAL and "serving v0002, production is v0003" in refused.message
+    errors, latency = LIMITS["serving_error_rate"], LIMITS["serving_latency_p95"]
+    for check, limits in ((rules.check_serving_error_rate, errors), (rules.check_serving_latency, latency)):
+        assert check(limits.warning * 0.99).severity == rules.OK
+        assert check(limits.warning).severity == rules.WARNING
+        assert check(limits.critical).severity == rules.CRITICAL
