@@ -360,3 +360,38 @@ def test_the_serving_rules_grade_by_the_limits_in_thresholds():
         assert check(limits.warning * 0.99).severity == rules.OK
         assert check(limits.warning).severity == rules.WARNING
         assert check(limits.critical).severity == rules.CRITICAL
+
+
+# ---------------------------------------------------------------- the service on the local backend
+
+
+def test_the_serving_group_is_on_by_default_and_exclude_leaves_it_and_its_url_out(tmp_path):
+    from mlflowctl.backends import serving_local
+    from mlflowctl.backends.local import LocalBackend
+    from mlflowctl.config import load_config
+
+    backend = LocalBackend(load_config({"serving_port": 18085}, cwd=tmp_path, environ={}))
+    specs = backend.services()
+    serving = next(spec for spec in specs if spec.name == "serving")
+    assert serving.group == "serving" and serving.argv[1:4] == ["-m", "mlpipeline.serving", "--host"]
+    assert serving.argv[-2:] == ["--port", "18085"] and serving.url == "http://127.0.0.1:18085"
+    assert [need.setting for need in serving.ports] == ["serving_port"]
+    assert serving_local.task_environment(specs) == {"MLWF_SERVING_URL": "http://127.0.0.1:18085"}
+    without = backend.services(frozenset({"serving"}))
+    assert "serving" not in {spec.name for spec in without}
+    assert serving_local.task_environment(without) == {}
+
+
+def test_the_status_probe_names_the_version_or_the_reason(server, registry):
+    from mlflowctl.backends import serving_local
+
+    with httpx.Client() as client:
+        assert serving_local.probe(client, server.url) == (True, "serving v0003")
+        tamper(registry, "v0001")
+        point_production_at(registry, "v0001")
+        deadline = time.monotonic() + 10
+        while (found := serving_local.probe(client, server.url))[0]:
+            assert time.monotonic() < deadline, found
+            time.sleep(0.05)
+        assert found[1].startswith("serving v0003; v0001 refused: model file of v0001 does not match its recorded sha256")
+        assert serving_local.probe(client, "http://127.0.0.1:1") == (False, "not answering http://127.0.0.1:1/health")
