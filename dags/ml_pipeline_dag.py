@@ -234,6 +234,8 @@ def ml_pipeline_dag() -> None:
 
     @task(execution_timeout=dt.timedelta(minutes=10))
     def deploy_model(state: dict, params: dict | None = None) -> dict:
+        import os
+
         from mlpipeline.model_deployment import PointerDamagedError
         from mlpipeline.model_deployment import deploy_model as deploy
 
@@ -254,6 +256,16 @@ def ml_pipeline_dag() -> None:
             )
         except PointerDamagedError as exc:  # a retry cannot repair it; the message says how
             _fail_fast(exc)
+        if result["promoted"] and os.environ.get("MLWF_SERVING_URL"):  # the stack serves models: prove it
+            from mlpipeline.model_deployment import ServedMismatchError, verify_served
+
+            try:
+                result["served"] = verify_served(
+                    os.environ["MLWF_SERVING_URL"], result["version"], state["model_path"], state["holdout_path"],
+                    label=LABEL,
+                )
+            except ServedMismatchError as exc:
+                _fail_fast(exc)
         for name, value in state["metrics"].items():
             _metric(f"model_{name}", value, version=result["version"], model_type=state["model_type"])
         _metric("model_promoted", 1 if result["promoted"] else 0, version=result["version"])

@@ -20,7 +20,7 @@ from mlflowctl.errors import UsageError
 BACKENDS = ("auto", "local", "docker")
 EXECUTORS = ("local", "celery")
 DATABASES = ("postgres", "sqlite")
-SERVICE_GROUPS = ("monitoring",)
+SERVICE_GROUPS = ("monitoring", "serving")
 #: Tables of the project file that declare Airflow objects, not settings (read by mlflowctl.objects).
 OBJECT_TABLES = ("connections", "variables", "pools")
 
@@ -184,6 +184,7 @@ class Config:
     exporter_port: int = _setting(9102, _port, help="StatsD exporter's /metrics")
     statsd_port: int = _setting(8125, _port, help="UDP port Airflow sends StatsD to")
     grafana_port: int = _setting(3000, _port)
+    serving_port: int = _setting(8085, _port, help="the model server (serving group)")
     log_server_port: int = _setting(8793, _port, help="Airflow worker log server")
     trigger_log_server_port: int = _setting(8794, _port, help="Airflow triggerer log server")
     redis_port: int = _setting(6390, _port, help="mlwf's own Redis broker (celery)")

@@ -33,6 +33,7 @@ PORT_SETTINGS = (
     "trigger_log_server_port",
     "redis_port",
     "postgres_port",
+    "serving_port",
 )
 UP_TIMEOUT_S = 240
 
@@ -316,7 +317,7 @@ class Stack:
         while stack_processes(self.home, sessions, self.project) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert stack_processes(self.home, sessions, self.project) == [], "processes of the stack survived `mlwf down`"
-        for name in ("airflow_port", "log_server_port", "trigger_log_server_port", "exporter_port", "prometheus_port"):
+        for name in ("airflow_port", "log_server_port", "trigger_log_server_port", "exporter_port", "prometheus_port", "serving_port"):
             assert not port_open(self.ports[name]), f"{name} {self.ports[name]} still open after down"
 
 

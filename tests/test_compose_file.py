@@ -62,7 +62,7 @@ def test_v1_validates_the_file_with_the_generated_env_files(tmp_path, executor, 
     expected = ["postgres", "airflow-init", "api-server", "scheduler", "dag-processor", "triggerer",
                 "statsd-exporter", "prometheus", "grafana"]
     # v1 lists profile services either way; the profile's own presence is checked below.
-    assert set(expected + ["redis", "worker"]) == set(services)
+    assert set(expected + ["serving", "redis", "worker"]) == set(services)
 
 
 @needs_v1
@@ -203,7 +203,7 @@ def test_named_volumes_and_code_mounts(spec):
 
 def test_service_names_match_the_backend(spec):
     names = set(_services(spec))
-    assert names == set(compose.CORE) | set(compose.MONITORING) | set(compose.CELERY) | set(compose.ONE_SHOT)
+    assert names == set(compose.CORE) | set(compose.MONITORING) | set(compose.CELERY) | set(compose.ONE_SHOT) | set(compose.SERVING)
 
 
 def test_every_mounted_file_exists(spec):

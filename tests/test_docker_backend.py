@@ -224,7 +224,7 @@ def test_status_maps_container_state_health_and_ports(tmp_path, engine):
 
     by_name = {s.name: s for s in status.services}
     assert list(by_name) == ["postgres", "api-server", "scheduler", "dag-processor", "triggerer",
-                             "statsd-exporter", "prometheus", "grafana"]
+                             "statsd-exporter", "prometheus", "grafana", "serving"]
     assert by_name["api-server"].state == "healthy"
     assert (by_name["api-server"].port, by_name["api-server"].url) == (18080, "http://127.0.0.1:18080")
     assert by_name["api-server"].pid and by_name["api-server"].uptime_seconds > 0
@@ -337,7 +337,7 @@ def test_up_celery_scales_workers_and_skips_an_existing_image(tmp_path, engine, 
     assert "build" not in [c for call in _calls(tmp_path) for c in call]
     assert up[up.index("--scale") + 1] == "worker=2" and up[up.index("--profile") + 1] == "celery"
     assert up[up.index("worker=2") + 1:] == [
-        "airflow-init", "postgres", "redis", "api-server", "scheduler", "dag-processor", "triggerer", "worker"]
+        "airflow-init", "postgres", "redis", "api-server", "scheduler", "dag-processor", "triggerer", "serving", "worker"]
     assert [s.name for s in status.services if s.name.startswith("worker")] == ["worker-1", "worker-2"]
     assert "AIRFLOW__CORE__EXECUTOR=CeleryExecutor" in (backend.config.home_dir / "docker/airflow.env").read_text()
 

@@ -12,7 +12,7 @@ import yaml
 
 from mlflowctl.errors import UsageError
 from mlflowctl.metrics.prometheus_config import render_local_config, write_local_config
-from mlpipeline.thresholds import LIMITS, PROMOTION_MINIMUMS
+from mlpipeline.thresholds import LIMITS, PROMOTION_MINIMUMS, SERVING_VERSION_GRACE_S
 
 REPO = Path(__file__).resolve().parents[1]
 PROM = REPO / "stack" / "prometheus"
@@ -52,7 +52,8 @@ def test_rendered_local_config_is_valid_and_points_at_the_ports(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     data = yaml.safe_load(path.read_text())
     jobs = {job["job_name"]: job["static_configs"][0]["targets"] for job in data["scrape_configs"]}
-    assert jobs == {"statsd-exporter": ["127.0.0.1:19102"], "prometheus": ["127.0.0.1:19090"]}
+    assert jobs == {"statsd-exporter": ["127.0.0.1:19102"], "prometheus": ["127.0.0.1:19090"],
+                    "serving": ["127.0.0.1:8085"]}  # the template's default when no serving_port is given
     assert data["global"]["scrape_interval"] == "5s"
     assert data["rule_files"] == [str(PROM / "rules" / "recording.yml"), str(PROM / "rules" / "alerts.yml")]
 
@@ -97,5 +98,10 @@ def test_alert_thresholds_match_mlwf_health_defaults():
         assert _threshold(alerts[("AirflowDagRunTooLong", severity)]) == getattr(LIMITS["long_running_run"], severity)
         window = re.search(r"airflow_scheduler_heartbeat\[(\d+)m\]", alerts[("AirflowSchedulerHeartbeatAbsent", severity)])
         assert int(window.group(1)) * 60 == getattr(LIMITS["scheduler_heartbeat"], severity)
+        assert _threshold(alerts[("ServingErrorRateHigh", severity)]) == getattr(LIMITS["serving_error_rate"], severity)
+        assert _threshold(alerts[("ServingLatencyHigh", severity)]) == getattr(LIMITS["serving_latency_p95"], severity)
+    served = next(r for g in yaml.safe_load((PROM / "rules" / "alerts.yml").read_text())["groups"]
+                  for r in g["rules"] if r["alert"] == "ServedModelIsNotProduction")
+    assert int(served["for"].rstrip("m")) * 60 == SERVING_VERSION_GRACE_S
     assert _threshold(alerts[("AirflowTaskFailed", "warning")]) == LIMITS["task_failures"].warning
     assert _threshold(alerts[("AirflowTaskFailuresMany", "critical")]) == LIMITS["task_failures"].critical

@@ -36,8 +36,9 @@ NUMBER_LABEL = "com.docker.compose.container-number"
 CORE = ("postgres", "api-server", "scheduler", "dag-processor", "triggerer")
 MONITORING = ("statsd-exporter", "prometheus", "grafana")
 CELERY = ("redis", "worker")
+SERVING = ("serving",)
 ONE_SHOT = ("airflow-init",)
-GROUPS = {"monitoring": MONITORING}
+GROUPS = {"monitoring": MONITORING, "serving": SERVING}
 CELERY_PROFILE = "celery"
 WORKER = "worker"
 
@@ -46,12 +47,14 @@ API_PORT = 8080
 STATSD_PORT = 9125
 POSTGRES_PORT = 5432
 REDIS_PORT = 6379
+SERVING_PORT = 8085
 #: Host-published ports: service -> (config field, container port).
 PUBLISHED = {
     "api-server": ("airflow_port", API_PORT),
     "statsd-exporter": ("exporter_port", 9102),
     "prometheus": ("prometheus_port", 9090),
     "grafana": ("grafana_port", 3000),
+    "serving": ("serving_port", SERVING_PORT),
 }
 #: Paths inside the Airflow containers (see the compose file's volumes).
 CONTAINER_DAGS = "/opt/airflow/dags"
@@ -224,6 +227,9 @@ def container_airflow_env(config: Config, secrets: Secrets) -> dict[str, str]:
             statsd_host="statsd-exporter", statsd_port=STATSD_PORT,
         )
     )
+    # deploy_model checks the model server; with `--exclude serving` the name does not resolve
+    # on the compose network, and deploy_model skips the check (mlpipeline.model_deployment).
+    env["MLWF_SERVING_URL"] = f"http://serving:{SERVING_PORT}"
     return env
 
 
@@ -248,6 +254,7 @@ def compose_variables(config: Config, secrets: Secrets, stack: Path, airflow_env
         "MLWF_PROMETHEUS_PORT": str(config.prometheus_port),
         "MLWF_EXPORTER_PORT": str(config.exporter_port),
         "MLWF_GRAFANA_PORT": str(config.grafana_port),
+        "MLWF_SERVING_PORT": str(config.serving_port),
         "MLWF_POOLS": " ".join(f"{name}={pool.slots}" for name, pool in POOLS.items()),
         "MLWF_WORKER_CONCURRENCY": "2",
     }

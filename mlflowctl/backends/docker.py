@@ -137,7 +137,7 @@ class DockerBackend:
         if self.celery:
             names.insert(1, "redis")
             names.append(compose.WORKER)
-        names += compose.MONITORING
+        names += [*compose.MONITORING, *compose.SERVING]
         dropped = set(exclude) | {n for group in exclude for n in compose.GROUPS.get(group, ())}
         unknown = set(exclude) - set(names) - set(compose.GROUPS) - set(compose.CELERY)
         if unknown:
@@ -380,7 +380,7 @@ class DockerBackend:
         return StackStatus(backend=self.name, services=self._snapshot(client), notes=notes)
 
     def logs(self, service: str | None = None, *, tail: int = 100, follow: bool = False) -> Iterator[str]:
-        names = [*compose.ONE_SHOT, *compose.CORE, *compose.CELERY, *compose.MONITORING]
+        names = [*compose.ONE_SHOT, *compose.CORE, *compose.CELERY, *compose.MONITORING, *compose.SERVING]
         if service is not None and service not in names:
             raise NotFoundError(f"no service {service!r}; services: {', '.join(names)}")
         argv = self.commands().logs(service, tail=tail, follow=follow)

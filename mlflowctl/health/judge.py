@@ -295,6 +295,34 @@ def _model_quality(got: Gathered) -> list[Row]:
     return rows
 
 
+def _serving(got: Gathered) -> list[Row]:
+    """The model server: the version it serves against production, its error rate and p95 latency."""
+    if got.prometheus != "ok":
+        return [_unknown("serving", f"Prometheus: {got.prometheus}")]
+    served, production = _value(got.instant.get("serving_served")), _value(got.instant.get("serving_production"))
+    if served is None or production is None:
+        return [Row("serving", "model server", INFO, None, source="prometheus",
+                    detail="no model server metrics (the serving group is excluded, or not scraped yet)")]
+    healthy = _value(got.instant.get("serving_healthy")) != 0
+    finding = rules.check_served_version(int(served), int(production), healthy)
+    rows = [Row.judged("serving", "served version", finding, source="prometheus")]
+    requests = _value(got.instant.get("serving_requests"))
+    error_rate, p95 = _value(got.instant.get("serving_error_rate")), _value(got.instant.get("serving_p95"))
+    if not requests:
+        rows.append(Row("serving", "requests", INFO, 0, unit="/s", source="prometheus",
+                        detail="no prediction requests in the last 5 minutes"))
+        return rows
+    rows.append(Row("serving", "requests", INFO, round(requests, 3), unit="/s", source="prometheus",
+                    detail="prediction requests per second (last 5 min)"))
+    if error_rate is not None:
+        rows.append(Row.judged("serving", "error rate", rules.check_serving_error_rate(error_rate),
+                               source="prometheus", value=round(error_rate, 4)))
+    if p95 is not None:
+        rows.append(Row.judged("serving", "latency p95", rules.check_serving_latency(p95), unit="s",
+                               source="prometheus", value=round(p95, 4)))
+    return rows
+
+
 def _unknown(section: str, why: str) -> Row:
     return Row(section, "-", UNKNOWN, None, detail=f"not available: {why}")
 
@@ -309,6 +337,7 @@ def judge(got: Gathered, report: HealthReport, now: dt.datetime) -> None:
         *_scheduler(got, report),
         *_executor(got),
         *_model_quality(got),
+        *_serving(got),
     ]
     if got.prometheus != "ok":
         report.notes.append(

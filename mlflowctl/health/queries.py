@@ -48,6 +48,13 @@ def instant_queries(window_s: float) -> dict[str, str]:
         "dagrun_failed": _delta("airflow_dagrun_failed", "dag_id", w),
         "validation_failures": "max by (dag_id) (mlpipeline_validation_failures)",
         "model_promoted": "max by (dag_id, version) (mlpipeline_model_promoted)",
+        "serving_served": "max(mlpipeline_serving_served_version)",
+        "serving_production": "max(mlpipeline_serving_production_version)",
+        "serving_healthy": "min(mlpipeline_serving_healthy)",
+        "serving_requests": "sum(rate(mlpipeline_serving_requests_total[5m]))",
+        "serving_error_rate": 'sum(rate(mlpipeline_serving_requests_total{code=~"5.."}[5m]))'
+        " / (sum(rate(mlpipeline_serving_requests_total[5m])) > 0)",
+        "serving_p95": "histogram_quantile(0.95, sum by (le) (rate(mlpipeline_serving_request_seconds_bucket[5m])))",
         **{
             f"model_{m}": f"max by (dag_id, version, model_type) (mlpipeline_model_{m})" for m in MODEL_METRICS
         },

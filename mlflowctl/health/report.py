@@ -21,6 +21,7 @@ SECTIONS = {
     "scheduler": "Scheduler",
     "executor": "Executor and pools",
     "model_quality": "Model quality",
+    "serving": "Model serving",
 }
 FAIL_ON = (rules.WARNING, rules.CRITICAL)
 

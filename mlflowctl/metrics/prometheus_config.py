@@ -9,6 +9,7 @@ its globals, jobs and rules and changes only where things are:
 
 - the `statsd-exporter` job scrapes `exporter_host:exporter_port`,
 - the `prometheus` job scrapes Prometheus itself on `prometheus_host:prometheus_port`,
+- the `serving` job scrapes the model server on `127.0.0.1:serving_port` (when given),
 - `rule_files` become absolute paths into `stack/prometheus/rules/` (the repository's
   rules stay the single copy; the state directory holds no stale one),
 - `scrape_interval` / `evaluation_interval` may be overridden (tests use 1s).
@@ -29,6 +30,7 @@ from mlpipeline.files import atomic_write_bytes
 STACK_DIR = Path(__file__).resolve().parents[2] / "stack"
 EXPORTER_JOB = "statsd-exporter"
 PROMETHEUS_JOB = "prometheus"
+SERVING_JOB = "serving"
 
 
 def _template(stack_dir: Path) -> tuple[dict[str, Any], Path]:
@@ -50,6 +52,7 @@ def render_local_config(
     prometheus_port: int,
     exporter_host: str = "127.0.0.1",
     prometheus_host: str = "127.0.0.1",
+    serving_port: int | None = None,
     scrape_interval: str | None = None,
     evaluation_interval: str | None = None,
     stack_dir: Path | str | None = None,
@@ -69,6 +72,8 @@ def render_local_config(
         EXPORTER_JOB: f"{exporter_host}:{int(exporter_port)}",
         PROMETHEUS_JOB: f"{prometheus_host}:{int(prometheus_port)}",
     }
+    if serving_port is not None:
+        targets[SERVING_JOB] = f"127.0.0.1:{int(serving_port)}"
     seen = set()
     for job in data["scrape_configs"]:
         name = job.get("job_name")

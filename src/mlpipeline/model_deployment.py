@@ -82,6 +82,14 @@ class PromotionRefusedError(RegistryError):
     """The promotion gate refused the version, and the promotion was not forced."""
 
 
+class NotServedError(RegistryError):
+    """The model server did not come to serve the promoted version within the wait."""
+
+
+class ServedMismatchError(RegistryError):
+    """The model server answers holdout rows differently from the evaluated model: a retry cannot fix it."""
+
+
 # ---------------------------------------------------------------- small helpers
 
 
@@ -520,3 +528,79 @@ def load_production_model(
 ) -> tuple[Any, dict[str, Any]]:
     return ModelRegistry(registry_root, loader=loader).load()
 
+
+
+# ---------------------------------------------------------------- served == evaluated
+
+#: How long deploy_model waits for the model server to serve what it promoted (it polls the
+#: pointer every 0.25 s and loads a model in about a second; the rest is slack for a loaded machine).
+SERVED_WAIT_S = 120.0
+#: Holdout rows whose served predictions must equal the evaluated model's.
+SERVED_CHECK_ROWS = 5
+PROBABILITY_TOLERANCE = 1e-6
+
+
+def verify_served(
+    serving_url: str,
+    version: str,
+    model_path: str | os.PathLike[str],
+    holdout_path: str | os.PathLike[str],
+    *,
+    label: str,
+    wait_s: float = SERVED_WAIT_S,
+    rows: int = SERVED_CHECK_ROWS,
+) -> dict[str, Any]:
+    """Wait until the model server at ``serving_url`` serves ``version``, then check that the
+    first holdout rows get the predictions the evaluated model file gives them.
+
+    NotServedError when it does not serve the version in time, ServedMismatchError when it
+    answers differently. A server name that does not resolve means the stack runs without
+    one (docker, ``--exclude serving``): nothing to check."""
+    import socket
+    import urllib.parse
+
+    import httpx
+
+    from mlpipeline.model_training import load_model
+    from mlpipeline.storage import read_parquet
+
+    host = urllib.parse.urlsplit(serving_url).hostname or ""
+    try:
+        socket.getaddrinfo(host, None)
+    except socket.gaierror:
+        return {"checked": False, "reason": f"no model server at {serving_url} in this stack"}
+    model = load_model(model_path)
+    frame = read_parquet(holdout_path, "holdout split").drop(columns=[label]).head(rows)
+    frame = frame[list(model.feature_names_in_)]
+    expected = model.predict(frame).tolist()
+    probabilities = model.predict_proba(frame).tolist()
+    deadline, last = time.monotonic() + wait_s, "no answer yet"
+    with httpx.Client(base_url=serving_url.rstrip("/"), timeout=10, trust_env=False) as http:
+        while True:
+            try:
+                health = http.get("/health").json()
+                if health.get("served") == version:
+                    break
+                last = f"serving {health.get('served')}: {health.get('reason') or health.get('status')}"
+            except (httpx.HTTPError, ValueError) as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            if time.monotonic() >= deadline:
+                raise NotServedError(f"the model server at {serving_url} did not serve {version} within {wait_s:g} s ({last})")
+            time.sleep(0.25)
+        answer = http.post("/predict", json={"rows": frame.to_dict("records")})
+    body = answer.json() if answer.headers.get("content-type", "").startswith("application/json") else {}
+    if answer.status_code != 200 or body.get("version") != version:
+        raise ServedMismatchError(f"the model server refused holdout rows of {version}: {answer.status_code} {body}")
+    # Labels must be equal; probabilities within 1e-6: the server computes in float64, while a
+    # holdout stored as float32 is evaluated in float32 by scikit-learn.
+    close = all(
+        math.isclose(a, b, rel_tol=PROBABILITY_TOLERANCE, abs_tol=PROBABILITY_TOLERANCE)
+        for got, want in zip(body["probabilities"], probabilities, strict=True)
+        for a, b in zip(got, want, strict=True)
+    )
+    if body["predictions"] != expected or not close:
+        raise ServedMismatchError(
+            f"the model server's predictions for {rows} holdout rows differ from the evaluated {version}: "
+            f"served {body['predictions']}, evaluated {expected} (probabilities compared within {PROBABILITY_TOLERANCE:g})"
+        )
+    return {"checked": True, "version": version, "rows": len(expected), "url": serving_url}

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from mlpipeline.thresholds import LIMITS
+from mlpipeline.thresholds import LIMITS, Limits
 
 OK, WARNING, CRITICAL = "ok", "warning", "critical"
 SEVERITIES = (OK, WARNING, CRITICAL)
@@ -137,6 +137,34 @@ def check_import_errors(
 ) -> Finding:
     """DAG files that fail to import: at least ``warning`` -> warning, at least ``critical`` -> critical."""
     return _at_least_rule("import_errors", count, warning, critical, "DAG import error(s)", subject)
+
+
+def _above_rule(rule: str, value: float, limits: Limits, message: str) -> Finding:
+    _count(rule, value)
+    _check_order(limits.warning, limits.critical, higher_is_worse=True)
+    sev = CRITICAL if value >= limits.critical else WARNING if value >= limits.warning else OK
+    return Finding(rule, sev, value, limits.critical if sev == CRITICAL else limits.warning, message)
+
+
+def check_serving_error_rate(rate: float) -> Finding:
+    """Share of prediction requests the model server answered with a 5xx."""
+    return _above_rule("serving_error_rate", rate, LIMITS["serving_error_rate"], f"{rate:.2%} of predictions failed")
+
+
+def check_serving_latency(p95_s: float) -> Finding:
+    """95th percentile of the model server's prediction latency, in seconds."""
+    return _above_rule("serving_latency_p95", p95_s, LIMITS["serving_latency_p95"], f"p95 {p95_s * 1000:.1f} ms")
+
+
+def check_served_version(served: int, production: int, healthy: bool) -> Finding:
+    """The model server serves the production version: warning while it differs (a load in
+    progress looks the same for a second or two), critical when it refused production."""
+    name = lambda n: f"v{int(n):04d}" if n else "nothing"  # noqa: E731
+    if served == production:
+        return Finding("served_version", OK, served, None, f"serving production {name(production)}")
+    sev = WARNING if healthy else CRITICAL
+    why = "" if healthy else " (it refused that version: GET /health says why)"
+    return Finding("served_version", sev, served, None, f"serving {name(served)}, production is {name(production)}{why}")
 
 
 def check_heartbeat_age(

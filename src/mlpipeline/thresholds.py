@@ -38,8 +38,16 @@ LIMITS: MappingProxyType[str, Limits] = MappingProxyType(
         "long_running_run": Limits(warning=2 * 3600.0, critical=6 * 3600.0),
         # DAG files that fail to import.
         "import_errors": Limits(warning=1, critical=3),
+        # The model server: share of prediction requests answered 5xx (last 5 minutes).
+        "serving_error_rate": Limits(warning=0.01, critical=0.05),
+        # The model server: 95th percentile of prediction latency in seconds (last 5 minutes).
+        "serving_latency_p95": Limits(warning=0.05, critical=0.25),
     }
 )
+
+#: Seconds the model server may serve another version than production before the alert fires
+#: (a load takes a second or two; `mlwf health` warns at once, critical when it refused the version).
+SERVING_VERSION_GRACE_S = 300
 
 #: Fewer live Celery workers than this is critical (only `mlwf health` can count them).
 CELERY_WORKERS_MIN = 1

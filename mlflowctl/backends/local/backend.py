@@ -17,7 +17,7 @@ from typing import Iterator
 
 from mlflowctl.backends import processes
 from mlflowctl.backends.base import Deadline, Progress, ProgressKind, StackStatus, no_progress
-from mlflowctl.backends.local import services as catalogue
+from mlflowctl.backends.local import serving, services as catalogue
 from mlflowctl.backends.local.executors import Executor, WorkerPool, executor_for
 from mlflowctl.backends.local.logs import follow_logs
 from mlflowctl.backends.local.probes import Prober
@@ -145,6 +145,7 @@ class LocalBackend:
             **self.executor().environment(),
         )
         env["PATH"] = f"{self.stack.runtime.bin_dir}:{env.get('PATH', '')}"
+        env.update(serving.task_environment(specs))
         write_record(self.home, executor=self.config.executor, workers=self.config.workers, database=self.config.database)
         for folder in ("data", "airflow", "logs"):
             (self.home / folder).mkdir(mode=0o700, exist_ok=True)

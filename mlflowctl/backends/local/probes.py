@@ -153,6 +153,12 @@ def _spawner(prober: Prober, _spec: ServiceSpec, _record) -> tuple[bool, str]:
     return True, "forks the workers `mlwf scale` adds"
 
 
+def _serving(prober: Prober, spec: ServiceSpec, _record) -> tuple[bool, str]:
+    from mlflowctl.backends.local import serving
+
+    return serving.probe(prober.http(), spec.url)
+
+
 #: The probe of each kind that is not in the api-server's health answer.
 PROBES: dict[str, Probe] = {
     "exporter": _exporter,
@@ -161,4 +167,5 @@ PROBES: dict[str, Probe] = {
     "redis": _redis,
     "celery-worker": _celery_worker,
     "spawner": _spawner,
+    "serving": _serving,
 }

@@ -2,7 +2,8 @@
 and what `up` does around the start of each kind (its configuration before, a wait after).
 
 Start order: the metadata database (postgres.py), the executor's services that Airflow needs
-first (Celery: the broker), Airflow's components, the monitoring group, the executor's
+first (Celery: the broker), Airflow's components, the monitoring group, the model server
+(serving.py), the executor's
 services that need Airflow (Celery: the workers and the spawner). Their probes are in probes.py.
 """
 
@@ -27,13 +28,14 @@ PROMETHEUS_MISSING = "prometheus is not on PATH: metrics are received but not st
 
 def catalogue(stack: Stack, executor: Executor, notes: list[str]) -> list[ServiceSpec]:
     """Every service of the stack, in start order; a note for what is left out (Prometheus)."""
-    from mlflowctl.backends.local import postgres
+    from mlflowctl.backends.local import postgres, serving
 
     return [
         *postgres.services(stack),
         *executor.before_airflow(),
         *airflow_services(stack),
         *monitoring_services(stack, notes),
+        *serving.services(stack),
         *executor.after_airflow(),
     ]
 
@@ -141,6 +143,7 @@ def prepare(stack: Stack, spec: ServiceSpec) -> None:
             stack.home / "prometheus" / "prometheus.yml",
             exporter_port=stack.config.exporter_port,
             prometheus_port=stack.config.prometheus_port,
+            serving_port=stack.config.serving_port,
             stack_dir=stack_dir(stack.config),
         )
     elif spec.kind == "postgres":

@@ -47,7 +47,7 @@ class ServiceSpec:
     and what `up` does around its start (services.py: its configuration before, a wait
     until it accepts connections after). Kinds: api-server, airflow (a component in the
     api-server's health answer, under `health_key`), exporter, prometheus, postgres, redis,
-    celery-worker, spawner; a `process` is healthy while it runs.
+    celery-worker, spawner, serving; a `process` is healthy while it runs.
     """
 
     name: str
