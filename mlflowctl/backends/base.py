@@ -133,3 +133,14 @@ class Scaling(Protocol):
 
     def scale(self, workers: int, *, progress: Progress | None = None, timeout: float = 120.0) -> StackStatus:
         """Make it `workers` workers; removed ones finish their running tasks first."""
+
+
+@runtime_checkable
+class Restarting(Protocol):
+    """What a backend that can restart one service, or all of them, has besides `Backend` (`mlwf restart`)."""
+
+    def restart(
+        self, service: str | None = None, *, progress: Progress | None = None, timeout: float = 120.0
+    ) -> StackStatus:
+        """Stop `service` (None: every service) and start it again as `up` would, waiting until
+        healthy; `timeout` bounds the stop and the start together."""
