@@ -1,8 +1,8 @@
 """The backend interface the lifecycle commands talk to, and the plain data it returns.
 
-Commands never know which backend runs the stack: they call these four methods and
-render the dataclasses (as a table, or as JSON through `asdict`). An operation a
-backend cannot do raises `NotAvailableError`.
+Commands never know which backend runs the stack: they call these four methods (and
+`Scaling`'s or `Restarting`'s, where a backend has them) and render the dataclasses (as a
+table, or as JSON through `asdict`). An operation a backend cannot do raises `NotAvailableError`.
 """
 
 from __future__ import annotations
