@@ -1,12 +1,13 @@
 """`LocalBackend`: a real Airflow 3 stack on this machine as detached process groups, no Docker.
 
 `up` starts only what is not running, `down` stops process groups (TERM, TERM, KILL)
-and sweeps any process still carrying the stack's marker, `restart` is one or all of the
-first followed by `up`, `scale` adds or removes Celery workers. Nothing here prints: progress goes through the `progress(message, services)`
-callback. The rooms: state.py (folders, pid records, ServiceSpec), services.py (the
-catalogue), probes.py (health), starting.py (launcher, spawner, one by one), executors.py
-(the executor interface), postgres.py, broker.py and workers.py (what they run), record.py
-(what the stack was started with), environment.py (what its processes run with), logs.py.
+and sweeps any process still carrying the stack's marker, `restart` stops one service or
+all and calls `up`, `scale` adds or removes Celery workers. Nothing here prints: progress
+goes through the `progress(message, services)` callback. The rooms: state.py (folders, pid
+records, ServiceSpec), services.py (the catalogue), probes.py (health), starting.py (launcher,
+spawner, one by one), executors.py (the executor interface), postgres.py, broker.py and
+workers.py (what they run), record.py (what the stack was started with), environment.py
+(what its processes run with), logs.py.
 """
 
 from __future__ import annotations
@@ -237,13 +238,13 @@ class LocalBackend:
             report("stopping every service", [], ProgressKind.STEP)
             notes = [note for note in self.down().notes if note != "nothing was running"]
         else:
-            record = self.stack.live(service)
+            record = self.stack.live(service)  # a dead one's record stays: `up` stops what it left
             if record is not None:
                 report(f"stopping {service}", [], ProgressKind.STEP)
                 outcome = processes.stop_session(record)
                 if outcome != "terminated":
                     notes.append(f"{service}: {outcome}")
-            self.stack.pid_file(service).unlink(missing_ok=True)
+                self.stack.pid_file(service).unlink(missing_ok=True)
         status = self.up(exclude=exclude, progress=progress, timeout=timeout, deadline=deadline)
         if service is None:
             status.notes.append("restarted every service")
