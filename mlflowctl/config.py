@@ -207,7 +207,7 @@ class Config:
     dags_dir: str = _setting("dags", _path)
     tasks_dir: str = _setting("src", _path, help="folder put on the components' path")
     lock_wait: float = _setting(
-        180.0, _seconds, help="seconds `up`, `down` or `scale` wait for another one holding the state directory"
+        180.0, _seconds, help="seconds `up`, `restart`, `down` or `scale` wait for another one holding the state directory"
     )
     broker_url: str = _setting("", secret=True, help="use this broker instead of mlwf's Redis")
     database_url: str = _setting("", secret=True, help="use this database instead of mlwf's")

@@ -97,7 +97,7 @@ class NotAvailableError(MlwfError):
 
 
 class StateBusyError(MlwfError):
-    """Another `mlwf up`, `down` or `scale` held the state directory for longer than the wait allows."""
+    """Another `mlwf up`, `restart`, `down` or `scale` held the state directory for longer than the wait allows."""
 
     exit_code = 15
 

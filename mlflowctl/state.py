@@ -3,7 +3,7 @@
 A CI job with an unset variable must never turn "the state directory" into the project
 checkout or a home directory: mlwf writes a marker file when it creates a state directory,
 refuses directories that can never be one (`/`, a home, the project root or its parents),
-and deletes only a marked directory. `up`, `down` and `scale` hold an exclusive `flock` on
+and deletes only a marked directory. `up`, `restart`, `down` and `scale` hold an exclusive `flock` on
 it, so two of them never interleave. State files are read through `read_json`, so a
 damaged one is one line naming it, never a traceback or a silent default.
 """

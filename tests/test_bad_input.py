@@ -237,6 +237,10 @@ COMMANDS = {
         st.just(["scale"]), st.sampled_from(["workers", "x"]).map(lambda w: [w]), number.map(lambda n: [n]),
         flag("--timeout", number), flag("--home", homes),
     ),
+    "restart": joined(
+        st.just(["restart"]), st.sampled_from([[], ["scheduler"], ["nope"], [""]]), flag("--timeout", number),
+        flag("--home", homes), switch("--json"),
+    ),
     "open": joined(
         st.just(["open"]), st.sampled_from([[], ["airflow"], ["prometheus"], ["grafana"], ["x"]]), switch("--print"),
         flag("--home", homes),
@@ -486,7 +490,7 @@ def test_a_bad_variable_is_exit_2_naming_it(env, says, project):
 
 
 def test_a_flag_out_of_range_is_exit_2(project):
-    for args in (["up", "--workers", "0"], ["up", "--timeout", "-1"], ["scale", "workers", "2", "--timeout", "0"],
+    for args in (["up", "--workers", "0"], ["up", "--timeout", "-1"], ["scale", "workers", "2", "--timeout", "0"], ["restart", "--timeout", "0"],
                  ["health", "--watch", "--interval", "inf"], ["trigger", "d", "--timeout", "nan"],
                  ["up", "--timeout", "inf"], ["models", "promote", "1", "--wait", "nan"]):
         result = invoke(args, project=project)

@@ -1,4 +1,4 @@
-"""`up`, `down`, `status` and `scale` in-process and fast: the CLI's own work (exit codes, tables,
+"""`up`, `down`, `status`, `scale` and `restart` in-process and fast: the CLI's own work (exit codes, tables,
 refusals, which progress it shows) against a fake backend that satisfies the backend Protocol
 and an Airflow API served by an `httpx.MockTransport`, passed in through the App context.
 
@@ -15,7 +15,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from mlflowctl.backends.base import Backend, ProgressKind, Scaling, ServiceStatus, StackStatus
+from mlflowctl.backends.base import Backend, ProgressKind, Restarting, Scaling, ServiceStatus, StackStatus
 from mlflowctl.cli.context import App
 from mlflowctl.cli.main import app
 from mlflowctl.errors import NotAvailableError, StackDownError, UnhealthyError, UsageError
@@ -65,6 +65,15 @@ class ScalingBackend(FakeBackend):
         progress("waiting for worker-1", self.states)
         progress("all healthy", self.states, ProgressKind.READY)
         return StackStatus(self.name, self.states)
+
+
+class RestartingBackend(FakeBackend):
+    def restart(self, service=None, *, progress=None, timeout=120.0) -> StackStatus:
+        self.calls.append(("restart", service, timeout))
+        progress(f"stopping {service or 'every service'}", [])
+        progress("waiting for scheduler", self.states)
+        progress("all healthy", self.states, ProgressKind.READY)
+        return StackStatus(self.name, self.states, notes=[f"restarted {service or 'every service'}"])
 
 
 class FakeAirflow:
@@ -119,6 +128,7 @@ def mlwf(args: list[str], backend: Backend, *, airflow: FakeAirflow | None = Non
 
 def test_the_fakes_satisfy_the_protocols():
     assert isinstance(ScalingBackend([]), Scaling) and not isinstance(FakeBackend([]), Scaling)
+    assert isinstance(RestartingBackend([]), Restarting) and not isinstance(FakeBackend([]), Restarting)
 
 
 # ---------------------------------------------------------------------------------------- up
@@ -254,6 +264,45 @@ def test_scale_on_a_backend_that_can_shows_its_steps_and_the_services(project):
     assert "warm shutdown of worker-3 (running tasks finish first)" in result.stderr
     assert "waiting for" not in result.stderr and "all healthy" not in result.stderr
     assert "api-server" in result.stdout
+
+
+# ----------------------------------------------------------------------------------- restart
+
+
+def test_restart_refuses_on_a_backend_that_cannot_restart(project):
+    backend = FakeBackend(services())
+    result = mlwf(["restart", "scheduler"], backend)
+    assert result.exit_code == NotAvailableError.exit_code
+    assert "error: the fake backend cannot restart services" in result.stderr
+    assert backend.calls == []
+
+
+def test_restart_one_service_shows_its_steps_and_exits_by_health(project):
+    backend = RestartingBackend(services())
+    result = mlwf(["restart", "scheduler", "--timeout", "30"], backend)
+    assert result.exit_code == 0, result.output
+    assert backend.calls == [("restart", "scheduler", 30.0)]
+    assert "stopping scheduler" in result.stderr and "restarted scheduler" in result.stderr
+    assert "waiting for" not in result.stderr and "all healthy" not in result.stderr
+    assert "api-server" in result.stdout
+    sick = RestartingBackend(services(triggerer="unhealthy"))
+    result = mlwf(["restart", "--json"], sick)
+    assert result.exit_code == UnhealthyError.exit_code
+    assert sick.calls == [("restart", None, 120.0)]
+    assert {s["name"]: s["state"] for s in json.loads(result.stdout)["services"]}["triggerer"] == "unhealthy"
+
+
+def test_only_a_whole_stack_restart_reads_the_projects_objects(project):
+    """The whole stack comes back with the project's objects, as from `up`, so a malformed file stops
+    it before anything is stopped; one service is restarted without them."""
+    (project / "airflow_settings.yaml").write_text("airflow:\n  pools: [{pool_slot: 3}]\n")
+    backend = RestartingBackend(services())
+    whole = mlwf(["restart"], backend)
+    assert whole.exit_code == UsageError.exit_code and "airflow_settings.yaml" in whole.stderr
+    assert backend.calls == []
+    one = mlwf(["restart", "scheduler"], backend)
+    assert one.exit_code == 0, one.output
+    assert backend.calls == [("restart", "scheduler", 120.0)]
 
 
 def test_status_with_a_damaged_secrets_file_says_so(project):

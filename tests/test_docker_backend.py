@@ -98,6 +98,16 @@ class FakeEngine:
                             engine.add(body["project"], service, health="starting", number=number)
                     engine.add(body["project"], "airflow-init", status="exited", health=None)
                     return self._send(200, {})
+                if self.path == "/_test/restart":
+                    for container in engine.containers.values():
+                        labels = container["Config"]["Labels"]
+                        if (labels[compose.PROJECT_LABEL], labels[compose.SERVICE_LABEL]) in {
+                            (body["project"], service) for service in body["services"]
+                        }:
+                            container["State"]["Pid"] += 1000
+                            container["State"]["Health"] = {"Status": "starting", "Log": []}
+                            engine._inspections[container["Id"]] = 0
+                    return self._send(200, {})
                 self._send(404, {"message": "no such endpoint"})
 
             def do_GET(self):
@@ -157,7 +167,7 @@ with open(os.environ["FAKE_DOCKER_LOG"], "a") as log:
     log.write(json.dumps(argv) + "\n")
 if argv[:2] == ["compose", "version"]:
     print("Docker Compose version v2.30.3"); sys.exit(0)
-op = next(a for a in argv if a in ("up", "down", "build", "stop", "logs", "ps", "rm"))
+op = next(a for a in argv if a in ("up", "down", "build", "stop", "logs", "ps", "rm", "restart"))
 fail = os.environ.get("FAKE_DOCKER_FAIL", "")
 if op == fail:
     print("Error response from daemon: pull access denied for mlwf-airflow", file=sys.stderr); sys.exit(1)
@@ -171,6 +181,12 @@ if op == "up":
     url = "http://" + os.environ["DOCKER_HOST"][len("tcp://"):] + "/_test/up"
     urllib.request.urlopen(urllib.request.Request(url, data=body, method="POST")).read()
     print("Container started")
+if op == "restart":
+    body = json.dumps({{"project": argv[argv.index("--project-name") + 1],
+                       "services": argv[argv.index("restart") + 1:]}}).encode()
+    url = "http://" + os.environ["DOCKER_HOST"][len("tcp://"):] + "/_test/restart"
+    urllib.request.urlopen(urllib.request.Request(url, data=body, method="POST")).read()
+    print("Container restarted")
 if op == "logs":
     print("scheduler-1  | scheduler line 1"); print("scheduler-1  | scheduler line 2")
 '''
@@ -444,3 +460,45 @@ def test_scale_workers_on_a_running_celery_stack(tmp_path, engine, docker_cli):
     assert _calls(tmp_path)[-1] == backend.commands().scale_workers(3)[1:]
     assert [s.name for s in status.services if s.name.startswith("worker")] == ["worker-1", "worker-2", "worker-3"]
     assert status.healthy
+
+
+def test_restart_one_service_or_every_service_and_wait_for_health(tmp_path, engine, docker_cli):
+    from mlflowctl.backends.base import Restarting
+    from mlflowctl.errors import StackDownError, UsageError
+
+    engine.healthy_after = 1
+    backend = _backend(tmp_path, engine, bin_dir=docker_cli)
+    assert isinstance(backend, Restarting)
+    with pytest.raises(NotFoundError) as unknown:
+        backend.restart("nope")
+    assert unknown.value.exit_code == 4 and "services: postgres, api-server, scheduler" in str(unknown.value)
+    with pytest.raises(StackDownError):  # never started: no env files
+        backend.restart("scheduler")
+    backend.config.home_dir.mkdir(parents=True)
+    compose.write_env_files(backend.config, _secrets(backend), backend.stack)
+    with pytest.raises(StackDownError):  # env files, but no container runs
+        backend.restart("scheduler")
+    started = [name for name in backend.expected() if name != "grafana"]  # as after `up --exclude grafana`
+    for service in started:
+        engine.add(backend.project, service)
+    before = {s.name: s.pid for s in backend.status().services}
+    reports: list[tuple[str, list[str]]] = []
+
+    status = backend.restart("scheduler", progress=lambda m, services, kind=None: reports.append(
+        (m, [s.state for s in services])), timeout=30)
+
+    assert _calls(tmp_path)[-1] == backend.commands().restart(["scheduler"])[1:]
+    after = {s.name: s.pid for s in status.services}
+    assert after["scheduler"] != before["scheduler"]
+    assert {n: p for n, p in after.items() if n != "scheduler"} == {
+        n: p for n, p in before.items() if n not in ("scheduler", "grafana")}
+    assert status.healthy and "grafana" not in after
+    assert any(m.startswith("waiting for scheduler") and "starting" in states for m, states in reports)
+    with pytest.raises(UsageError, match="grafana has no container"):
+        backend.restart("grafana")
+
+    everything = backend.restart(timeout=30)
+
+    assert _calls(tmp_path)[-1] == backend.commands().restart(started)[1:]
+    assert everything.healthy
+    assert all(s.pid != after[s.name] for s in everything.services)

@@ -57,6 +57,9 @@ def test_command_lines(flavour, prefix):
     assert c.logs() == [*_base(prefix, celery=True), "logs", "--no-color", "--tail=100"]
     assert c.logs("scheduler", tail=20, follow=True) == [
         *_base(prefix, celery=True), "logs", "--no-color", "--tail=20", "--follow", "scheduler"]
+    assert c.restart(["scheduler"]) == [*_base(prefix, celery=True), "restart", "scheduler"]
+    assert c.restart(["postgres", "api-server", "worker"]) == [
+        *_base(prefix, celery=True), "restart", "postgres", "api-server", "worker"]
     assert c.scale_workers(4) == [
         *_base(prefix, celery=True), "up", "--detach", "--no-deps", "--no-recreate", "--scale", "worker=4", "worker"]
 
@@ -76,7 +79,7 @@ def test_v1_accepts_every_command_line(tmp_path):
     lines = {
         "build": c.build(), "up": c.up(["airflow-init", "api-server"], workers=2), "down": c.down(volumes=True),
         "stop": c.stop(), "rm": c.remove(["redis", "worker"]), "ps": c.ps(), "logs": c.logs("scheduler", tail=5, follow=True),
-        "scale": c.scale_workers(3),
+        "scale": c.scale_workers(3), "restart": c.restart(["postgres", "scheduler"]),
     }
     for operation, argv in lines.items():
         result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)

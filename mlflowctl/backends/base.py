@@ -1,8 +1,8 @@
 """The backend interface the lifecycle commands talk to, and the plain data it returns.
 
-Commands never know which backend runs the stack: they call these four methods and
-render the dataclasses (as a table, or as JSON through `asdict`). An operation a
-backend cannot do raises `NotAvailableError`.
+Commands never know which backend runs the stack: they call these four methods (and
+`Scaling`'s or `Restarting`'s, where a backend has them) and render the dataclasses (as a
+table, or as JSON through `asdict`). An operation a backend cannot do raises `NotAvailableError`.
 """
 
 from __future__ import annotations
@@ -133,3 +133,14 @@ class Scaling(Protocol):
 
     def scale(self, workers: int, *, progress: Progress | None = None, timeout: float = 120.0) -> StackStatus:
         """Make it `workers` workers; removed ones finish their running tasks first."""
+
+
+@runtime_checkable
+class Restarting(Protocol):
+    """What a backend that can restart one service, or all of them, has besides `Backend` (`mlwf restart`)."""
+
+    def restart(
+        self, service: str | None = None, *, progress: Progress | None = None, timeout: float = 120.0
+    ) -> StackStatus:
+        """Stop `service` (None: every service) and start it again as `up` would, waiting until
+        healthy; `timeout` bounds the stop and the start together."""

@@ -3,7 +3,7 @@
 Both flavours get the same command lines after their prefix: `docker compose` (v2, the
 plugin every current Docker ships) and `docker-compose` (v1, e.g. Debian's 1.29 package).
 Only options both accept are used (`--env-file`, `--profile`, `--project-name`, `up
---detach --scale`, `logs --tail=N --follow`), so one builder serves both.
+--detach --scale`, `logs --tail=N --follow`, `restart SERVICE...`), so one builder serves both.
 
 Two env files, mode 0600, in `<state>/docker/`, are the only place secrets exist:
 `compose.env` holds the variables the compose file interpolates (ports, paths, the
@@ -132,6 +132,11 @@ class ComposeCommands:
     def remove(self, services: list[str]) -> list[str]:
         """Stop and remove these services' containers (e.g. the celery ones after a switch to local)."""
         return [*self.base(celery=True), "rm", "--stop", "--force", *services]
+
+    def restart(self, services: list[str]) -> list[str]:
+        """Stop and start these services' containers as they are (v2 also restarts the services
+        that depend on them, v1 does not); the celery profile on, so `worker` is one of them."""
+        return [*self.base(celery=True), "restart", *services]
 
     def stop(self) -> list[str]:
         return [*self.base(celery=True), "stop"]

@@ -166,7 +166,7 @@ class DockerBackend:
                 if progress:
                     progress(line)
         if process.wait() != 0:
-            operation = next((a for a in argv if a in {"up", "down", "build", "stop", "logs", "ps", "rm"}), "command")
+            operation = next((a for a in argv if a in {"up", "down", "build", "stop", "logs", "ps", "rm", "restart"}), "command")
             raise ComposeFailed(
                 f"`{' '.join(self.commands().flavour.prefix)} {operation}` failed (exit {process.returncode}): "
                 f"{last[-1] if last else 'no output'}",
@@ -341,6 +341,33 @@ class DockerBackend:
         )
         self._run(commands.scale_workers(workers), lambda line: report(line, []), files.variables)
         return StackStatus(backend=self.name, services=self._wait_healthy(client, frozenset(), report, timeout))
+
+    def restart(self, service: str | None = None, *, progress: Progress | None = None,
+                timeout: float = DEFAULT_TIMEOUT) -> StackStatus:
+        """`compose restart` of one service, or of every service that has a container, then the
+        wait for health of `up`. With compose v2 the services that depend on SERVICE restart
+        too (postgres: the Airflow components); v1 restarts SERVICE alone."""
+        began = time.monotonic()
+        report = progress or no_progress
+        known = self.expected()
+        if service is not None and service not in known:
+            raise NotFoundError(f"no service {service!r}; services: {', '.join(known)}")
+        variables = self._read_variables()  # StackDownError for a stack never started
+        commands = self.commands()
+        client = self.client()
+        before = self._snapshot(client)
+        if not any(s.state != "stopped" for s in before):
+            raise StackDownError("the stack is not running", hint="start it with `mlwf up --backend docker`")
+        absent = frozenset(s.name for s in before if s.detail == "no container")  # left out by `up --exclude`
+        if service in absent:
+            raise UsageError(f"{service} has no container: it is not part of the running stack",
+                             hint="`mlwf up` without --exclude starts it")
+        chosen = [service] if service else [n for n in known if n not in absent]
+        report(f"restarting {service or 'every service'} with {commands.flavour.label}", before, ProgressKind.STEP)
+        self._run(commands.restart(chosen), lambda line: report(line, []), variables)
+        left = max(0.0, timeout - (time.monotonic() - began))
+        services = self._wait_healthy(client, absent, report, left)
+        return StackStatus(backend=self.name, services=services, database=self.database_name())
 
     def _read_variables(self) -> dict[str, str]:
         path = compose.docker_dir(self.config) / "compose.env"

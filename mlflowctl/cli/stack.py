@@ -1,4 +1,4 @@
-"""Stack lifecycle commands: up, down, status, logs, config.
+"""Stack lifecycle commands: up, restart, down, status, logs, config.
 
 Each command takes the App (cli/context.py), loads the effective config, picks the backend
 (saying which), calls one backend method and renders its dataclasses. `status DAG` and
@@ -7,6 +7,7 @@ Each command takes the App (cli/context.py), loads the effective config, picks t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -16,7 +17,7 @@ import typer
 
 from mlflowctl.cli.context import App
 from mlflowctl.cli.options import Home, Json, Quiet, Url, User, Wide, finite
-from mlflowctl.errors import StackDownError, UnhealthyError, UsageError
+from mlflowctl.errors import NotAvailableError, StackDownError, UnhealthyError, UsageError
 
 DAGS_TIMEOUT_S = 5.0  # `status`: the DAGs table is a glance, not worth a long wait
 Backend = Annotated[
@@ -25,7 +26,7 @@ Backend = Annotated[
 
 
 def holding_state(app: App, config, command: str, *, create: bool = True):
-    """The state directory's lock for a command that changes the stack (up, down, scale)."""
+    """The state directory's lock for a command that changes the stack (up, restart, down, scale)."""
     from mlflowctl.state import locked
 
     return locked(
@@ -77,6 +78,21 @@ def watch_start(app: App, backend: str):
     return watch, report
 
 
+@contextlib.contextmanager
+def showing_log_tail(app: App):
+    """`up` and `restart`: a service that failed to start shows the end of its log before the error."""
+    from mlflowctl.backends.base import StartFailed
+
+    try:
+        yield
+    except StartFailed as failure:
+        if failure.log_tail:  # a migration that waits on a lock writes nothing
+            app.err.print(f"last lines of {failure.service}'s log:", style="bold red", markup=False)
+        for line in failure.log_tail:
+            app.alert(f"  {line}")
+        raise
+
+
 def ui_lines(config) -> list[str]:
     """Where the Airflow UI is and how to log in; each line short, the URL and commands whole."""
     return [f"Airflow UI: {config.api_url}  (user {config.airflow_user}; the password: `mlwf password`)"]
@@ -107,7 +123,6 @@ def up(
     wide: Wide = False,
 ) -> None:
     """Start the stack (idempotent: only what is not running) and wait until it is healthy."""
-    from mlflowctl.backends.base import StartFailed
     from mlflowctl.backends.choose import record_backend
     from mlflowctl.cli.objects import apply_declared
     from mlflowctl.objects import declared
@@ -118,23 +133,54 @@ def up(
     declarations = declared(config)  # a malformed file stops `up` before anything starts
     chosen = app.backend(config)
     watch, report = watch_start(app, chosen.name)
-    try:
+    with showing_log_tail(app):
         with holding_state(app, config, "mlwf up"), watch:
             status = chosen.up(exclude=frozenset(exclude or ()), progress=report, timeout=timeout)
             record_backend(config, chosen.name)
         applied = apply_declared(app, config, declarations) if status.healthy else []
-    except StartFailed as failure:
-        if failure.log_tail:  # a migration that waits on a lock writes nothing
-            app.err.print(f"last lines of {failure.service}'s log:", style="bold red", markup=False)
-        for line in failure.log_tail:
-            app.alert(f"  {line}")
-        raise
     stack_result(app, status, as_json=as_json, applied=applied)
     if not as_json:
         for line in ui_lines(config):
             app.show(whole(line))
     if not status.healthy:
         raise UnhealthyError("the stack started but not every service is healthy")
+
+
+def restart(
+    ctx: typer.Context,
+    service: Annotated[
+        Optional[str], typer.Argument(help="A service (scheduler, postgres, ...); without one, the whole stack.")
+    ] = None,
+    backend: Backend = None,
+    home: Home = None,
+    timeout: Annotated[
+        float,
+        typer.Option("--timeout", callback=finite, min=0.1, help="Seconds for the whole restart: the stop and the start."),
+    ] = 120.0,
+    as_json: Json = False,
+    quiet: Quiet = False,
+    wide: Wide = False,
+) -> None:
+    """Restart one service, or the whole stack, and wait until every service is healthy (as `up`)."""
+    from mlflowctl.backends.base import Restarting
+    from mlflowctl.cli.objects import apply_declared
+    from mlflowctl.objects import declared
+
+    app: App = ctx.obj
+    config = app.config(backend=backend, home=home)
+    # The whole stack comes back as `up` leaves it, with the project's objects; one service needs none.
+    declarations = declared(config) if service is None else []
+    chosen = app.backend(config)
+    if not isinstance(chosen, Restarting):
+        raise NotAvailableError(f"the {chosen.name} backend cannot restart services")
+    watch, report = watch_start(app, chosen.name)
+    with showing_log_tail(app):
+        with holding_state(app, config, f"mlwf restart {service or ''}".rstrip(), create=False), watch:
+            status = chosen.restart(service, progress=report, timeout=timeout)
+        applied = apply_declared(app, config, declarations) if status.healthy else []
+    stack_result(app, status, as_json=as_json, applied=applied)
+    if not status.healthy:
+        raise UnhealthyError("restarted, but not every service is healthy")
 
 
 def down(
@@ -286,4 +332,4 @@ def config(
     app.show(config_table(items, width=app.width))
 
 
-COMMANDS = {"up": up, "down": down, "status": status, "logs": logs, "config": config}
+COMMANDS = {"up": up, "restart": restart, "down": down, "status": status, "logs": logs, "config": config}

@@ -1,12 +1,13 @@
 """`LocalBackend`: a real Airflow 3 stack on this machine as detached process groups, no Docker.
 
 `up` starts only what is not running, `down` stops process groups (TERM, TERM, KILL)
-and sweeps any process still carrying the stack's marker, `scale` adds or removes Celery
-workers. Nothing here prints: progress goes through the `progress(message, services)`
-callback. The rooms: state.py (folders, pid records, ServiceSpec), services.py (the
-catalogue), probes.py (health), starting.py (launcher, spawner, one by one), executors.py
-(the executor interface), postgres.py, broker.py and workers.py (what they run), record.py
-(what the stack was started with), environment.py (what its processes run with), logs.py.
+and sweeps any process still carrying the stack's marker, `restart` stops one service or
+all and calls `up`, `scale` adds or removes Celery workers. Nothing here prints: progress
+goes through the `progress(message, services)` callback. The rooms: state.py (folders, pid
+records, ServiceSpec), services.py (the catalogue), probes.py (health), starting.py (launcher,
+spawner, one by one), executors.py (the executor interface), postgres.py, broker.py and
+workers.py (what they run), record.py (what the stack was started with), environment.py
+(what its processes run with), logs.py.
 """
 
 from __future__ import annotations
@@ -91,7 +92,9 @@ class LocalBackend:
         exclude: frozenset[str] = frozenset(),
         progress: Progress | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        deadline: Deadline | None = None,
     ) -> StackStatus:
+        """`deadline`: a budget already running (`restart`: its stop counts against --timeout)."""
         from mlflowctl.backends.local import postgres
         from mlflowctl.backends.local.environment import local_environment
         from mlflowctl.backends.local.record import check_switch, read_record, write_record
@@ -106,7 +109,7 @@ class LocalBackend:
         secrets = self.stack.secrets()
         self.runtime(progress)  # building one is the one phase that may take longer
         postgres.check_ready(self.stack)  # binaries and (root) the system user, before anything starts
-        deadline = Deadline.start(timeout)
+        deadline = deadline or Deadline.start(timeout)
         specs = self.services(exclude)
         notes: list[str] = []
 
@@ -214,6 +217,53 @@ class LocalBackend:
             status.notes.append(f"{name}: {outcome}")
         status.notes.append(f"{workers} worker{'s' if workers != 1 else ''}")
         return status
+
+    # ----------------------------------------------------------------- restart
+
+    def restart(
+        self, service: str | None = None, *, progress: Progress | None = None, timeout: float = DEFAULT_TIMEOUT
+    ) -> StackStatus:
+        """Stop one service as `down` stops it (None: the whole stack, as `down`), then `up`:
+        it starts what is missing the way it always does (an Airflow component through the
+        spawner or a launcher), and restarts the Airflow components with a restarted database."""
+        deadline = Deadline.start(timeout)
+        exclude = self.stack.recorded_exclude()
+        specs = self.services(exclude)
+        if service is not None:
+            self._check_restartable(service, [spec.name for spec in specs], exclude)
+        if not any(self.stack.live(spec.name) for spec in specs):
+            raise StackDownError("the stack is not running", hint="start it with `mlwf up`")
+        report = progress or no_progress
+        notes = []
+        if service is None:
+            report("stopping every service", [], ProgressKind.STEP)
+            notes = [note for note in self.down().notes if note != "nothing was running"]
+        else:
+            record = self.stack.live(service)  # a dead one's record stays: `up` stops what it left
+            if record is not None:
+                report(f"stopping {service}", [], ProgressKind.STEP)
+                outcome = processes.stop_session(record)
+                if outcome != "terminated":
+                    notes.append(f"{service}: {outcome}")
+                self.stack.pid_file(service).unlink(missing_ok=True)
+        status = self.up(exclude=exclude, progress=progress, timeout=timeout, deadline=deadline)
+        if service is None:
+            status.notes.append("restarted every service")
+        status.notes[:0] = notes
+        return status
+
+    def _check_restartable(self, service: str, names: list[str], exclude: frozenset[str]) -> None:
+        """NotFoundError for a name the stack does not have; UsageError for one `up --exclude` left out."""
+        if service in names:
+            return
+        every = self.services()
+        if any(spec.name == service for spec in every):
+            left_out = " ".join(f"--exclude {name}" for name in sorted(exclude))
+            raise UsageError(
+                f"{service} was left out by `mlwf up {left_out}`: it is not part of the running stack",
+                hint="`mlwf up` without --exclude starts it",
+            )
+        raise NotFoundError(f"no service {service!r}; services: {', '.join(names)}")
 
     # ----------------------------------------------------------------- down
 
