@@ -162,6 +162,22 @@ def _module_names(value: Any) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _listen_address(value: Any) -> str:
+    """An IPv4 address of this machine that other hosts reach (not loopback, not 0.0.0.0); "" for none."""
+    import ipaddress
+
+    text = _string(value).strip()
+    if not text:
+        return ""
+    try:
+        address = ipaddress.IPv4Address(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IPv4 address") from None
+    if address.is_loopback or address.is_unspecified or address.is_multicast:
+        raise ValueError(f"{text} is not an address other hosts can reach: name one of this machine's interfaces")
+    return text
+
+
 def _setting(default: Any, parse=_text, *, secret: bool = False, help: str = ""):
     return field(default=default, metadata={"parse": parse, "secret": secret, "help": help})
 
@@ -189,6 +205,9 @@ class Config:
     trigger_log_server_port: int = _setting(8794, _port, help="Airflow triggerer log server")
     redis_port: int = _setting(6390, _port, help="mlwf's own Redis broker (celery)")
     postgres_port: int = _setting(5442, _port, help="mlwf's own PostgreSQL (127.0.0.1)")
+    listen: str = _setting(
+        "", _listen_address, help="celery: also serve broker, database and API on this address, with TLS, for `mlwf worker join`"
+    )
     parallelism: int = _setting(4, _positive)
     executor: str = _setting("local", _choice(EXECUTORS))
     workers: int = _setting(2, _workers, help="Celery workers")

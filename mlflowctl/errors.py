@@ -131,3 +131,11 @@ class DagFileError(MlwfError):
     id another file has, a cycle)."""
 
     exit_code = 20
+
+
+class JoinError(MlwfError):
+    """`mlwf worker token/join/leave`: the join file is missing, damaged, of another format or
+    readable by others; the head does not listen or its certificate is not the file's CA's; this
+    host's DAG or task files differ from the head's; or this host runs a stack of its own."""
+
+    exit_code = 21

@@ -81,10 +81,10 @@ def test_own_redis_needs_its_password_and_keeps_nothing(tmp_path):
     server = subprocess.Popen([broker.find_redis(), str(conf)], stdout=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 20
-        while not broker.ping(port, broker.password(secrets))[0]:
+        while not broker.ping(broker.broker_url(config, secrets))[0]:
             assert time.monotonic() < deadline
             time.sleep(0.1)
-        assert broker.ping(port, "wrong") == (False, "refused the password")
+        assert broker.ping(f"redis://:wrong@127.0.0.1:{port}/0") == (False, "refused the password")
         assert broker.queue_length(broker.broker_url(config, secrets)) == 0
         assert broker.status(config, secrets) == (True, "0 tasks queued")
         assert broker.queue_length(f"redis://127.0.0.1:{port}/0") is None  # no password: refused

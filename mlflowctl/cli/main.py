@@ -16,7 +16,7 @@ from typing import Annotated, Callable
 
 import typer
 
-from mlflowctl.cli import dagcheck, doctor, health, models, objects, runs, scale, stack, web
+from mlflowctl.cli import dagcheck, doctor, health, models, objects, runs, scale, stack, web, worker
 from mlflowctl.cli.context import App, current
 from mlflowctl.cli.options import OUTPUT_OPTIONS
 from mlflowctl.errors import MlwfError
@@ -139,6 +139,7 @@ for _module in (stack, runs, dagcheck, health, web, scale, doctor):
     register(_module)
 app.add_typer(models.group())
 app.add_typer(objects.group())
+app.add_typer(worker.group())
 
 
 def main() -> None:

@@ -108,6 +108,11 @@ def up(
     home: Home = None,
     executor: Annotated[Optional[str], typer.Option("--executor", help="local or celery (env MLWF_EXECUTOR).")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", help="Celery workers (env MLWF_WORKERS).")] = None,
+    listen: Annotated[
+        Optional[str],
+        typer.Option("--listen", help="Celery: also serve broker, database and API on this address, with TLS, "
+                     "for `mlwf worker join` (env MLWF_LISTEN)."),
+    ] = None,
     database: Annotated[
         Optional[str],
         typer.Option("--database", help="postgres or sqlite, for a new stack; an existing one keeps its own (env MLWF_DATABASE)."),
@@ -129,7 +134,8 @@ def up(
     from mlflowctl.render.layout import whole
 
     app: App = ctx.obj
-    config = app.config(backend=backend, home=home, executor=executor, workers=workers, database=database)
+    config = app.config(backend=backend, home=home, executor=executor, workers=workers, database=database,
+                        listen=listen)
     declarations = declared(config)  # a malformed file stops `up` before anything starts
     chosen = app.backend(config)
     watch, report = watch_start(app, chosen.name)

@@ -70,6 +70,10 @@ class LocalBackend:
 
     def services(self, exclude: frozenset[str] = frozenset()) -> list[ServiceSpec]:
         """Every service of the stack, in start order, minus excluded groups or names."""
+        from mlflowctl.backends.local import joining
+
+        if joining.is_joined(self.home):  # this state directory is workers joined to another host's stack
+            return joining.services(self.stack)
         specs = catalogue.catalogue(self.stack, self.executor(), self._notes)
         return [s for s in specs if s.group not in exclude and s.name not in exclude]
 
@@ -82,7 +86,52 @@ class LocalBackend:
     def status(self) -> StackStatus:
         """The services of the stack as last started: groups `up --exclude`d are left out."""
         specs = self.services(self.stack.recorded_exclude())
-        return StackStatus(backend=self.name, services=self.prober.snapshot(specs), database=self.database_name())
+        status = StackStatus(backend=self.name, services=self.prober.snapshot(specs), database=self.database_name())
+        if self.config.listen and self.config.executor == "celery":
+            status.services.extend(self.remote_workers(status))
+        return status
+
+    def remote_workers(self, status: StackStatus) -> list:
+        """The workers other hosts joined, as Celery's broadcast finds them (a second at most)."""
+        from mlflowctl.backends.base import ServiceStatus
+        from mlflowctl.backends.local import broker, joining, workers
+
+        if not any(s.name == broker.SERVICE and s.state == "healthy" for s in status.services):
+            return []
+        found = joining.cluster_workers(broker.broker_url(self.config, self.stack.secrets())) or {}
+        own = {f"w{i}@" for i in workers.indices(self.stack)}
+        return [
+            ServiceStatus(f"remote {name}", "healthy",
+                          detail=f"{busy} of {workers.CONCURRENCY} slots busy ({busy} task{'s' if busy != 1 else ''} running)")
+            for name, busy in sorted(found.items()) if not any(name.startswith(prefix) for prefix in own)
+        ]
+
+    # ----------------------------------------------------------------- other hosts
+
+    def worker_token(self) -> dict:
+        """The join file's contents for workers on other hosts (the stack must listen and run)."""
+        from mlflowctl.backends.local import joining
+
+        return joining.token(self.stack)
+
+    def worker_join(self, path, count: int, *, progress: Progress | None = None) -> StackStatus:
+        """Start `count` workers here for the head named in the join file."""
+        from mlflowctl.backends.local import joining
+
+        self.runtime(progress)
+        head_running = not joining.is_joined(self.home) and self.stack.live("scheduler") is not None
+        names = joining.join(self.stack, path, count, head_running=head_running)
+        status = self.status()
+        status.notes.append(f"started {', '.join(names)}, joined to {joining.read_token(path)['head']}")
+        return status
+
+    def worker_leave(self, drain_timeout: float) -> StackStatus:
+        from mlflowctl.backends.local import joining
+
+        outcomes = joining.leave(self.stack, drain_timeout)
+        status = StackStatus(backend=self.name)
+        status.notes.extend(f"{name}: {outcome}" for name, outcome in outcomes.items())
+        return status
 
     # ----------------------------------------------------------------- up
 
@@ -104,6 +153,20 @@ class LocalBackend:
                 "Airflow does not run natively on Windows", hint="run mlwf inside WSL, or use --backend docker"
             )
         check_switch(self.requested)
+        from mlflowctl.backends.local import joining
+
+        if joining.is_joined(self.home):
+            raise UsageError(
+                f"{self.home} holds workers joined to another host's stack, not a stack of its own",
+                hint="mlwf worker leave first, or use another state directory (MLWF_HOME=...)",
+            )
+        if self.config.listen and (self.config.executor != "celery" or self.config.broker_url or
+                                   not postgres.runs_own(self.config)):
+            raise UsageError(
+                "--listen serves mlwf's own broker and database to other hosts: it needs the celery executor "
+                "without broker_url or database_url",
+                hint="mlwf up --executor celery --listen ADDR",
+            )
         report = progress or no_progress
         ensure_home(self.home, self.config.project_root)
         secrets = self.stack.secrets()
@@ -115,11 +178,17 @@ class LocalBackend:
 
         self.stack.run_dir.mkdir(parents=True, exist_ok=True)
         running = {spec.name for spec in specs if self.stack.live(spec.name) is not None}
-        recorded = read_record(self.home).get("executor", self.config.executor)
+        record = read_record(self.home)
+        recorded = record.get("executor", self.config.executor)
         if recorded != self.config.executor and "scheduler" in running:
             raise UsageError(
                 f"the stack runs with the {recorded} executor; stop it with `mlwf down` first to start it "
                 f"with the {self.config.executor} executor"
+            )
+        if record.get("listen", "") != self.config.listen and "scheduler" in running:
+            raise UsageError(
+                f"the stack runs listening on {record.get('listen') or 'loopback only'}; stop it with `mlwf down` "
+                f"first to start it on {self.config.listen or 'loopback only'}"
             )
         self.stack.record_exclude(exclude)
         to_start = [spec for spec in specs if spec.name not in running]
@@ -149,7 +218,8 @@ class LocalBackend:
         )
         env["PATH"] = f"{self.stack.runtime.bin_dir}:{env.get('PATH', '')}"
         env.update(serving.task_environment(specs))
-        write_record(self.home, executor=self.config.executor, workers=self.config.workers, database=self.config.database)
+        write_record(self.home, executor=self.config.executor, workers=self.config.workers, database=self.config.database,
+                     listen=self.config.listen)
         for folder in ("data", "airflow", "logs"):
             (self.home / folder).mkdir(mode=0o700, exist_ok=True)
         # Migrate only when no Airflow component runs (never under a live scheduler).

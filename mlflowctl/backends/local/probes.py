@@ -134,6 +134,13 @@ def _answers_tcp(_prober: Prober, spec: ServiceSpec, _record) -> tuple[bool, str
     return (True, "") if answers("127.0.0.1", spec.port) else (False, f"not answering on port {spec.port}")
 
 
+def _tls_front(prober: Prober, spec: ServiceSpec, _record) -> tuple[bool, str]:
+    from mlflowctl.backends.ports import answers
+
+    host = prober.stack.config.listen
+    return (True, "") if answers(host, spec.port) else (False, f"not answering on {host}:{spec.port}")
+
+
 def _redis(prober: Prober, _spec: ServiceSpec, _record) -> tuple[bool, str]:
     from mlflowctl.backends.local import broker
 
@@ -165,6 +172,7 @@ PROBES: dict[str, Probe] = {
     "prometheus": _answers_http,
     "postgres": _answers_tcp,
     "redis": _redis,
+    "tls-front": _tls_front,
     "celery-worker": _celery_worker,
     "spawner": _spawner,
     "serving": _serving,

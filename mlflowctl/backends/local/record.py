@@ -73,6 +73,8 @@ def effective_config(config: Config) -> Config:
         changes["executor"] = record["executor"]
     if "workers" not in config.sources and isinstance(record.get("workers"), int) and record["workers"] >= 1:
         changes["workers"] = record["workers"]
+    if "listen" not in config.sources and isinstance(record.get("listen"), str):
+        changes["listen"] = record["listen"]  # `status`, `down`, `worker token` see the stack as started
     database = recorded_database(config.home_dir)
     if database is not None and database != config.database:
         changes["database"] = database

@@ -28,12 +28,13 @@ PROMETHEUS_MISSING = "prometheus is not on PATH: metrics are received but not st
 
 def catalogue(stack: Stack, executor: Executor, notes: list[str]) -> list[ServiceSpec]:
     """Every service of the stack, in start order; a note for what is left out (Prometheus)."""
-    from mlflowctl.backends.local import postgres, serving
+    from mlflowctl.backends.local import postgres, serving, tls_front
 
     return [
         *postgres.services(stack),
         *executor.before_airflow(),
         *airflow_services(stack),
+        *tls_front.services(stack),
         *monitoring_services(stack, notes),
         *serving.services(stack),
         *executor.after_airflow(),
@@ -154,6 +155,10 @@ def prepare(stack: Stack, spec: ServiceSpec) -> None:
         from mlflowctl.backends.local import broker
 
         broker.write_config(stack.config, stack.secrets())
+    elif spec.kind == "tls-front":
+        from mlflowctl.backends.local import tls
+
+        tls.ensure(stack.home, stack.config.listen)
 
 
 def readiness(stack: Stack, spec: ServiceSpec) -> Callable[[], bool] | None:
@@ -166,6 +171,6 @@ def readiness(stack: Stack, spec: ServiceSpec) -> Callable[[], bool] | None:
     if spec.kind == "redis":
         from mlflowctl.backends.local import broker
 
-        password = broker.password(stack.secrets())
-        return lambda: broker.ping(stack.config.redis_port, password)[0]
+        url = broker.broker_url(stack.config, stack.secrets())
+        return lambda: broker.ping(url)[0]
     return None
