@@ -104,12 +104,16 @@ def wait_ended(url: str, password: str, run_ids: set[str], within: float) -> tup
         time.sleep(5)
 
 
-def burst(name: str, project: Path, env: dict, url: str, password: str, triggers: int, clients: int) -> dict:
-    """`triggers` calls of `mlwf trigger` from `clients` threads, then the wait for every run."""
-    wait_registered(url, password)
+def unpause(env: dict, project: Path, name: str = "mlwf") -> None:
     unpaused = subprocess.run([MLWF, "unpause", DAG], cwd=project, env=env, capture_output=True, text=True)
     if unpaused.returncode != 0:
         raise RuntimeError(f"{name}: unpause failed: {unpaused.stderr}")
+
+
+def burst(name: str, project: Path, env: dict, url: str, password: str, triggers: int, clients: int) -> dict:
+    """`triggers` calls of `mlwf trigger` from `clients` threads, then the wait for every run."""
+    wait_registered(url, password)
+    unpause(env, project, name)
 
     def trigger(_index: int) -> tuple[float, int, str | None, str]:
         elapsed, result = timed([MLWF, "trigger", DAG, "--json"], cwd=project, env=env, timeout=600)
@@ -206,7 +210,7 @@ def standalone_burst(root: Path, project: Path, args) -> dict:
         stop_standalone(process)
 
 
-def soak(env: dict, ports: dict, minutes: float) -> dict:
+def soak(project: Path, env: dict, ports: dict, minutes: float) -> dict:
     """One trigger a second through the REST API; PSS of the stack every 10 s."""
     url = f"http://127.0.0.1:{ports['airflow_port']}"
     password = mlwf_password(env)
@@ -220,6 +224,8 @@ def soak(env: dict, ports: dict, minutes: float) -> dict:
             samples.append((time.monotonic(), stack_pss(home) / 2**20))
             stop.wait(10)
 
+    wait_registered(url, password)
+    unpause(env, project)  # a paused DAG's runs stay queued: the soak would measure nothing
     sampler = threading.Thread(target=sample, daemon=True)
     started = time.monotonic()
     sampler.start()
@@ -311,7 +317,7 @@ def main() -> None:
             results["mlwf_burst"] = mlwf_burst(project, env, ports, args)
             print(json.dumps(results["mlwf_burst"]), flush=True)
         if "soak" not in args.skip and args.soak_minutes > 0:
-            results["soak"] = soak(env, ports, args.soak_minutes)
+            results["soak"] = soak(project, env, ports, args.soak_minutes)
             print(json.dumps(results["soak"]), flush=True)
         subprocess.run([MLWF, "down"], cwd=project, env=env, capture_output=True)
         if "standalone" not in args.skip:
