@@ -115,6 +115,7 @@ def pairs(rows: Sequence[tuple[str, Cell, str]], width: int | None, *, title: Ce
             lines.append(whole(Text(name.ljust(pad + GAP), style="bold").append_text(shown).append_text(aside)))
         else:
             lines.append(whole(Text(name, style="bold").append_text(aside)))
-            # one token (a path, a digest) stays whole; a list of words wraps between them
-            lines.append(Padding(shown if " " in shown.plain else whole(shown), (0, 0, 0, 4)))
+            # one token (a path, a digest) stays whole, with no trailing blanks to copy along with
+            # it; a list of words wraps between them
+            lines.append(Padding(shown, (0, 0, 0, 4)) if " " in shown.plain else whole(Text("    ").append_text(shown)))
     return titled(title, Group(*lines))
