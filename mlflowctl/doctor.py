@@ -32,6 +32,7 @@ MEMORY_WARN_GIB = {"local": 2.0, "celery": 2.5}  # plus a pipeline run
 DISK_BLOCK_GIB = 1.0  # a managed runtime (~0.7 GB) and the database
 DISK_WARN_GIB = 3.0  # plus pipeline data and logs
 RUNTIME_PROBE_S = 30.0
+DAG_PARSE_TIMEOUT_S = 120.0  # `mlwf parse` in the runtime: importing Airflow alone takes ~1.5 s
 
 
 @dataclass(frozen=True)
@@ -183,10 +184,27 @@ def dag_folder(config: Config) -> list[Finding]:
     if not folder.is_dir():
         return [Finding("dag folder", "block", f"{folder} does not exist", "create it, or set dags_dir (mlwf.toml)")]
     files = len(list(folder.glob("*.py")))
-    return [
-        ok("dag folder", f"{files} Python file(s) in {folder}"),
-        Finding("dag parse", "skip", "not checked: this mlwf has no `mlwf parse` yet", ""),
-    ]
+    return [ok("dag folder", f"{files} Python file(s) in {folder}"), *dag_parse(config)]
+
+
+def dag_parse(config: Config) -> list[Finding]:
+    """`mlwf parse`'s verdict, in the runtime `up` would use; skipped while there is none yet
+    (doctor never builds one). A DAG file that does not import does not stop `up`: a warning."""
+    from mlflowctl.backends.runtime import installed_runtime
+    from mlflowctl.dagcheck import runner
+
+    runtime = installed_runtime(config.project_root)
+    if runtime is None:
+        return [Finding("dag parse", "skip", "no Airflow runtime yet to import the DAG files with", "")]
+    try:
+        report = runner.parse(config, runtime, timeout=DAG_PARSE_TIMEOUT_S)
+    except MlwfError as exc:
+        return [Finding("dag parse", "warn", str(exc), "mlwf parse")]
+    if report.problems:
+        first = runner.describe(report.problems[0])
+        more = f" (and {len(report.problems) - 1} more)" if len(report.problems) > 1 else ""
+        return [Finding("dag parse", "warn", f"{first}{more}", "mlwf parse: each file's error")]
+    return [ok("dag parse", f"{len(report.dag_ids)} DAG(s) import in {report.seconds:.1f} s")]
 
 
 def state_directory(config: Config) -> list[Finding]:

@@ -36,3 +36,15 @@ def test_doctor_names_the_port_holder_and_the_missing_binary(tmp_path):
     found = findings(clear)
     assert found[f"port {port}/TCP"]["status"] == "ok" and found["postgresql"]["status"] == "ok"
     assert not (project.home).exists()  # doctor changes nothing
+    assert found["dag parse"]["status"] == "ok" and "DAG(s) import" in found["dag parse"]["detail"]
+
+
+def test_doctor_warns_of_a_dag_file_that_does_not_import_without_blocking_up(tmp_path):
+    """A broken DAG file does not stop `up` (Airflow lists it as an import error): a warning
+    naming the file, its line and the error, with `mlwf parse` as the way to see all."""
+    project = Stack.create(tmp_path)
+    (project.project / "dags" / "broken_dag.py").write_text("from airflow.sdk import dag\n\nundefined_name\n")
+    result = project.mlwf("doctor", "--json", timeout=180)
+    parse = findings(result)["dag parse"]
+    assert parse["status"] == "warn" and parse["detail"].startswith("broken_dag.py:3: NameError"), parse
+    assert parse["fix"].startswith("mlwf parse")
