@@ -217,7 +217,11 @@ def test_test_that_runs_out_of_time_exits_6_stops_the_run_and_still_reports(tmp_
     report = tmp_path / "run.xml"
     result = mlwf(project, env, "test", "mlwf_smoke", "--conf", '{"sleep": 600}', "--timeout", "40", "--junit", str(report))
     assert result.returncode == 6, result.stderr
-    assert result.stderr.startswith("error: test run of DAG 'mlwf_smoke' still running after 40 s; stopped")
+    # stderr: the run's changes one line each (no terminal here), then the error
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert errors[0].startswith("error: test run of DAG 'mlwf_smoke' still running after 40 s; stopped")
+    assert "extract success" in result.stderr
     cases = junit_cases(report)
     assert cases["report"].find("error").get("type") == "unfinished"
     assert cases["check"].find("error") is None and cases["check"].find("failure") is None

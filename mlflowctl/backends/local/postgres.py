@@ -402,7 +402,9 @@ def postgres_argv(config: Config, binaries: Path) -> list[str]:
         str(binaries / "postgres"), "-D", str(base / "data"),
         "-h", f"127.0.0.1,{config.listen}" if config.listen else "127.0.0.1",
         "-p", str(config.postgres_port), "-k", str(base / "run"),
-        "-c", f"max_connections={MAX_CONNECTIONS}", "-c", "synchronous_commit=off",
+        # PostgreSQL's durable commits, as it ships: with synchronous_commit=off a kill -9 of the
+        # server lost a run's last state change, committed a moment before (issue 22's crash test).
+        "-c", f"max_connections={MAX_CONNECTIONS}",
     ]
     if config.listen:
         server += ["-c", "ssl=on", "-c", f"ssl_cert_file={base / 'tls' / 'server.pem'}",
