@@ -35,7 +35,7 @@ MLWF = str(BIN / "mlwf")
 AIRFLOW = str(BIN / "airflow")
 PORTS = (
     "airflow_port", "prometheus_port", "exporter_port", "statsd_port", "grafana_port",
-    "log_server_port", "trigger_log_server_port", "redis_port", "postgres_port",
+    "log_server_port", "trigger_log_server_port", "redis_port", "postgres_port", "serving_port",
 )
 
 
