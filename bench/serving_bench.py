@@ -1,6 +1,6 @@
 """The model server (`python -m mlpipeline.serving`) under load from a second process on loopback.
 
-    .venv/bin/python bench/serving_bench.py [--seconds 10] [--connections 8] [--json]
+    .venv/bin/python bench/serving_bench.py [--seconds 10] [--connections 8] [--mlflow] [--json]
 
 Builds a registry in a temporary folder with the pipeline's own `deploy_model` (two
 logistic regressions on breast_cancer's 30 named columns, as the pipeline fits them),
@@ -15,6 +15,14 @@ raw HTTP/1.1 keep-alive: a small client of our own, no wrk here). Side by side:
 - ten swaps under 100 requests/s: production alternates v0001/v0002 ten times (each swap
   waited for), every answer is checked for status 200.
 
+With `--mlflow`, the same fitted model (the one production serves, v0002) is saved as an MLflow
+sklearn model and served by `mlflow models serve --env-manager local` (one uvicorn worker, as
+ours is one process) after ours has stopped, and the same client measures throughput and
+latency at 100 requests/s on its `/invocations`. MLflow lives in its own virtual environment
+under the user's cache folder (`uv venv` + `uv pip install mlflow` with the project's pinned
+scikit-learn and skops), never in the project's. The model crosses over as the skops file
+`deploy_model` wrote, loaded there with the project's own allow-list.
+
 The targets (issue 20): >= 1,000 requests/s, p99 <= 20 ms at 100 requests/s, zero failed
 requests during the swaps. The machine's load average is printed with the results.
 """
@@ -26,6 +34,8 @@ import asyncio
 import json
 import os
 import platform
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +44,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+MLFLOW_VENV = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mlwf-bench" / "mlflow-venv"
 
 
 # ---------------------------------------------------------------- the load client (its own process)
@@ -100,9 +111,9 @@ async def _open_loop(port: int, request: bytes, rate: float, seconds: float, poo
 
 def client_main(argv: list[str]) -> None:
     mode, port, seconds, extra = argv[0], int(argv[1]), float(argv[2]), float(argv[3])
-    body = Path(argv[4]).read_bytes()
+    body, path = Path(argv[4]).read_bytes(), argv[5]
     request = (
-        f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
     if mode == "closed":
@@ -115,11 +126,106 @@ def client_main(argv: list[str]) -> None:
 # ---------------------------------------------------------------- the bench
 
 
-def _client(mode: str, port: int, seconds: float, extra: float, body: Path) -> subprocess.Popen:
+def _client(mode: str, port: int, seconds: float, extra: float, body: Path, path: str = "/predict") -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, __file__, "--client", mode, str(port), str(seconds), str(extra), str(body)],
+        [sys.executable, __file__, "--client", mode, str(port), str(seconds), str(extra), str(body), path],
         stdout=subprocess.PIPE, text=True,
     )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _load(port: int, body: Path, path: str, seconds: float, connections: int) -> dict:
+    """Warm-up, then throughput (closed loop) and latency at 100 requests/s (open loop)."""
+    _client("closed", port, 2, 2, body, path).communicate(timeout=60)
+    closed = _client("closed", port, seconds, connections, body, path)
+    throughput = json.loads(closed.communicate(timeout=seconds + 60)[0])
+    paced = _client("open", port, seconds, 100, body, path)
+    return {"throughput": throughput, "latency_at_100_per_s": json.loads(paced.communicate(timeout=seconds + 60)[0])}
+
+
+def _stop(server: subprocess.Popen) -> None:
+    """SIGTERM to the server's process group (MLflow's CLI starts uvicorn as a child), bounded."""
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(server.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            server.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+_MLFLOW_SAVE = """
+import sys, json, skops.io, mlflow, mlflow.sklearn
+source, target, trusted = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+refused = set(skops.io.get_untrusted_types(file=source)) - set(trusted)
+assert not refused, refused
+mlflow.sklearn.save_model(skops.io.load(source, trusted=trusted), target)
+print(mlflow.__version__)
+"""
+
+
+def _mlflow_venv() -> Path:
+    """MLflow's own environment (made once, kept in the cache), with the project's pins."""
+    pins = [line.strip() for line in (REPO / "requirements" / "constraints.txt").read_text().splitlines()
+            if line.startswith(("scikit-learn==", "skops=="))]
+    if not (MLFLOW_VENV / "bin" / "python").exists():
+        subprocess.run(["uv", "venv", "--python", platform.python_version(), str(MLFLOW_VENV)],
+                       check=True, capture_output=True, timeout=300)
+    subprocess.run(["uv", "pip", "install", "--python", str(MLFLOW_VENV / "bin" / "python"), "mlflow", *pins],
+                   check=True, capture_output=True, timeout=900)
+    return MLFLOW_VENV
+
+
+def _mlflow(model_file: Path, row: dict, expected: dict, folder: Path, seconds: float, connections: int) -> dict:
+    """The same model behind `mlflow models serve`, under the same client."""
+    import httpx
+
+    from mlpipeline.model_training import TRUSTED_TYPES
+
+    venv = _mlflow_venv()
+    version = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", _MLFLOW_SAVE, str(model_file), str(folder / "mlflow-model"),
+         json.dumps(list(TRUSTED_TYPES))], check=True, capture_output=True, text=True, timeout=300,
+    ).stdout.split()[-1]
+    body = folder / "mlflow-body.json"
+    body.write_text(json.dumps({"dataframe_split": {"columns": list(row), "data": [list(row.values())]}}))
+    port = _free_port()
+    log = folder / "mlflow-serve.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [str(venv / "bin" / "mlflow"), "models", "serve", "-m", str(folder / "mlflow-model"),
+             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+            env={**os.environ, "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}", "VIRTUAL_ENV": str(venv)},
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        started = time.monotonic()
+        while True:
+            try:
+                if httpx.get(url + "/ping", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() - started > 120:
+                raise RuntimeError(f"mlflow models serve did not answer /ping: {log.read_text()[-2000:]}")
+            time.sleep(0.1)
+        startup = round(time.monotonic() - started, 1)
+        answer = httpx.post(url + "/invocations", content=body.read_bytes(),
+                            headers={"Content-Type": "application/json"}, timeout=10).json()
+        if answer["predictions"] != expected["predictions"]:
+            raise RuntimeError(f"MLflow predicts {answer} where ours predicts {expected}")
+        return {"mlflow_version": version, "seconds_to_first_ping": startup, **_load(port, body, "/invocations", seconds, connections)}
+    finally:
+        _stop(server)
 
 
 def _wait_served(url: str, version: str, timeout: float = 30) -> float:
@@ -165,6 +271,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--mlflow", action="store_true", help="also serve the same model with `mlflow models serve`")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -193,11 +300,7 @@ def main() -> None:
         body = folder / "body.json"
         body.write_text(json.dumps({"rows": [row]}))
 
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = _free_port()
         url = f"http://127.0.0.1:{port}"
         server = subprocess.Popen(
             [sys.executable, "-m", "mlpipeline.serving", "--port", str(port), "--registry", str(folder / "registry")],
@@ -206,12 +309,8 @@ def main() -> None:
         )
         try:
             _wait_served(url, "v0002", timeout=120)
-            warm = _client("closed", port, 2, 2, body)
-            warm.communicate(timeout=60)
-            closed = _client("closed", port, args.seconds, args.connections, body)
-            results["throughput"] = json.loads(closed.communicate(timeout=args.seconds + 60)[0])
-            paced = _client("open", port, args.seconds, 100, body)
-            results["latency_at_100_per_s"] = json.loads(paced.communicate(timeout=args.seconds + 60)[0])
+            ours = httpx.post(url + "/predict", content=body.read_bytes(), timeout=10).json()
+            results.update(_load(port, body, "/predict", args.seconds, args.connections))
 
             registry = ModelRegistry(folder / "registry")
             under_load = _client("open", port, 60, 100, body)
@@ -229,8 +328,9 @@ def main() -> None:
                 float(line.split()[-1]) for line in metrics.splitlines()
                 if line.startswith("mlpipeline_serving_model_swaps_total"))
         finally:
-            server.terminate()
-            server.wait(timeout=30)
+            _stop(server)
+        if args.mlflow:
+            results["mlflow"] = _mlflow(folder / "m2.skops", row, ours, folder, args.seconds, args.connections)
     results["machine"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     if args.json:
         print(json.dumps(results, indent=2))
@@ -243,6 +343,12 @@ def main() -> None:
     print(f"latency at 100 req/s: p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms, codes {lat['codes']}")
     print(f"10 swaps under 100 req/s: {sw['requests']} requests, codes {sw['codes']}, p99 {sw['p99_ms']} ms, "
           f"each swap served after {sw['seconds_to_serve_each']} s")
+    if args.mlflow:
+        m = results["mlflow"]
+        mt, ml = m["throughput"], m["latency_at_100_per_s"]
+        print(f"mlflow {m['mlflow_version']} models serve, same model (up after {m['seconds_to_first_ping']} s): "
+              f"throughput {mt['per_second']} req/s, codes {mt['codes']}; at 100 req/s p50 {ml['p50_ms']} ms, "
+              f"p99 {ml['p99_ms']} ms, max {ml['max_ms']} ms, codes {ml['codes']}")
 
 
 if __name__ == "__main__":
