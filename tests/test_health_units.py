@@ -310,20 +310,24 @@ def test_celery_workers_are_counted_from_the_stacks_pid_files(fed_prometheus, tm
 
     import psutil
 
-    from mlflowctl.health.gather import live_celery_workers
+    from mlflowctl.backends.base import CeleryWorkers
+    from mlflowctl.backends.local.workers import census
+    from mlflowctl.config import load_config
 
+    config = load_config({"home": str(tmp_path)}, cwd=tmp_path, environ={})
     run = tmp_path / "run"
     run.mkdir()
-    assert live_celery_workers(tmp_path) is None  # no Celery workers: no row
+    assert census(config) is None  # no Celery workers, none can join: no row
     me = psutil.Process()
     (run / "worker-1.pid").write_text(json.dumps({"pid": os.getpid(), "create_time": me.create_time()}))
     (run / "worker-2.pid").write_text(json.dumps({"pid": os.getpid(), "create_time": me.create_time() - 100}))
-    assert live_celery_workers(tmp_path) == 1  # the second record names a pid reused since
+    assert census(config) == CeleryWorkers(1, {}, False)  # the second record names a pid reused since
 
     with PrometheusClient(fed_prometheus.url) as client:
         for count, status in ((1, "ok"), (0, "critical")):
-            report = health.collect(None, client, workers=lambda: count)
+            report = health.collect(None, client, workers=lambda: CeleryWorkers(count))
             row = next(r for r in report.section("executor") if r.name == "celery workers")
             assert (row.status, row.value) == (status, count)
+            assert "other hosts" not in row.detail  # a stack that does not listen has none
         report = health.collect(None, client)
         assert not [r for r in report.section("executor") if r.name == "celery workers"]

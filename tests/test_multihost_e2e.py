@@ -7,8 +7,12 @@ copy and state directory, runs `mlwf worker join` in the other. Checked: the joi
 refusals (permissions, damage, format, a changed DAG file, a wrong password, a wrong CA) each
 one line, nothing started; the fan-out DAG's tasks run on the remote workers too (the Celery
 hostname each task returns); a plain-text connection to the broker from the worker host is
-refused; status on both hosts; leave. Everything is stopped and both namespaces are deleted
-at the end, also on failure. Needs root and `ip` (CI runs as root); skipped otherwise.
+refused; status on both hosts; `mlwf health` on the head counts the remote workers; cutting
+the link in the middle of a run (`ip link set ... down` on the worker host's end) fails the
+remote workers' tasks after the task heartbeat timeout and retries them on the head's workers,
+so the run succeeds, and once the link is back the remote workers rejoin and take tasks again;
+leave. Everything is stopped and both namespaces are deleted at the end, also on failure.
+Needs root and `ip` (CI runs as root); skipped otherwise.
 """
 
 from __future__ import annotations
@@ -22,11 +26,13 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import quote
 
 import pytest
 
 from conftest import MLWF, REPO, Stack
+from mlflowctl.airflow_settings import TASK_INSTANCE_HEARTBEAT_TIMEOUT_SECONDS
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -34,15 +40,34 @@ HEAD_IP, WORKER_IP = "10.231.0.1", "10.231.0.2"
 DAG = "mlwf_fanout"
 RUN_TIMEOUT_S = 420
 CLONE_NEWNET = 0x40000000
+#: The link-cut run's tasks sleep this long: the remote workers are still running theirs when
+#: the link goes down, and the head's workers get through theirs well within RUN_TIMEOUT_S.
+CUT_SLEEP_S = 30
+#: How long the remote workers may take to answer the head again once the link is back (Celery
+#: retries its broker connection with growing pauses).
+REJOIN_TIMEOUT_S = 180
 
 
 def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
 
 
+class Link(NamedTuple):
+    head: str  # the namespaces
+    worker: str
+    worker_dev: str  # the worker host's end of the veth pair
+
+    def cut(self, up: bool) -> None:
+        _ip("-n", self.worker, "link", "set", self.worker_dev, "up" if up else "down")
+
+    def restore(self) -> None:
+        """The link up again, quietly (teardown: the namespaces may be half made)."""
+        subprocess.run(["ip", "-n", self.worker, "link", "set", self.worker_dev, "up"], capture_output=True, timeout=30)
+
+
 @pytest.fixture
 def namespaces():
-    """(head namespace, worker namespace), joined by a veth pair; deleted at the end."""
+    """Link(head namespace, worker namespace, the worker's veth end), joined by a veth pair; deleted at the end."""
     if os.geteuid() != 0 or shutil.which("ip") is None:
         pytest.skip("network namespaces need root and iproute2 (CI runs as root)")
     tag = f"{os.getpid() % 100000}"
@@ -57,7 +82,7 @@ def namespaces():
             _ip("-n", ns, "addr", "add", f"{address}/30", "dev", dev)
             _ip("-n", ns, "link", "set", "lo", "up")
             _ip("-n", ns, "link", "set", dev, "up")
-        yield head, worker
+        yield Link(head, worker, f"mlwfw{tag}")
     finally:
         for ns in (head, worker):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
@@ -106,11 +131,23 @@ class HeadApi:
         return _in_namespace(self.ns, lambda: httpx.request(method, f"{self.stack.url}{path}", headers=self.headers,
                                                             timeout=60, **kwargs))
 
-    def run(self, run_id: str, sleep: float) -> dict[str, str]:
-        """Trigger the fan-out DAG, wait for its end, return task id -> Celery hostname."""
+    def trigger(self, run_id: str, sleep: float) -> None:
         made = self.call("post", f"/api/v2/dags/{DAG}/dagRuns",
                          json={"logical_date": None, "dag_run_id": run_id, "conf": {"sleep": sleep}})
         assert made.status_code in (200, 201), made.text
+
+    def run(self, run_id: str, sleep: float) -> dict[str, str]:
+        """Trigger the fan-out DAG, wait for its end, return task id -> Celery hostname."""
+        self.trigger(run_id, sleep)
+        return self.finished(run_id)
+
+    def tries(self, run_id: str) -> dict[str, int]:
+        """Task id -> try number of the run's task instances."""
+        listed = self.call("get", f"/api/v2/dags/{DAG}/dagRuns/{quote(run_id, safe='')}/taskInstances").json()
+        return {task["task_id"]: task["try_number"] for task in listed["task_instances"]}
+
+    def finished(self, run_id: str) -> dict[str, str]:
+        """Wait for the run's end (it must succeed); task id -> Celery hostname of its last try."""
         base = f"/api/v2/dags/{DAG}/dagRuns/{quote(run_id, safe='')}"
         deadline = time.monotonic() + RUN_TIMEOUT_S
         while (state := self.call("get", base).json()["state"]) not in ("success", "failed"):
@@ -145,16 +182,32 @@ def _project(tmp_path: Path, name: str) -> Stack:
 
 
 def test_remote_worker_across_a_network(namespaces, tmp_path):
-    head_ns, worker_ns = namespaces
+    head_ns, worker_ns = namespaces.head, namespaces.worker
     head, remote = _project(tmp_path, "head"), _project(tmp_path, "worker")
     try:
-        _scenario(head_ns, worker_ns, head, remote, tmp_path)
+        _scenario(namespaces, head, remote, tmp_path)
     finally:
+        namespaces.restore()  # after a failure while the link was down
         _mlwf(worker_ns, remote, "down", timeout=180)
         _mlwf(head_ns, head, "down", "--volumes", "--yes", timeout=180)
 
 
-def _scenario(head_ns, worker_ns, head: Stack, remote: Stack, tmp_path: Path) -> None:
+def _remote_busy(head_ns: str, head: Stack) -> dict[str, int]:
+    """The head's `status`: remote worker -> tasks it runs now."""
+    seen = _mlwf(head_ns, head, "status", "--json", timeout=60)
+    return {s["name"].removeprefix("remote "): int(s["detail"].split(" of ")[0])
+            for s in json.loads(seen.stdout)["services"] if s["name"].startswith("remote r")}
+
+
+def _worker_row(head_ns: str, head: Stack) -> dict:
+    """The head's `mlwf health --json` row that counts the Celery workers."""
+    said = _mlwf(head_ns, head, "health", "--json", timeout=60)
+    assert said.returncode in (0, 9), said.stderr  # 9: degraded, the monitoring group is excluded
+    return next(r for r in json.loads(said.stdout)["sections"]["executor"] if r["name"] == "celery workers")
+
+
+def _scenario(link: Link, head: Stack, remote: Stack, tmp_path: Path) -> None:
+    head_ns, worker_ns = link.head, link.worker
     up = _mlwf(head_ns, head, "up", "--executor", "celery", "--workers", "2", "--listen", HEAD_IP,
                "--exclude", "monitoring", "--timeout", "220", timeout=260)
     assert up.returncode == 0, up.stdout + up.stderr
@@ -246,7 +299,48 @@ def _scenario(head_ns, worker_ns, head: Stack, remote: Stack, tmp_path: Path) ->
     seen = _mlwf(head_ns, head, "status", "--json", timeout=60)
     remote_rows = [s for s in json.loads(seen.stdout)["services"] if s["name"].startswith("remote r")]
     assert len(remote_rows) == 2 and all("slots busy" in s["detail"] for s in remote_rows), seen.stdout
+    row = _worker_row(head_ns, head)
+    remote_names = sorted(s["name"].removeprefix("remote ") for s in remote_rows)
+    assert (row["status"], row["value"]) == ("ok", 4), row
+    assert row["detail"] == f"4 live Celery worker(s): 2 on this host, 2 joined from other hosts ({', '.join(remote_names)})"
+
+    _cut_the_link_mid_run(link, head, api)
 
     left = _mlwf(worker_ns, remote, "worker", "leave", timeout=200)
     assert left.returncode == 0, left.stderr
     assert "worker-1: stopped" in left.stderr + left.stdout
+
+
+def _cut_the_link_mid_run(link: Link, head: Stack, api: HeadApi) -> None:
+    """The worker host drops off the network while its workers run tasks: the head fails those
+    tasks after the heartbeat timeout and retries them on its own workers; the run succeeds.
+    Once the link is back the remote workers answer the head again and take new tasks."""
+    api.trigger("cut", sleep=CUT_SLEEP_S)
+    deadline = time.monotonic() + 120
+    while not sum((busy := _remote_busy(link.head, head)).values()):
+        assert time.monotonic() < deadline, f"no remote worker took a task of the run: {busy}"
+        time.sleep(1)
+    cut_at = time.monotonic()
+    link.cut(up=False)
+    try:
+        row = _worker_row(link.head, head)  # the broadcast no longer reaches them: not counted
+        assert (row["value"], row["detail"]) == (2, "2 live Celery worker(s): 2 on this host, 0 joined from other hosts")
+        names = api.finished("cut")
+        took = time.monotonic() - cut_at
+        tries = api.tries("cut")
+        print(f"link cut with {busy} busy; the run ended {took:.0f} s later; tries {tries}")
+    finally:
+        link.cut(up=True)
+    retried = {task: names[task] for task, number in tries.items() if number >= 2}
+    assert len(retried) >= sum(busy.values()), (busy, tries, names)
+    assert all(name.startswith(("w1@", "w2@")) for name in retried.values()), retried  # on the head's workers
+    assert not [name for name in names.values() if name.startswith("r")], names  # nothing ran on past the cut
+    # Failed by the heartbeat timeout, not before: the retried tasks waited it out.
+    assert took >= TASK_INSTANCE_HEARTBEAT_TIMEOUT_SECONDS, took
+
+    deadline = time.monotonic() + REJOIN_TIMEOUT_S
+    while len(_remote_busy(link.head, head)) < 2:
+        assert time.monotonic() < deadline, "the remote workers did not answer the head again after the link came back"
+        time.sleep(3)
+    again = api.run("rejoined", sleep=4)
+    assert {name.split("@", 1)[0] for name in again.values()} & {"r1", "r2"}, again  # they take tasks again

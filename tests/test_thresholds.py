@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from mlflowctl.api.airflow import DagImportError, DagRun, TaskFailure
+from mlflowctl.backends.base import CeleryWorkers
 from mlflowctl.health.gather import Gathered
 from mlflowctl.health.judge import judge
 from mlflowctl.health.report import HealthReport
@@ -140,7 +141,7 @@ def test_mlwf_health_judges_by_the_registered_limits(workers):
             seconds=LIMITS["long_running_run"].critical + 60))],
         failed=[TaskFailure("bad_dag", f"r{i}", "train", "failed") for i in range(int(LIMITS["task_failures"].critical))],
         import_errors=[DagImportError(f"dags/broken_{i}.py", "") for i in range(int(LIMITS["import_errors"].warning))],
-        workers=workers,
+        workers=CeleryWorkers(here=workers),
     )
     report = HealthReport("t", "1h", 3600, "http://a", "http://p", {})
     judge(got, report, NOW)

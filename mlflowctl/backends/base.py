@@ -47,6 +47,23 @@ class StackStatus:
         return bool(self.services) and all(s.state == "healthy" for s in self.services)
 
 
+@dataclass
+class CeleryWorkers:
+    """The live Celery workers of a stack, for `mlwf health` (Airflow's metrics do not count them).
+
+    `here`: this state directory's workers whose process runs. `remote`: Celery hostname -> tasks
+    running, of the workers other hosts joined (a head started with --listen); None when its
+    broker could not be asked. `listening`: other hosts can join at all."""
+
+    here: int
+    remote: dict[str, int] | None = field(default_factory=dict)
+    listening: bool = False
+
+    @property
+    def total(self) -> int:
+        return self.here + len(self.remote or {})
+
+
 class StartFailed(MlwfError):
     """A service died or did not become healthy while `up` waited; carries its log tail."""
 

@@ -34,12 +34,12 @@ def _clients(app: App, url: str | None, user: str | None, home: str | None, prom
     sys.modules.setdefault("trio", None)  # type: ignore[arg-type]
     from mlflowctl.api.prometheus import PrometheusClient
     from mlflowctl.config import local_url
-    from mlflowctl.health.gather import live_celery_workers
+    from mlflowctl.backends.local.workers import census
 
     config = app.config(airflow_url=url, airflow_user=user, home=home)
     airflow = app.client(config, timeout=API_TIMEOUT_S, retry_for=API_RETRY_S)
     prometheus = PrometheusClient(_prometheus_url(prometheus_url) or local_url(config.prometheus_port))
-    return airflow, prometheus, lambda: live_celery_workers(config.home_dir)
+    return airflow, prometheus, lambda: census(config)
 
 
 def _prometheus_url(value: str | None) -> str:

@@ -24,6 +24,7 @@ from mlflowctl.health.report import HealthReport
 if TYPE_CHECKING:  # both client modules import httpx
     from mlflowctl.api.airflow import AirflowClient
     from mlflowctl.api.prometheus import PrometheusClient
+    from mlflowctl.backends.base import CeleryWorkers
 
 MIN_WINDOW_S, MAX_WINDOW_S = 60.0, 90 * 86400.0
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -47,12 +48,12 @@ def collect(
     *,
     window: str = "1h",
     now: Callable[[], dt.datetime] | None = None,
-    workers: Callable[[], int | None] | None = None,
+    workers: Callable[[], CeleryWorkers | None] | None = None,
 ) -> HealthReport:
     """One health report; raises only on bad input, bad credentials, or when no source answered.
 
-    `workers` counts the live Celery workers where the stack can tell (None: no Celery
-    workers known); Airflow's metrics do not report them."""
+    `workers` counts the live Celery workers, remote ones included, where the stack can tell
+    (None: no Celery workers known); Airflow's metrics do not report them."""
     import time
 
     seconds = parse_window(window)
@@ -66,7 +67,7 @@ def collect(
         prometheus_url=getattr(prometheus, "url", "") or "",
         sources={},
     )
-    got = gather(airflow, prometheus, seconds, moment)
+    got = gather(airflow, prometheus, seconds, moment, count_workers=workers)
     if got.api != "ok" and got.prometheus != "ok":
         error = ApiError if got.answered_wrongly else UnreachableError
         raise error(
@@ -75,7 +76,6 @@ def collect(
             + (" as its API does" if got.answered_wrongly else ""),
             hint="is the stack up? `mlwf status`, `mlwf up`, or pass --url / --prometheus-url",
         )
-    got.workers = workers() if workers is not None else None
     judge(got, report, moment)
     report.elapsed_seconds = time.perf_counter() - started
     return report

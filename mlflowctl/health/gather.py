@@ -1,5 +1,5 @@
-"""Every question of `mlwf health` at once: Prometheus queries and Airflow API calls on one thread pool;
-and the one number neither knows, the live Celery workers of a local stack.
+"""Every question of `mlwf health` at once on one thread pool: Prometheus queries, Airflow API calls,
+and the one number neither knows, the live Celery workers (the backend counts them, remote ones too).
 
 A source that does not answer is recorded (why, and whether it answered wrongly), not raised:
 the judges decide what a missing answer means. Only bad credentials raise.
@@ -11,8 +11,7 @@ import datetime as dt
 import re
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from mlflowctl.errors import ApiError, AuthError, MlwfError, UnreachableError
 from mlflowctl.health.queries import instant_queries, range_queries, trend_step
@@ -20,6 +19,7 @@ from mlflowctl.health.queries import instant_queries, range_queries, trend_step
 if TYPE_CHECKING:  # both client modules import httpx
     from mlflowctl.api.airflow import AirflowClient
     from mlflowctl.api.prometheus import PrometheusClient, Sample, Series
+    from mlflowctl.backends.base import CeleryWorkers
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Gathered:
     import_errors: list | MlwfError | None = None
     prometheus: str = "ok"
     api: str = "ok"
-    workers: int | None = None
+    workers: CeleryWorkers | None = None  # None: the stack runs no Celery workers
     answered_wrongly: bool = False  # a source answered, but not as its API does (redirect, HTML, ...)
 
 
@@ -61,13 +61,15 @@ def gather(
     window_s: float,
     now: dt.datetime,
     *,
-    workers: int = 8,
+    count_workers: Callable[[], CeleryWorkers | None] | None = None,
+    threads: int = 8,
 ) -> Gathered:
-    """Every query at once: Prometheus on the pool; Airflow's health first (it logs in at
-    most once), then its other calls on the pool too."""
+    """Every query at once: Prometheus and the worker count on the pool; Airflow's health first
+    (it logs in at most once), then its other calls on the pool too."""
     got = Gathered()
     since = now - dt.timedelta(seconds=window_s)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mlwf-health") as pool:
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mlwf-health") as pool:
+        counted = pool.submit(count_workers) if count_workers is not None else None
         prom: dict[str, Future] = {}
         ranges: dict[str, Future] = {}
         ready: Future | None = None
@@ -111,14 +113,6 @@ def gather(
                 got.prometheus = "not ready"
         got.instant = {name: _outcome(f) for name, f in prom.items()}
         got.ranges = {name: _outcome(f) for name, f in ranges.items()}
+        got.workers = counted.result() if counted is not None else None
     return got
 
-
-def live_celery_workers(home: Path) -> int | None:
-    """Live Celery workers of a local stack (its worker-*.pid files); None when it runs none."""
-    files = list((home / "run").glob("worker-*.pid"))
-    if not files:
-        return None
-    from mlflowctl.backends.processes import read_pid_file
-
-    return sum(1 for path in files if (record := read_pid_file(path)) is not None and record.process() is not None)

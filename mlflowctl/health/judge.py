@@ -26,6 +26,7 @@ from mlpipeline import thresholds as limits
 
 if TYPE_CHECKING:
     from mlflowctl.api.prometheus import Sample, Series
+    from mlflowctl.backends.base import CeleryWorkers
 
 
 def _value(samples: list[Sample] | MlwfError | None) -> float | None:
@@ -226,10 +227,7 @@ def _scheduler(got: Gathered, report: HealthReport) -> list[Row]:
 def _executor(got: Gathered) -> list[Row]:
     rows: list[Row] = []
     if got.workers is not None:
-        sev = rules.OK if got.workers >= limits.CELERY_WORKERS_MIN else rules.CRITICAL
-        detail = f"{got.workers} live Celery worker(s)" + ("" if sev == rules.OK else ": queued tasks will wait")
-        rows.append(Row("executor", "celery workers", sev, got.workers, detail=detail, source="stack",
-                        rule="celery_workers", threshold=limits.CELERY_WORKERS_MIN))
+        rows.append(_celery_workers(got.workers))
     if got.prometheus != "ok":
         return [*rows, _unknown("executor", f"Prometheus: {got.prometheus}")]
     open_slots = _by(got.instant.get("open_slots"), "executor_class_name")
@@ -254,6 +252,24 @@ def _executor(got: Gathered) -> list[Row]:
                         detail=f"open slots {_n(pool_open.get(key))}, running {_n(pool_running.get(key))}, "
                         f"queued {_n(pool_queued.get(key))}"))
     return rows
+
+
+def _celery_workers(workers: CeleryWorkers) -> Row:
+    """Every live worker counts, those other hosts joined too: they take the same queue."""
+    total = workers.total
+    sev = rules.OK if total >= limits.CELERY_WORKERS_MIN else rules.CRITICAL
+    detail = f"{total} live Celery worker(s)"
+    if workers.listening:
+        detail += f": {workers.here} on this host, "
+        if workers.remote is None:
+            detail += "those of other hosts not counted (the broker did not answer)"
+        else:
+            names = ", ".join(workers.remote)
+            detail += f"{len(workers.remote)} joined from other hosts" + (f" ({names})" if names else "")
+    if sev != rules.OK:
+        detail += "; queued tasks will wait"
+    return Row("executor", "celery workers", sev, total, detail=detail, source="stack",
+               rule="celery_workers", threshold=limits.CELERY_WORKERS_MIN)
 
 
 def _n(value: float | None) -> str:

@@ -49,7 +49,8 @@ LIMITS: MappingProxyType[str, Limits] = MappingProxyType(
 #: (a load takes a second or two; `mlwf health` warns at once, critical when it refused the version).
 SERVING_VERSION_GRACE_S = 300
 
-#: Fewer live Celery workers than this is critical (only `mlwf health` can count them).
+#: Fewer live Celery workers than this is critical, those joined from other hosts included
+#: (only `mlwf health` can count them).
 CELERY_WORKERS_MIN = 1
 
 #: More failed data-validation checks than this in the last validation is a warning.

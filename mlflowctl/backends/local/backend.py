@@ -94,16 +94,14 @@ class LocalBackend:
     def remote_workers(self, status: StackStatus) -> list:
         """The workers other hosts joined, as Celery's broadcast finds them (a second at most)."""
         from mlflowctl.backends.base import ServiceStatus
-        from mlflowctl.backends.local import broker, joining, workers
+        from mlflowctl.backends.local import broker, workers
 
         if not any(s.name == broker.SERVICE and s.state == "healthy" for s in status.services):
             return []
-        found = joining.cluster_workers(broker.broker_url(self.config, self.stack.secrets())) or {}
-        own = {f"w{i}@" for i in workers.indices(self.stack)}
         return [
             ServiceStatus(f"remote {name}", "healthy",
                           detail=f"{busy} of {workers.CONCURRENCY} slots busy ({busy} task{'s' if busy != 1 else ''} running)")
-            for name, busy in sorted(found.items()) if not any(name.startswith(prefix) for prefix in own)
+            for name, busy in (workers.remote(self.stack) or {}).items()
         ]
 
     # ----------------------------------------------------------------- other hosts

@@ -11,10 +11,14 @@ import signal
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
+    from mlflowctl.backends.base import CeleryWorkers
     from mlflowctl.backends.local.state import ServiceSpec, Stack
     from mlflowctl.backends.processes import PidRecord
+    from mlflowctl.config import Config
 
 PREFIX = "worker-"
+#: Celery hostnames of this host's workers (joined ones are joining.HOSTNAME, r<i>@host).
+HOSTNAME = "w{index}@%h"
 CONCURRENCY = 2
 #: How long a removed worker may take to finish its running tasks.
 WARM_SHUTDOWN_TIMEOUT = 600.0
@@ -41,11 +45,45 @@ def services(stack: Stack) -> list[ServiceSpec]:
         airflow_service(
             stack,
             name(index),
-            ["celery", "worker", "-H", f"w{index}@%h", "--concurrency", str(CONCURRENCY), "--skip-serve-logs"],
+            ["celery", "worker", "-H", HOSTNAME.format(index=index), "--concurrency", str(CONCURRENCY), "--skip-serve-logs"],
             kind="celery-worker",
         )
         for index in indices(stack)
     ]
+
+
+def remote(stack: Stack) -> dict[str, int] | None:
+    """Celery hostname -> tasks running, of the workers other hosts joined to this stack, as
+    Celery's broadcast finds them (a second at most): {} when the stack does not listen (none
+    can join), None when its broker could not be asked."""
+    from mlflowctl.backends.local import broker, joining
+
+    c = stack.config
+    if not (c.listen and c.executor == "celery"):
+        return {}
+    if stack.live(broker.SERVICE) is None:
+        return None
+    found = joining.cluster_workers(broker.broker_url(c, stack.secrets()))
+    if found is None:
+        return None
+    own = tuple(HOSTNAME.format(index=i).split("@")[0] + "@" for i in indices(stack))
+    return {name: busy for name, busy in sorted(found.items()) if not name.startswith(own)}
+
+
+def census(config: Config) -> CeleryWorkers | None:
+    """Every live Celery worker of the stack in `config`'s state directory, remote ones
+    included; None when it runs none and none can join."""
+    from mlflowctl.backends.base import CeleryWorkers
+    from mlflowctl.backends.local.record import effective_config
+    from mlflowctl.backends.local.state import Stack
+
+    stack = Stack(effective_config(config))
+    files = [path for path in stack.run_dir.glob(f"{PREFIX}*.pid") if path.stem[len(PREFIX):].isdigit()]
+    listening = bool(stack.config.listen and stack.config.executor == "celery")
+    if not files and not listening:
+        return None
+    here = sum(1 for path in files if stack.live(path.stem) is not None)
+    return CeleryWorkers(here, remote(stack), listening)
 
 
 def tasks(record: PidRecord | None) -> tuple[int, int] | None:
