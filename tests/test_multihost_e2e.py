@@ -25,8 +25,9 @@ import socket
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 from urllib.parse import quote
 
 import pytest
@@ -65,11 +66,9 @@ class Link(NamedTuple):
         subprocess.run(["ip", "-n", self.worker, "link", "set", self.worker_dev, "up"], capture_output=True, timeout=30)
 
 
-@pytest.fixture
-def namespaces():
-    """Link(head namespace, worker namespace, the worker's veth end), joined by a veth pair; deleted at the end."""
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("network namespaces need root and iproute2 (CI runs as root)")
+@contextmanager
+def linked_namespaces() -> Iterator[Link]:
+    """Two namespaces joined by a veth pair, 10.231.0.1 and .2; deleted at the end, also on failure."""
     tag = f"{os.getpid() % 100000}"
     head, worker = f"mlwf-h{tag}", f"mlwf-w{tag}"
     try:
@@ -87,6 +86,15 @@ def namespaces():
         for ns in (head, worker):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
         assert not {head, worker} & set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
+
+
+@pytest.fixture
+def namespaces():
+    """Link(head namespace, worker namespace, the worker's veth end); skipped without root."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("network namespaces need root and iproute2 (CI runs as root)")
+    with linked_namespaces() as link:
+        yield link
 
 
 def _mlwf(ns: str, stack: Stack, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -129,4 +129,46 @@ def test_health_counts_the_workers_other_hosts_joined():
     assert none.detail == "0 live Celery worker(s): 0 on this host, 0 joined from other hosts; queued tasks will wait"
 
     unasked = _row(CeleryWorkers(0, None, True))
-    assert unasked.status == "critical" and "those of other hosts not counted (the broker did not answer)" in unasked.detail
+    assert unasked.status == "critical" and "those of other hosts not counted (the broker could not be asked)" in unasked.detail
+
+
+def test_the_broadcast_finds_every_worker_on_the_broker_from_the_runtimes_python(tmp_path):
+    """A real Redis and a real Celery worker: the broadcast (run in the runtime's python, here
+    this one) names it; a broker nobody serves gives None, within its bound."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import free_ports
+    from mlflowctl.backends.local import broker, joining
+    from mlflowctl.secrets import load_or_create
+
+    port, closed = free_ports(2)
+    config = _config(tmp_path, executor="celery", redis_port=port)
+    secrets = load_or_create(config.home_dir)
+    url = broker.broker_url(config, secrets)
+    server = subprocess.Popen([broker.find_redis(), str(broker.write_config(config, secrets))],
+                              stdout=subprocess.DEVNULL, start_new_session=True)
+    worker = None
+    try:
+        deadline = time.monotonic() + 20
+        while not broker.ping(url)[0]:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert joining.cluster_workers(url, sys.executable) == {}  # the broker answers; no worker yet
+        worker = subprocess.Popen([sys.executable, "-m", "celery", "worker", "-n", "r1@test", "--pool", "solo"],
+                                  env={**os.environ, "CELERY_BROKER_URL": url}, cwd=tmp_path,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while (found := joining.cluster_workers(url, sys.executable)) != {"r1@test": 0}:
+            assert time.monotonic() < deadline, found
+        started = time.monotonic()
+        assert joining.cluster_workers(f"redis://127.0.0.1:{closed}/0", sys.executable) is None
+        assert time.monotonic() - started < 35
+    finally:
+        for process in (worker, server):
+            if process is not None:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(20)

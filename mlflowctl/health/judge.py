@@ -262,7 +262,7 @@ def _celery_workers(workers: CeleryWorkers) -> Row:
     if workers.listening:
         detail += f": {workers.here} on this host, "
         if workers.remote is None:
-            detail += "those of other hosts not counted (the broker did not answer)"
+            detail += "those of other hosts not counted (the broker could not be asked)"
         else:
             names = ", ".join(workers.remote)
             detail += f"{len(workers.remote)} joined from other hosts" + (f" ({names})" if names else "")

@@ -92,7 +92,7 @@ class LocalBackend:
         return status
 
     def remote_workers(self, status: StackStatus) -> list:
-        """The workers other hosts joined, as Celery's broadcast finds them (a second at most)."""
+        """The workers other hosts joined, as Celery's broadcast finds them (workers.remote)."""
         from mlflowctl.backends.base import ServiceStatus
         from mlflowctl.backends.local import broker, workers
 

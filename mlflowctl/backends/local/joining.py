@@ -355,18 +355,29 @@ def leave(stack: Stack, drain_timeout: float) -> dict[str, str]:
 # --------------------------------------------------------------------- the head: every worker
 
 
-def cluster_workers(broker_url: str, timeout: float = 1.0) -> dict[str, int] | None:
+#: Run in the Airflow runtime's python, where Celery lives (the CLI's own environment need not
+#: have it); the broker URL comes on stdin, out of `ps`.
+_BROADCAST = """
+import json, sys
+from celery import Celery
+app = Celery(broker=sys.stdin.read().strip(), set_as_current=False)
+try:
+    answers = app.control.inspect(timeout=float(sys.argv[1])).active() or {}
+finally:
+    app.close()
+print(json.dumps({name: len(tasks or []) for name, tasks in answers.items()}))
+"""
+
+
+def cluster_workers(broker_url: str, python: str, timeout: float = 1.0) -> dict[str, int] | None:
     """Celery hostname -> tasks running, for every worker that answers on the broker (this
-    host's and other hosts'); None when Celery cannot be asked from this interpreter."""
+    host's and other hosts'); None when the broker could not be asked."""
+    import subprocess
+
     try:
-        from celery import Celery
-    except ImportError:
+        done = subprocess.run([python, "-c", _BROADCAST, str(timeout)], input=broker_url, capture_output=True,
+                              text=True, timeout=timeout + 30)
+        found = json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
         return None
-    app = Celery(broker=broker_url, set_as_current=False)
-    try:
-        answers = app.control.inspect(timeout=timeout).active() or {}
-    except Exception:  # the broker went away: the redis row says so
-        return None
-    finally:
-        app.close()
-    return {name: len(tasks or []) for name, tasks in answers.items()}
+    return found if isinstance(found, dict) else None

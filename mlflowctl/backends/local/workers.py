@@ -54,16 +54,19 @@ def services(stack: Stack) -> list[ServiceSpec]:
 
 def remote(stack: Stack) -> dict[str, int] | None:
     """Celery hostname -> tasks running, of the workers other hosts joined to this stack, as
-    Celery's broadcast finds them (a second at most): {} when the stack does not listen (none
-    can join), None when its broker could not be asked."""
+    Celery's broadcast finds them (about two seconds: the runtime's python starts, then waits a
+    second for answers): {} when the stack does not listen (none can join), None when its
+    broker could not be asked."""
     from mlflowctl.backends.local import broker, joining
+    from mlflowctl.backends.runtime import installed_runtime
 
     c = stack.config
     if not (c.listen and c.executor == "celery"):
         return {}
-    if stack.live(broker.SERVICE) is None:
+    runtime = stack.runtime or installed_runtime(c.project_root)
+    if stack.live(broker.SERVICE) is None or runtime is None:
         return None
-    found = joining.cluster_workers(broker.broker_url(c, stack.secrets()))
+    found = joining.cluster_workers(broker.broker_url(c, stack.secrets()), runtime.python)
     if found is None:
         return None
     own = tuple(HOSTNAME.format(index=i).split("@")[0] + "@" for i in indices(stack))

@@ -1,0 +1,143 @@
+#!/usr/bin/env python
+"""Celery workers on another host (issue 18): what remote workers add, and what TLS costs.
+
+One run, root only: two network namespaces joined by a veth pair (the e2e test's,
+tests/test_multihost_e2e.py), one project with the system's PostgreSQL (SSL), parallelism 16.
+Measured in the head's namespace, one after the other:
+  1. loopback: `up --executor celery --workers 2`, no --listen, no TLS anywhere;
+  2. TLS: the same project after `down`, `up ... --workers 2 --listen 10.231.0.1` (the head's
+     workers now speak TLS to Redis, as --listen makes it);
+  3. TLS + remote: the worker namespace joins 2 more workers (`mlwf worker join`).
+Each: a warm-up (two runs of 0 s tasks at once, so every worker imports the task code), one
+run of `mlwf_fanout` (12 tasks of 2 s) alone, then BURST runs at once (work queued: the
+throughput of the slots). Wall time is Airflow's first start_date to last end_date (celery_bench.py).
+
+Targets: 2 head + 2 remote workers >= 1.7x the queued throughput of 2 head workers (ceiling
+2x: 8 slots against 4); TLS at most 10 % on the fan-out wall time against loopback.
+The remote workers share this machine's cores: the speed-up is the slots', not more CPU.
+
+    .venv/bin/python bench/multihost_bench.py [--markdown]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "tests"), str(REPO / "bench")]
+from celery_bench import BURST, DAG, SLEEP_S, TASKS, _runs, _wait_idle  # noqa: E402
+from conftest import Stack  # noqa: E402
+from test_multihost_e2e import (  # noqa: E402
+    HEAD_IP,
+    HeadApi,
+    _in_namespace,
+    _mlwf,
+    _system_postgres,
+    linked_namespaces,
+)
+
+TARGET_SPEEDUP = 1.7
+TARGET_TLS_OVERHEAD = 0.10
+
+
+def _checked(result, what: str) -> None:
+    if result.returncode != 0:
+        raise SystemExit(f"{what} failed (exit {result.returncode}): {result.stderr[-2000:]}")
+
+
+def _measure(ns: str, stack: Stack, workers: list[Stack], label: str) -> dict:
+    """One run alone, then BURST at once, from inside the head's namespace."""
+    def idle() -> None:
+        for owner in workers:
+            _wait_idle(owner)
+
+    load = os.getloadavg()[0]
+    _in_namespace(ns, lambda: _runs(stack, [f"warm_{label}_a", f"warm_{label}_b"], 0))
+    idle()
+    one = _in_namespace(ns, lambda: _runs(stack, [f"one_{label}"], SLEEP_S))
+    idle()
+    burst = _in_namespace(ns, lambda: _runs(stack, [f"burst_{label}_{n}" for n in range(BURST)], SLEEP_S))
+    loads = (load, os.getloadavg()[0])
+    print(f"{label}: one run {one:.1f} s, {BURST} runs {burst:.1f} s, load {loads[0]:.1f}-{loads[1]:.1f}",
+          file=sys.stderr)
+    return {"one_s": one, "burst_s": burst, "load": loads}
+
+
+def _start(ns: str, stack: Stack, *args: str) -> None:
+    up = _mlwf(ns, stack, "up", "--executor", "celery", "--workers", "2", "--exclude", "monitoring",
+               "--timeout", "300", *args, timeout=360)
+    _checked(up, "up")
+    api = HeadApi(ns, stack)
+    deadline = time.monotonic() + 300
+    while DAG not in {d["dag_id"] for d in api.call("get", "/api/v2/dags").json()["dags"]}:
+        if time.monotonic() > deadline:
+            raise SystemExit("the DAG processor did not register the fan-out DAG")
+        time.sleep(2)
+    api.call("patch", f"/api/v2/dags/{DAG}", json={"is_paused": False})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    options = parser.parse_args()
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        raise SystemExit("network namespaces need root and iproute2")
+    root = Path(tempfile.mkdtemp(prefix="mlwf-multihost-bench-"))
+    postgres = _system_postgres()
+    head = Stack.create(root / "head", postgres_bin=postgres, parallelism=16)
+    remote = Stack.create(root / "worker", postgres_bin=postgres, parallelism=16)
+    for stack in (head, remote):
+        shutil.copy(REPO / "tests" / "dags" / f"{DAG}_dag.py", stack.project / "dags")
+    results: dict[str, dict] = {}
+    with linked_namespaces() as link:
+        try:
+            _start(link.head, head)
+            results["loopback, 2 head workers, no TLS"] = _measure(link.head, head, [head], "plain")
+            _checked(_mlwf(link.head, head, "down", timeout=180), "down")
+            _start(link.head, head, "--listen", HEAD_IP)
+            results["--listen (TLS), 2 head workers"] = _measure(link.head, head, [head], "tls")
+            token = root / "join.json"
+            _checked(_mlwf(link.head, head, "worker", "token", "--out", str(token)), "worker token")
+            _checked(_mlwf(link.worker, remote, "worker", "join", str(token), "--workers", "2", timeout=240), "join")
+            results["--listen (TLS), 2 head + 2 remote workers"] = _measure(link.head, head, [head, remote], "remote")
+        finally:
+            _mlwf(link.worker, remote, "down", timeout=180)
+            _mlwf(link.head, head, "down", "--volumes", "--yes", timeout=180)
+    shutil.rmtree(root, ignore_errors=True)
+
+    plain, tls, both = results.values()
+    summary = {
+        "runs": {label: {"one_run_wall_s": round(r["one_s"], 1), "burst_wall_s": round(r["burst_s"], 1),
+                         "burst_tasks_per_min": round(TASKS * BURST / r["burst_s"] * 60, 1),
+                         "load_before_after": [round(x, 2) for x in r["load"]]} for label, r in results.items()},
+        "burst_runs": BURST,
+        "remote_speedup": round(tls["burst_s"] / both["burst_s"], 2),
+        "tls_overhead_one_run": round(tls["one_s"] / plain["one_s"] - 1, 3),
+        "tls_overhead_burst": round(tls["burst_s"] / plain["burst_s"] - 1, 3),
+        "target_remote_speedup": TARGET_SPEEDUP,
+        "target_tls_overhead": TARGET_TLS_OVERHEAD,
+        "cpus": os.cpu_count(),
+    }
+    if options.markdown:
+        print(f"| configuration | one run: wall (s) | {BURST} runs at once: wall (s) | tasks/min | load (1 min) |")
+        print("|---|---:|---:|---:|---|")
+        for label, r in results.items():
+            print(f"| {label} | {r['one_s']:.1f} | {r['burst_s']:.1f} | {TASKS * BURST / r['burst_s'] * 60:.1f} "
+                  f"| {r['load'][0]:.1f} -> {r['load'][1]:.1f} |")
+        print()
+        print(f"Remote workers: {summary['remote_speedup']:.2f}x the queued throughput of the head's 2 "
+              f"(target >= {TARGET_SPEEDUP}); TLS: {summary['tls_overhead_one_run']:+.1%} on one run, "
+              f"{summary['tls_overhead_burst']:+.1%} on {BURST} runs (target <= {TARGET_TLS_OVERHEAD:.0%}).")
+    else:
+        print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
