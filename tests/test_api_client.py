@@ -8,6 +8,7 @@ The happy paths are covered against the real stack in test_runs_e2e.py.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
@@ -164,6 +165,33 @@ def test_cache_entries_belong_to_one_url_user_and_password_and_expire(tmp_path):
     cache.put(URL, "admin", "pw", jwt(time.time() + 30))  # inside the expiry margin: treated as expired
     assert cache.get(URL, "admin", "pw") is None
     assert token_expiry("not-a-jwt") > time.time()
+
+
+def test_only_the_password_already_in_secrets_json_is_fingerprinted_cheaply(tmp_path):
+    """A password the user gave is keyed by scrypt: the file is no cheap guessing oracle for it.
+    The stack's generated password, which secrets.json beside the cache holds in full, by SHA-256."""
+    from mlflowctl.secrets import load_or_create
+
+    generated = load_or_create(tmp_path).admin_password
+    cache = TokenCache(tmp_path / "token.json")
+    cache.put(URL, "admin", generated, jwt(time.time() + 3600))
+    cache.put(URL, "admin", "typed-by-the-user", jwt(time.time() + 3600))
+    data = json.loads((tmp_path / "token.json").read_text())
+    salt = bytes.fromhex(data["salt"])
+    credential = lambda password: f"{URL}\0admin\0{password}".encode()  # noqa: E731
+    assert set(data["tokens"]) == {
+        hashlib.sha256(salt + credential(generated)).hexdigest(),
+        hashlib.scrypt(credential("typed-by-the-user"), salt=salt, n=2**14, r=8, p=1, maxmem=64 * 2**20, dklen=32).hex(),
+    }
+    assert cache.get(URL, "admin", generated) and cache.get(URL, "admin", "typed-by-the-user")
+    assert TokenCache(tmp_path / "token.json").get(URL, "admin", generated + "x") is None
+
+
+def test_a_damaged_secrets_file_beside_the_cache_only_means_the_slow_fingerprint(tmp_path):
+    (tmp_path / "secrets.json").write_text("{damaged")
+    cache = TokenCache(tmp_path / "token.json")
+    cache.put(URL, "admin", "pw", jwt(time.time() + 3600))
+    assert cache.get(URL, "admin", "pw") is not None
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,10 @@ The token is cached with its expiry in `<home>/token.json` (mode 0600), so conse
 commands skip the login round trip. Entries are keyed by a salted scrypt fingerprint of
 server URL, user and password: a different password (wrong, or changed) misses the cache
 and logs in afresh, so the server judges it, and the file never holds the password or
-anything cheap to test guesses against. The password is looked up once per client, when
-the first request is sent.
+anything cheap to test guesses against. The one exception is the local stack's generated
+password, which `secrets.json` beside this file holds already: a slow hash would protect
+nothing there, and costs each command ~35 ms of CPU (issue 22). The password is looked up
+once per client, when the first request is sent.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from typing import Callable, Iterator
 import httpx
 
 from mlflowctl.credentials import plain_http_warning
-from mlflowctl.errors import ApiError, AuthError
-from mlflowctl.secrets import write_private
+from mlflowctl.errors import ApiError, AuthError, MlwfError
+from mlflowctl.secrets import read_password, write_private
 
 TOKEN_FILE = "token.json"
 EXPIRY_MARGIN_S = 60.0
@@ -49,6 +51,15 @@ def _expires(entry: object) -> float:
     return 0.0
 
 
+def _credential(url: str, user: str, password: str) -> bytes:
+    return "\0".join((url.rstrip("/"), user, password)).encode()
+
+
+@functools.lru_cache(maxsize=4)  # a login looks up, then stores: derive the key once
+def _slow_fingerprint(salt: bytes, url: str, user: str, password: str) -> str:
+    return hashlib.scrypt(_credential(url, user, password), salt=salt, **SCRYPT).hex()
+
+
 class TokenCache:
     """Tokens by credential fingerprint in one private JSON file, `{"salt": hex, "tokens": {...}}`.
 
@@ -58,6 +69,21 @@ class TokenCache:
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
+
+    @functools.cached_property
+    def _stored_password(self) -> str | None:
+        """The generated password in `secrets.json` beside the cache, if any (read once)."""
+        if self.path is None:
+            return None
+        try:
+            return read_password(self.path.parent) or None
+        except MlwfError:  # damaged: the commands that need it say so; here it is only absent
+            return None
+
+    def fingerprint(self, salt: bytes, url: str, user: str, password: str) -> str:
+        if password == self._stored_password:
+            return hashlib.sha256(salt + _credential(url, user, password)).hexdigest()
+        return _slow_fingerprint(salt, url, user, password)
 
     def _read(self) -> tuple[bytes | None, dict]:
         if self.path is None:
@@ -70,12 +96,6 @@ class TokenCache:
         if len(salt) < 16 or not isinstance(tokens, dict):
             return None, {}
         return salt, tokens
-
-    @staticmethod
-    @functools.lru_cache(maxsize=4)  # a login looks up, then stores: derive the key once
-    def fingerprint(salt: bytes, url: str, user: str, password: str) -> str:
-        credential = "\0".join((url.rstrip("/"), user, password)).encode()
-        return hashlib.scrypt(credential, salt=salt, **SCRYPT).hex()
 
     def get(self, url: str, user: str, password: str) -> str | None:
         salt, tokens = self._read()

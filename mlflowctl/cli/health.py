@@ -27,11 +27,6 @@ API_TIMEOUT_S = 10.0
 
 
 def _clients(app: App, url: str | None, user: str | None, home: str | None, prometheus_url: str | None):
-    import sys
-
-    # httpcore imports trio, when installed, for async locks this synchronous process never
-    # takes: ~80-100 ms of CPU of a ~0.5 s command. A None entry makes that import fail fast.
-    sys.modules.setdefault("trio", None)  # type: ignore[arg-type]
     from mlflowctl.api.prometheus import PrometheusClient
     from mlflowctl.config import local_url
     from mlflowctl.backends.local.workers import census

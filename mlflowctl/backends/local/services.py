@@ -28,13 +28,13 @@ PROMETHEUS_MISSING = "prometheus is not on PATH: metrics are received but not st
 
 def catalogue(stack: Stack, executor: Executor, notes: list[str]) -> list[ServiceSpec]:
     """Every service of the stack, in start order; a note for what is left out (Prometheus)."""
-    from mlflowctl.backends.local import postgres, serving, tls_front
+    from mlflowctl.backends.local import postgres, serving
 
     return [
         *postgres.services(stack),
         *executor.before_airflow(),
         *airflow_services(stack),
-        *tls_front.services(stack),
+        *tls_front_services(stack),
         *monitoring_services(stack, notes),
         *serving.services(stack),
         *executor.after_airflow(),
@@ -63,6 +63,26 @@ def airflow_services(stack: Stack) -> list[ServiceSpec]:
         airflow_service(stack, "scheduler", ["scheduler", "--skip-serve-logs"], kind="airflow", health_key="scheduler"),
         airflow_service(stack, "dag-processor", ["dag-processor"], kind="airflow", health_key="dag_processor"),
         airflow_service(stack, "triggerer", ["triggerer", "--skip-serve-logs"], kind="airflow", health_key="triggerer"),
+    ]
+
+
+def tls_front_services(stack: Stack) -> list[ServiceSpec]:
+    """`api-tls`, the api-server's TLS front (tls_front.py), when the stack listens beyond loopback."""
+    from mlflowctl.backends.local import tls
+
+    c = stack.config
+    if not c.listen:
+        return []
+    certs = tls.files(c.home_dir)
+    return [
+        ServiceSpec(
+            "api-tls",
+            [sys.executable, "-m", "mlflowctl.backends.local.tls_front", c.listen, str(c.airflow_port),
+             str(c.airflow_port), str(certs.cert), str(certs.key)],
+            kind="tls-front",
+            port=c.airflow_port,
+            url=local_url(c.airflow_port, scheme="https", host=c.listen),
+        )
     ]
 
 

@@ -8,6 +8,9 @@ Remote workers reach the execution API through it and verify the certificate
 (`[api] ssl_ca_file`).
 
     python -m mlflowctl.backends.local.tls_front LISTEN_HOST PORT TARGET_PORT CERT KEY
+
+Only the program lives here (asyncio costs the CLI ~50 ms to import); its catalogue entry is
+`services.tls_front_services`.
 """
 
 from __future__ import annotations
@@ -15,12 +18,6 @@ from __future__ import annotations
 import asyncio
 import ssl
 import sys
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # pragma: no cover
-    from mlflowctl.backends.local.state import ServiceSpec, Stack
-
-SERVICE = "api-tls"
 
 CHUNK = 65536
 HANDSHAKE_TIMEOUT = 10.0
@@ -55,28 +52,6 @@ async def _serve(host: str, port: int, target: int, cert: str, key: str) -> None
     )
     async with server:
         await server.serve_forever()
-
-
-def services(stack: Stack) -> list[ServiceSpec]:
-    """The front, when the stack listens beyond loopback."""
-    from mlflowctl.backends.local import tls
-    from mlflowctl.backends.local.state import ServiceSpec
-    from mlflowctl.config import local_url
-
-    c = stack.config
-    if not c.listen:
-        return []
-    certs = tls.files(c.home_dir)
-    return [
-        ServiceSpec(
-            SERVICE,
-            [sys.executable, "-m", __name__, c.listen, str(c.airflow_port), str(c.airflow_port), str(certs.cert),
-             str(certs.key)],
-            kind="tls-front",
-            port=c.airflow_port,
-            url=local_url(c.airflow_port, scheme="https", host=c.listen),
-        )
-    ]
 
 
 def main(argv: list[str]) -> int:
