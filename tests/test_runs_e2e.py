@@ -9,8 +9,10 @@ DAG folder for the fast cases; `ml_pipeline_dag` is run for real once.
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -269,12 +271,21 @@ def test_status_of_a_dag_lists_runs_and_task_durations(stack, api, smoke):
 
 
 def test_dags_lists_paused_state_like_the_server(stack, api, smoke):
+    created = httpx.post(
+        f"{stack.url}/api/v2/dags/{smoke}/dagRuns", json={"logical_date": None},
+        headers={"Authorization": f"Bearer {stack.token()}"}, timeout=30,
+    )
+    assert created.status_code == 200, created.text  # so that the smoke DAG has a latest run
     result = cli(stack, "dags", "--json")
     assert result.returncode == 0, result.stderr
     listed = {d["dag_id"]: d for d in json.loads(result.stdout)["dags"]}
     assert {SMOKE, PIPELINE} <= set(listed)
     for dag_id, dag in listed.items():
         assert dag["is_paused"] == api["dags"].get_dag(dag_id).is_paused
+        # Each DAG's own latest run (the runs are fetched together, then paired with their DAG).
+        newest = api["runs"].get_dag_runs(dag_id, limit=1, order_by=["-id"]).dag_runs
+        assert (dag["last_run"] or {}).get("run_id") == (newest[0].dag_run_id if newest else None)
+    assert listed[SMOKE]["last_run"]["run_id"] == created.json()["dag_run_id"]
     table = cli(stack, "dags")
     assert table.returncode == 0 and SMOKE in table.stdout
 
@@ -303,12 +314,18 @@ def test_backfill_bad_ranges_are_refused_before_anything_is_created(stack, api, 
 
 
 def test_backfill_dry_run_lists_dates_and_estimates_from_past_runs(stack, api, smoke):
+    ran = cli(stack, "trigger", smoke, "--unpause", "--wait", "--json", timeout=240)
+    assert ran.returncode == 0, ran.stderr  # at least one successful run to estimate from
     before = _backfill_count(api, smoke)
     result = cli(stack, "backfill", smoke, "--start-date", "2021-06-01", "--end-date", "2021-06-04", "--dry-run", "--json")
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
     assert plan["logical_dates"] == [f"2021-06-0{d}T00:00:00+00:00" for d in (1, 2, 3, 4)]
-    assert plan["estimated_seconds"] is None or plan["estimated_seconds"] > 0
+    # The estimate: waves of max_active_runs runs, each the median of the last 20 runs' successes.
+    recent = api["runs"].get_dag_runs(smoke, limit=20, order_by=["-id"]).dag_runs
+    successes = [(r.end_date - r.start_date).total_seconds() for r in recent if r.state.value == "success"]
+    waves = math.ceil(4 / plan["max_active_runs"])
+    assert plan["estimated_seconds"] == pytest.approx(waves * statistics.median(successes), abs=0.01)
     assert _backfill_count(api, smoke) == before
     table = cli(stack, "backfill", smoke, "--start-date", "2021-06-01", "--end-date", "2021-06-04", "--dry-run")
     assert "2021-06-04T00:00:00+00:00" in table.stdout and "estimated wall time" in table.stdout
