@@ -64,6 +64,9 @@ def airflow_env(project: Path, env: dict, scratch: Path) -> dict:
     finally:
         os.chdir(cwd)
     result = {**child_env(config, scratch, scratch / "airflow.db"), **{k: v for k, v in env.items() if k.startswith("PYTHON")}}
+    # As mlwf's child gets it: bytecode written to the shared cache (child_env took this
+    # machine's PYTHONDONTWRITEBYTECODE, which would have Airflow compile its CLI every time).
+    result.pop("PYTHONDONTWRITEBYTECODE", None)
     subprocess.run([AIRFLOW, "db", "migrate"], env=result, cwd=project, capture_output=True, check=True, timeout=600)
     return result
 

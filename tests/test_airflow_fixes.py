@@ -199,3 +199,33 @@ def test_dag_test_deadline_lookup_takes_a_serialized_alert_and_ids_as_before():
         assert DeadlineAlert.get_by_id(str(stored.id), session=session) is stored
         with pytest.raises(NoResultFound):
             DeadlineAlert.get_by_id(uuid.uuid4(), session=session)
+
+
+NEWEST_API_PROBE = """
+from starlette.testclient import TestClient
+from mlflowctl.backends import airflow_fixes
+from airflow.api_fastapi.execution_api import routes, versions
+from airflow.api_fastapi.execution_api.app import create_task_execution_api_app
+from airflow.sdk.api.datamodels._generated import API_VERSION
+from airflow.sdk.execution_time.supervisor import in_process_api_server
+
+full_bundle, full_router = versions.bundle, routes.execution_api_router
+assert airflow_fixes.newest_execution_api() and airflow_fixes.newest_execution_api()
+assert (versions.bundle, routes.execution_api_router) == (full_bundle, full_router), "Airflow's own left as it was"
+
+def health(app, version):
+    return TestClient(app).get("/health", headers={"Airflow-API-Version": version}).status_code
+
+oldest = full_bundle.versions[-1].value
+api = in_process_api_server()
+whole = create_task_execution_api_app()  # as the API server makes it, after the fix
+print(health(api.app, API_VERSION), health(api.app, oldest), health(whole, API_VERSION), health(whole, oldest))
+"""
+
+
+def test_dag_test_execution_api_is_built_for_the_newest_version_alone():
+    """dag.test()'s in-process API answers the version its client speaks, and only that one;
+    Airflow's own app, made afterwards, still has every version."""
+    answer = subprocess.run([sys.executable, "-c", NEWEST_API_PROBE], capture_output=True, text=True, timeout=120)
+    assert answer.returncode == 0, answer.stderr[-2000:]
+    assert answer.stdout.strip().splitlines()[-1] == "200 404 200 200"

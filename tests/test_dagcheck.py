@@ -58,6 +58,30 @@ import time
 from airflow.sdk import dag  # noqa: F401  (the safe-mode scan looks for "airflow" and "dag")
 time.sleep({seconds})
 '''
+# Asks, as its import begins, whether the Airflow module it imports was imported before it
+# (mlwf, as the dag-processor, pre-imports them) and whether its code runs with the garbage
+# collector on; its task asks again when the run is under way.
+COLLECTED = '''
+import gc, sys
+PRE_IMPORTED = "airflow.providers.standard.operators.bash" in sys.modules
+COLLECTING = gc.isenabled()
+from datetime import datetime, timezone
+from airflow.providers.standard.operators.bash import BashOperator  # noqa: F401
+from airflow.sdk import dag, task
+
+assert PRE_IMPORTED, "the file's Airflow imports were not imported before it"
+assert COLLECTING, "the DAG file's code ran without the garbage collector"
+
+@dag(dag_id="collected", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=timezone.utc))
+def collected():
+    @task
+    def probe():
+        assert gc.isenabled(), "the task's code ran without the garbage collector"
+        assert gc.get_freeze_count() > 10_000, "Airflow's objects were not kept out of the collections"
+    probe()
+
+collected()
+'''
 # The project's own Airflow policy, read from its task folder as Airflow reads
 # airflow_local_settings: a 2 s import timeout keeps the slow-file test short.
 LOCAL_SETTINGS = '''
@@ -150,6 +174,15 @@ def test_parse_table_shows_the_problem_and_exit_code(tmp_path):
     assert result.stderr.startswith("error: broken.py:4: NameError")
 
 
+def test_parse_imports_a_files_airflow_modules_before_it_with_the_collector_on(tmp_path):
+    """As the dag-processor: a file's parse time is its own, not that of importing Airflow's
+    modules (the first file paid ~1 s for `airflow.sdk`); its code runs with the collector on."""
+    project, env = make_project(tmp_path, {"collected.py": COLLECTED})
+    result = mlwf(project, env, "parse", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert json.loads(result.stdout)["dag_ids"] == ["collected"]
+
+
 @pytest.mark.slow
 def test_parse_flags_a_file_near_the_import_timeout_and_fails_one_past_it(tmp_path):
     project, env = make_project(
@@ -189,6 +222,37 @@ def test_test_runs_a_dag_with_the_live_table_json_and_junit(tmp_path):
     table = mlwf(project, env, "test", "mlwf_smoke")
     assert table.returncode == 0, table.stderr
     assert "success" in table.stdout and all(name in table.stdout for name in ("extract", "check", "report"))
+
+
+def test_test_runs_tasks_with_the_collector_on_and_airflows_objects_kept_out_of_it(tmp_path):
+    """The child keeps the collector off while it imports Airflow, then freezes what is there:
+    the tasks' own garbage is collected as on a stack."""
+    project, env = make_project(tmp_path, {"collected.py": COLLECTED})
+    result = mlwf(project, env, "test", "collected", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [(t["task_id"], t["state"]) for t in json.loads(result.stdout)["tasks"]] == [("probe", "success")]
+
+
+UNSYNCED_PROBE = """
+import runpy, sys
+from sqlalchemy import text
+child = runpy.run_path(sys.argv[1])
+child["_unsynced_database"]()
+from airflow import settings
+with settings.engine.connect() as connection:
+    print(connection.execute(text("PRAGMA synchronous")).scalar(), connection.execute(text("PRAGMA journal_mode")).scalar())
+"""
+
+
+def test_the_test_runs_database_commits_without_waiting_for_the_disk(tmp_path):
+    """synchronous=NORMAL (1) in Airflow's WAL mode: no fsync per commit on a database that is
+    deleted after the run (FULL, 2, is SQLite's default)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update(AIRFLOW_HOME=str(tmp_path), AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{tmp_path / 'airflow.db'}")
+    child = REPO / "mlflowctl" / "dagcheck" / "child.py"
+    answer = subprocess.run([sys.executable, "-c", UNSYNCED_PROBE, str(child)], env=env, capture_output=True, text=True, timeout=120)
+    assert answer.returncode == 0, answer.stderr[-2000:]
+    assert answer.stdout.split() == ["1", "wal"]
 
 
 def test_test_of_a_failing_run_exits_7_with_the_failed_task_log_tail(tmp_path):

@@ -128,6 +128,8 @@ PER_BACKEND = {
     "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL",
     # the launcher lowers task processes' priority; containers leave CPU shares to Docker
     "MLWF_TASK_NICE",
+    # the launcher builds the api-server's Execution API for one version; the images build all
+    "MLWF_EXECUTION_API_NEWEST",
     # the model server's address: the compose service name; locally added by `up` unless --exclude serving
     "MLWF_SERVING_URL",
 }

@@ -6,6 +6,8 @@ import json
 import os
 import socket
 import stat
+import subprocess
+import sys
 
 import httpx
 import pytest
@@ -73,6 +75,36 @@ def test_pools_are_created_through_the_client_and_an_existing_one_is_kept(stack,
             httpx.delete(f"{stack.url}/api/v2/pools/mlwf_test_pool", headers=headers, timeout=10)
     kept = httpx.get(f"{stack.url}/api/v2/pools/ml_training", headers=headers, timeout=10).json()
     assert kept["slots"] == 1 and kept["description"] != "not this"
+
+
+def test_up_has_the_execution_api_answer_once_before_any_task_calls_it(stack):
+    """The api-server sets up its Execution API on the first request there (seconds of CPU, in
+    which it answers nothing else): `up` makes that request, so no task's first call pays it."""
+    import re
+
+    log = (stack.home / "logs" / "api-server.log").read_text(errors="replace")
+    paths = re.findall(r"path=(/execution/\S*)", log)
+    assert paths, "no Execution API request in the api-server's log"
+    assert paths[0] == "/execution/health", paths[:3]
+
+
+def test_the_execution_api_serves_the_version_this_runtimes_tasks_speak_alone(stack):
+    """Every client of a stack that does not --listen is this runtime's Task SDK: the api-server
+    builds its Execution API for that version alone (airflow_fixes.api_server_newest_execution_api)."""
+    versions = subprocess.run(
+        [sys.executable, "-c", "from airflow.api_fastapi.execution_api.versions import bundle; "
+         "from airflow.sdk.api.datamodels._generated import API_VERSION; "
+         "print(API_VERSION, bundle.versions[-1].value)"],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout.splitlines()[-1].split()  # Airflow may log to stdout as it is imported
+    newest, oldest = versions
+    assert newest != oldest
+
+    def health(version: str) -> int:
+        return httpx.get(f"{stack.url}/execution/health", headers={"Airflow-API-Version": version}, timeout=10).status_code
+
+    assert health(newest) == 200
+    assert health(oldest) == 404  # an older version is not served: none of its routes exist
 
 
 def test_nothing_of_the_stack_listens_beyond_loopback(stack):

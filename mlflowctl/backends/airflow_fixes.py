@@ -1,6 +1,7 @@
-"""Fixes to Airflow 3.3 and one adjustment: three fixes and the adjustment the launcher applies
-to the processes it forks, and one fix every Airflow process of the environment gets through
-mlwf's Airflow plugin (airflow_plugin.py).
+"""Fixes to Airflow 3.3 and two adjustments: three fixes and an adjustment the launcher applies
+to the processes it forks, one fix every Airflow process of the environment gets through
+mlwf's Airflow plugin (airflow_plugin.py), and one adjustment `mlwf test`'s child makes to
+`dag.test()`.
 
 The first three fixes cost whole seconds on a laptop stack, none can be reached by a setting,
 and each is applied only to the code it was written for: a refused fix leaves Airflow as it is.
@@ -44,15 +45,30 @@ serialized alerts themselves, so `airflow dags test` crashed after its last task
 serialized alert is read as an unsaved row of its own (the caller only asks its reference's
 kind); ids are looked up as before, so the scheduler's path does not change.
 
+`dag.test()`'s in-process Execution API for the one version its client speaks
+(`newest_execution_api`, `mlwf test`'s child only): `dag.test()` answers its tasks' Execution
+API calls with an in-process copy of the API server's FastAPI/Cadwyn application, which Cadwyn
+builds at the first call with a router for each of the API's nine versions: 2.4 s of CPU here
+(3.7 s in a run's log before the first task got its answer), while the in-process client only
+ever speaks the newest (the Task SDK's `API_VERSION`), which Cadwyn serves from the head
+routes unchanged. Made before the run with that version alone (0.3 s to build): the same
+routes, handlers and database. Refused when the Task SDK speaks another version than the newest.
+The stack's api-server pays the same on its first Execution API request (2.3 s of CPU in which
+it answers nothing else, and ~50 MiB): where every client of it is this runtime's Task SDK (a
+local stack that does not `--listen`: MLWF_EXECUTION_API_NEWEST=1), the launcher makes its
+Execution API for the newest version alone too (`api_server_newest_execution_api`).
+
 Loaded by path by launcher.py and dagcheck/child.py (not on its sys.path): stdlib, SQLAlchemy and Airflow only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import socket
 
 TASK_NICE_VARIABLE = "MLWF_TASK_NICE"  # the stack's task_nice setting, as the launcher's env carries it
+NEWEST_API_VARIABLE = "MLWF_EXECUTION_API_NEWEST"  # "1": the stack's api-server serves the newest version alone
 FIXED = "_mlwf_fixed"  # marks what a fix replaced, so applying twice is harmless
 SQLITE_NOW = "STRFTIME('%Y-%m-%d %H:%M:%f000', 'now')"  # 2026-01-02 03:04:05.678000, UTC
 
@@ -201,6 +217,71 @@ def fix_dag_test_deadline() -> bool:
     setattr(get_by_id, FIXED, True)
     get_by_id.__doc__ = lookup.__doc__
     DeadlineAlert.get_by_id = classmethod(get_by_id)
+    return True
+
+
+@contextlib.contextmanager
+def _newest_version_only():
+    """While inside, Airflow's Execution API version bundle and router are the newest version
+    alone (an app made inside keeps them); yields False, changing nothing, when the Task SDK's
+    client speaks another version or Cadwyn differs."""
+    from copy import copy
+
+    try:
+        from cadwyn import HeadVersion, Version, VersionBundle
+        from cadwyn.route_generation import _DELETED_ROUTE_TAG
+
+        from airflow.api_fastapi.execution_api import routes, versions
+        from airflow.sdk.api.datamodels._generated import API_VERSION
+    except ImportError:
+        yield False
+        return
+    full_bundle, full_router = versions.bundle, routes.execution_api_router
+    if full_bundle.versions[0].value != API_VERSION:
+        yield False
+        return
+    newest = copy(full_router)  # without the routes that only older versions have
+    newest.routes = [r for r in full_router.routes if _DELETED_ROUTE_TAG not in getattr(r, "tags", ())]
+    versions.bundle, routes.execution_api_router = VersionBundle(HeadVersion(), Version(API_VERSION)), newest
+    try:
+        yield True
+    finally:
+        versions.bundle, routes.execution_api_router = full_bundle, full_router
+
+
+def newest_execution_api() -> bool:
+    """Build (and cache) the in-process Execution API `dag.test()` uses with the newest API
+    version alone; False, leaving Airflow to build it itself, when its client speaks another."""
+    try:
+        from airflow.sdk.execution_time.supervisor import in_process_api_server
+    except ImportError:
+        return False
+    with _newest_version_only() as applied:
+        if applied:
+            in_process_api_server().app  # cached: made now, with the newest version alone
+    return applied
+
+
+def api_server_newest_execution_api() -> bool:
+    """The api-server's Execution API made for the newest version alone (the launcher applies it
+    in the api-server's process when NEWEST_API_VARIABLE is "1"): see the module's docstring."""
+    try:
+        from airflow.api_fastapi import app as api_app
+    except ImportError:
+        return False
+    upstream = api_app.create_task_execution_api_app
+    if getattr(upstream, FIXED, False):
+        return True
+    if list(inspect.signature(upstream).parameters) != ["lifespan"]:
+        return False
+
+    def create_task_execution_api_app(*args, **kwargs):
+        with _newest_version_only():
+            return upstream(*args, **kwargs)
+
+    setattr(create_task_execution_api_app, FIXED, True)
+    create_task_execution_api_app.__doc__ = upstream.__doc__
+    api_app.create_task_execution_api_app = create_task_execution_api_app
     return True
 
 

@@ -269,6 +269,7 @@ class DockerBackend:
                 # Nothing ran before this `up`: leave nothing half-up, keep the containers for `logs`.
                 self._run(commands.stop(), None, files.variables)
             raise
+        self._warm_execution_api(timeout)
         if "grafana" in expected:
             notes.append(
                 f"Grafana: {local_url(self.config.grafana_port)} (user admin, password `grafana_password` "
@@ -286,6 +287,14 @@ class DockerBackend:
             return True
         except ImageNotFound:
             return False
+
+    def _warm_execution_api(self, within: float) -> None:
+        import httpx
+
+        from mlflowctl.api.airflow import warm_execution_api
+
+        with httpx.Client(trust_env=False) as http:
+            warm_execution_api(http, local_url(self.config.airflow_port), within)
 
     def _wait_healthy(self, client, exclude, report: Progress, timeout: float) -> list[ServiceStatus]:
         """Poll the containers until every expected one is healthy; StartFailed with a log tail if not."""

@@ -91,6 +91,7 @@ def _child(
         if failed:
             print(failed, file=sys.stderr, flush=True)
             return
+        _fix_component(args)
         sys.argv = ["airflow", *args]
         try:  # `ps` shows `airflow scheduler`, not the launcher's command line
             from setproctitle import setproctitle
@@ -142,16 +143,33 @@ def _import_all(names: tuple[str, ...]) -> str | None:
     return None
 
 
+_fixes = None  # airflow_fixes.py, once _fix_airflow loaded it
+
+
+def _refused(name: str) -> None:
+    print(f"mlwf: {name}: Airflow differs from what airflow_fixes.py was written for; left as it is", file=sys.stderr)
+
+
 def _fix_airflow() -> None:
     """Apply airflow_fixes.py (next to this file, loaded by path) before any fork, so every
     component and task inherits the fixes."""
+    global _fixes
     from importlib.util import module_from_spec, spec_from_file_location
 
     spec = spec_from_file_location("mlwf_airflow_fixes", os.path.join(os.path.dirname(__file__), "airflow_fixes.py"))
-    module = module_from_spec(spec)
-    spec.loader.exec_module(module)
-    for refused in module.apply_all():
-        print(f"mlwf: {refused}: Airflow differs from what airflow_fixes.py was written for; left as it is", file=sys.stderr)
+    _fixes = module_from_spec(spec)
+    spec.loader.exec_module(_fixes)
+    for refused in _fixes.apply_all():
+        _refused(refused)
+
+
+def _fix_component(args: list[str]) -> None:
+    """The fixes of one component, applied in its own process: the api-server's Execution API
+    for the newest version alone, when the stack says every client speaks it."""
+    if _fixes is None or args[:1] != ["api-server"] or os.environ.get(_fixes.NEWEST_API_VARIABLE) != "1":
+        return
+    if not _fixes.api_server_newest_execution_api():
+        _refused("api_server_newest_execution_api")
 
 
 def main() -> int:

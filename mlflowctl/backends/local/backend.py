@@ -24,7 +24,7 @@ from mlflowctl.backends.local.logs import follow_logs
 from mlflowctl.backends.local.probes import Prober
 from mlflowctl.backends.local.starting import Start, clean_leftovers, needs_migration, one_by_one
 from mlflowctl.backends.local.state import ServiceSpec, Stack
-from mlflowctl.backends.ports import check_free
+from mlflowctl.backends.ports import check_free, check_own_address
 from mlflowctl.config import Config, local_url
 from mlflowctl.errors import DamagedStateError, NotAvailableError, NotFoundError, StackDownError, UsageError
 from mlflowctl.state import ensure_home, remove_tree
@@ -87,16 +87,18 @@ class LocalBackend:
         """The services of the stack as last started: groups `up --exclude`d are left out."""
         specs = self.services(self.stack.recorded_exclude())
         status = StackStatus(backend=self.name, services=self.prober.snapshot(specs), database=self.database_name())
-        if self.config.listen and self.config.executor == "celery":
-            status.services.extend(self.remote_workers(status))
+        status.services.extend(self.remote_workers(status))
         return status
 
     def remote_workers(self, status: StackStatus) -> list:
-        """The workers other hosts joined, as Celery's broadcast finds them (workers.remote)."""
+        """The workers other hosts joined, as Celery's broadcast finds them (workers.remote);
+        none unless the stack takes them and its broker is healthy."""
         from mlflowctl.backends.base import ServiceStatus
         from mlflowctl.backends.local import broker, workers
 
-        if not any(s.name == broker.SERVICE and s.state == "healthy" for s in status.services):
+        if not workers.joinable(self.config) or not any(
+            s.name == broker.SERVICE and s.state == "healthy" for s in status.services
+        ):
             return []
         return [
             ServiceStatus(f"remote {name}", "healthy",
@@ -118,9 +120,9 @@ class LocalBackend:
 
         self.runtime(progress)
         head_running = not joining.is_joined(self.home) and self.stack.live("scheduler") is not None
-        names = joining.join(self.stack, path, count, head_running=head_running)
+        head, names = joining.join(self.stack, path, count, head_running=head_running)
         status = self.status()
-        status.notes.append(f"started {', '.join(names)}, joined to {joining.read_token(path)['head']}")
+        status.notes.append(f"started {', '.join(names)}, joined to {head}")
         return status
 
     def worker_leave(self, drain_timeout: float) -> StackStatus:
@@ -165,6 +167,8 @@ class LocalBackend:
                 "without broker_url or database_url",
                 hint="mlwf up --executor celery --listen ADDR",
             )
+        if self.config.listen:
+            check_own_address(self.config.listen)
         report = progress or no_progress
         ensure_home(self.home, self.config.project_root)
         secrets = self.stack.secrets()
@@ -232,6 +236,9 @@ class LocalBackend:
             start.airflow([spec for spec in to_start if spec.airflow_args is not None or spec.spawner], migrate)
             start.wait_healthy(specs)
             report("creating pools", self.prober.snapshot(specs, waiting=True), ProgressKind.STEP)
+            from mlflowctl.api.airflow import warm_execution_api
+
+            warm_execution_api(self.prober.http(), self.url, deadline.left())
             self._ensure_pools(secrets, deadline)
         except BaseException:
             start.undo(specs)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Mapping
 
 from mlflowctl.airflow_settings import airflow_env, task_env
-from mlflowctl.backends.airflow_fixes import TASK_NICE_VARIABLE
+from mlflowctl.backends.airflow_fixes import NEWEST_API_VARIABLE, TASK_NICE_VARIABLE
 from mlflowctl.backends.processes import STACK_MARKER
 from mlflowctl.config import Config
 from mlflowctl.secrets import PASSWORDS_FILE, Secrets
@@ -64,6 +64,9 @@ def local_environment(
             "PYTHONPATH": os.pathsep.join(p for p in (config.tasks_dir, env.get("PYTHONPATH", "")) if p),
             "PYTHONUNBUFFERED": "1",
             TASK_NICE_VARIABLE: str(config.task_nice),  # read by airflow_fixes.lower_task_priority
+            # Every Execution API client is this runtime's Task SDK unless other hosts join
+            # (read by the launcher: airflow_fixes.api_server_newest_execution_api).
+            NEWEST_API_VARIABLE: "0" if config.listen else "1",
         }
     )
     env.update(
