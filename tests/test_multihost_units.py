@@ -8,11 +8,14 @@ the stack's state directory is a temporary one. The real network is test_multiho
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 
+from conftest import MLWF
 from mlflowctl.backends.base import CeleryWorkers
 from mlflowctl.backends.local import tls, workers
 from mlflowctl.config import load_config
@@ -172,3 +175,22 @@ def test_the_broadcast_finds_every_worker_on_the_broker_from_the_runtimes_python
             if process is not None:
                 os.killpg(process.pid, signal.SIGTERM)
                 process.wait(20)
+
+
+def test_up_refuses_a_listen_address_that_is_not_this_machines_before_anything_starts(tmp_path):
+    """192.0.2.1 (TEST-NET-1) is never an address of this machine: one line, exit 2, no state."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "mlwf.toml").write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLWF_", "AIRFLOW__"))}
+    env.update({"MLWF_HOME": str(tmp_path / "home"), "MLWF_BACKEND": "local"})
+    result = subprocess.run(
+        [MLWF, "up", "--executor", "celery", "--listen", "192.0.2.1", "--timeout", "30"],
+        cwd=project, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: 192.0.2.1 is not an address of this machine, so nothing could listen on it"]
+    assert "hint: use one of its addresses" in result.stderr and "Traceback" not in result.stderr
+    # `up` holds the state directory's lock (its marker and lock file); nothing else was made.
+    assert sorted(p.name for p in (tmp_path / "home").iterdir()) == [".lock", ".mlwf-state"]

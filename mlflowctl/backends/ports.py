@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
-from mlflowctl.errors import PortInUseError
+from mlflowctl.errors import PortInUseError, UsageError
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,23 @@ def _can_bind(host: str, port: int, *, udp: bool, family: int = socket.AF_INET) 
         except OSError:
             return False
     return True
+
+
+def check_own_address(address: str) -> None:
+    """Refuse, before anything starts, a listen address that is not one of this machine's
+    (a typo, another host's, an interface that is down): every server would fail to bind it."""
+    if _can_bind(address, 0, udp=True):
+        return
+    import psutil
+
+    own = sorted(
+        {a.address for addresses in psutil.net_if_addrs().values() for a in addresses
+         if a.family == socket.AF_INET and not a.address.startswith("127.")}
+    )
+    raise UsageError(
+        f"{address} is not an address of this machine, so nothing could listen on it",
+        hint=f"use one of its addresses: {', '.join(own)}" if own else "this machine has no address but loopback",
+    )
 
 
 def is_free(need: PortNeed) -> bool:

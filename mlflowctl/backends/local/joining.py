@@ -15,8 +15,9 @@ file, 0600, one JSON object:
 
 On another host, `mlwf worker join FILE` checks the file, that broker, database and API answer
 and accept its credentials over verified TLS, and that this project's folders have the same
-files; then it starts N `airflow celery worker -H r<i>@%h` processes as detached sessions with
-pid files in its own state directory, recorded as joined in executor.json. From then on that
+files; then mlwf's launcher forks N `airflow celery worker -H r<i>@%h` processes, as on the
+head, as detached sessions with pid files in its own state directory, recorded as joined in
+executor.json. From then on that
 state directory is the workers only: `status`, `logs`, `down` see them; `mlwf worker leave`
 stops them with Celery's warm shutdown. Task logs stay on the worker's host.
 """
@@ -40,6 +41,8 @@ KEYS = ("format", "head", "broker_url", "database_url", "execution_api_url", "jw
         "files", "digest")
 #: Celery hostnames of joined workers (the head's are w<i>@host): r1@host, r2@host, ...
 HOSTNAME = "r{index}@%h"
+#: For the launcher to import Airflow, Celery and the task_preload modules and fork the workers.
+JOIN_START_TIMEOUT_S = 180.0
 CA_FILE = "head-ca.pem"
 CHECK_TIMEOUT = 5.0
 SKIPPED_PARTS = {"__pycache__", ".pytest_cache", ".mypy_cache"}
@@ -251,20 +254,11 @@ def worker_name(index: int) -> str:
 
 
 def services(stack: Stack) -> list[ServiceSpec]:
-    """The joined workers of this state directory, as services (`status`, `logs`, `down`)."""
-    from mlflowctl.backends.local import workers
-    from mlflowctl.backends.local.state import ServiceSpec
-
-    return [
-        ServiceSpec(worker_name(i), worker_argv(stack, i), kind="celery-worker") for i in workers.indices(stack)
-    ]
-
-
-def worker_argv(stack: Stack, index: int) -> list[str]:
+    """The joined workers of this state directory, as services (`status`, `logs`, `down`):
+    the head's worker services under this host's Celery names."""
     from mlflowctl.backends.local import workers
 
-    return [stack.airflow, "celery", "worker", "-H", HOSTNAME.format(index=index), "--concurrency",
-            str(workers.CONCURRENCY), "--skip-serve-logs"]
+    return workers.services(stack, HOSTNAME)
 
 
 def worker_environment(config: Config, data: dict, ca: Path) -> dict[str, str]:
@@ -272,6 +266,7 @@ def worker_environment(config: Config, data: dict, ca: Path) -> dict[str, str]:
     import dataclasses
 
     from mlflowctl.backends.local.environment import local_environment
+    from mlflowctl.backends.local.starting import one_by_one
     from mlflowctl.secrets import ADMIN_USER, Secrets
 
     broker_url, database_url = worker_urls(data, ca)
@@ -282,7 +277,7 @@ def worker_environment(config: Config, data: dict, ca: Path) -> dict[str, str]:
         secrets,
         database_url=database_url,
         broker_url=broker_url,
-        supervisor_fixed=False,  # plain `airflow celery worker` processes, without the launcher's fix
+        supervisor_fixed=not one_by_one(),  # the launcher forks them, with its fixes, as on the head
     )
     env.update({
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": data["execution_api_url"],
@@ -292,10 +287,15 @@ def worker_environment(config: Config, data: dict, ca: Path) -> dict[str, str]:
     return env
 
 
-def join(stack: Stack, path: Path, count: int, *, head_running: bool) -> list[str]:
-    """Check everything, then start `count` workers; returns their names. Nothing starts on a refusal."""
-    from mlflowctl.backends import processes
+def join(stack: Stack, path: Path, count: int, *, head_running: bool) -> tuple[str, list[str]]:
+    """Check everything, then start `count` workers; returns the head's address and their
+    names. Nothing starts on a refusal."""
+    import dataclasses
+
+    from mlflowctl.backends.base import Deadline, no_progress
+    from mlflowctl.backends.local.probes import Prober
     from mlflowctl.backends.local.record import write_record
+    from mlflowctl.backends.local.starting import Start
     from mlflowctl.secrets import write_private
     from mlflowctl.state import ensure_home
 
@@ -325,15 +325,18 @@ def join(stack: Stack, path: Path, count: int, *, head_running: bool) -> list[st
         (stack.home / folder).mkdir(mode=0o700, exist_ok=True)
     write_record(stack.home, joined=data["head"], executor="celery", workers=count)
     stack.run_dir.mkdir(parents=True, exist_ok=True)
-    names = []
-    for index in range(1, count + 1):
-        name = worker_name(index)
-        _popen, record = processes.start_detached(
-            worker_argv(stack, index), env=env, cwd=stack.config.project_root, log_path=stack.log_file(name)
-        )
-        processes.write_pid_file(stack.pid_file(name), record)
-        names.append(name)
-    return names
+    # Forked by the launcher as the head's workers are: Airflow imported once, the task
+    # supervisor fixed (a task's slot is free when its process exits, not up to a second
+    # later), the project's task_preload imported for every task.
+    stack.config = dataclasses.replace(stack.config, executor="celery", workers=count)
+    specs = services(stack)
+    start = Start(stack, Prober(stack), env, no_progress, Deadline.start(JOIN_START_TIMEOUT_S))
+    try:
+        start.airflow(specs, migrate=False)
+    except BaseException:
+        start.undo(specs)
+        raise
+    return data["head"], [spec.name for spec in specs]
 
 
 def leave(stack: Stack, drain_timeout: float) -> dict[str, str]:

@@ -38,18 +38,24 @@ def indices(stack: Stack) -> list[int]:
     return sorted(found | set(range(1, stack.config.workers + 1)))
 
 
-def services(stack: Stack) -> list[ServiceSpec]:
+def services(stack: Stack, hostname: str = HOSTNAME) -> list[ServiceSpec]:
+    """This state directory's Celery workers; `hostname`: their Celery names (a pattern of `index`)."""
     from mlflowctl.backends.local.services import airflow_service
 
     return [
         airflow_service(
             stack,
             name(index),
-            ["celery", "worker", "-H", HOSTNAME.format(index=index), "--concurrency", str(CONCURRENCY), "--skip-serve-logs"],
+            ["celery", "worker", "-H", hostname.format(index=index), "--concurrency", str(CONCURRENCY), "--skip-serve-logs"],
             kind="celery-worker",
         )
         for index in indices(stack)
     ]
+
+
+def joinable(config: Config) -> bool:
+    """Whether workers of other hosts can join this stack: a Celery stack started with --listen."""
+    return bool(config.listen and config.executor == "celery")
 
 
 def remote(stack: Stack) -> dict[str, int] | None:
@@ -61,7 +67,7 @@ def remote(stack: Stack) -> dict[str, int] | None:
     from mlflowctl.backends.runtime import installed_runtime
 
     c = stack.config
-    if not (c.listen and c.executor == "celery"):
+    if not joinable(c):
         return {}
     runtime = stack.runtime or installed_runtime(c.project_root)
     if stack.live(broker.SERVICE) is None or runtime is None:
@@ -82,7 +88,7 @@ def census(config: Config) -> CeleryWorkers | None:
 
     stack = Stack(effective_config(config))
     files = [path for path in stack.run_dir.glob(f"{PREFIX}*.pid") if path.stem[len(PREFIX):].isdigit()]
-    listening = bool(stack.config.listen and stack.config.executor == "celery")
+    listening = joinable(stack.config)
     if not files and not listening:
         return None
     here = sum(1 for path in files if stack.live(path.stem) is not None)
