@@ -254,9 +254,17 @@ def test_with_no_production_model_it_waits_then_serves_the_first_one(tmp_path, m
         assert httpx.get(server.url + "/health", timeout=5).json()["status"] == "waiting"
         refused = server.predict(rows_of(data, 1))
         assert refused.status_code == 503 and refused.json() == {"error": "no production model to serve yet"}
+        # With nothing to serve it holds no scikit-learn (its extension modules are mapped once imported).
+        assert not _maps_sklearn(server.process.pid)
         deploy_model(models["logistic_regression"], METRICS, registry_root=root, thresholds={"accuracy": 0.5},
                      tolerance=0.02, metadata={"run_id": "first"})
         server.wait_for("v0001")
+        assert server.predict(rows_of(data, 1)).status_code == 200
+        assert _maps_sklearn(server.process.pid)
+
+
+def _maps_sklearn(pid: int) -> bool:
+    return "/sklearn/" in Path(f"/proc/{pid}/maps").read_text()
 
 
 # ---------------------------------------------------------------- bad requests

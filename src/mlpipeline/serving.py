@@ -291,19 +291,27 @@ def create_app(
     import contextlib
     import warnings
 
-    import sklearn
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
-    # Rows are checked finite above, and sent as an array in the model's column order (see
-    # the module docstring): skip scikit-learn's repeat of both checks.
-    sklearn.set_config(assume_finite=True)
     warnings.filterwarnings("ignore", message="X does not have valid feature names", category=UserWarning)
     metrics = Metrics()
     follower = Follower(registry_root, poll_s=poll_s, metrics=metrics)
+    sklearn_configured = False
+
+    def configure_sklearn() -> None:
+        """Rows are checked finite above, and sent as an array in the model's column order (see
+        the module docstring): skip scikit-learn's repeat of both checks. Done at the first
+        prediction, in the thread that serves them (scikit-learn's settings are per thread),
+        so that a server with no model yet holds no scikit-learn (~120 MiB, issue 22)."""
+        nonlocal sklearn_configured
+        import sklearn
+
+        sklearn.set_config(assume_finite=True)
+        sklearn_configured = True
 
     async def predict(request: Any) -> Any:
         started = time.perf_counter()
@@ -312,6 +320,8 @@ def create_app(
             rows = parse_rows(await _read_body(request, max_body_bytes), max_rows)
             if served is None:
                 raise BadRequest(503, follower.problem or "no production model to serve yet")
+            if not sklearn_configured:
+                configure_sklearn()
             predictions, probabilities = served.predict(served.matrix(rows))
             response = JSONResponse(
                 {"version": served.version, "predictions": predictions, "probabilities": probabilities,
