@@ -272,3 +272,24 @@ def test_a_file_that_holds_no_model(tmp_path: Path) -> None:
         mt.load_model(path)
     with pytest.raises(ModelError, match="cannot read model file"):
         mt.load_model(tmp_path / "missing.skops")
+
+
+AIRFLOW_THEN_TRAINING = """
+import warnings
+import airflow.sdk  # noqa: F401  (a task process has Airflow loaded)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("default")
+    import mlpipeline.model_training  # noqa: F401
+print(sum(1 for w in caught if "airflow" in str(w.message)))
+"""
+
+
+def test_importing_the_training_module_beside_airflow_logs_no_airflow_deprecations():
+    """skops scans every loaded module as it is imported: beside Airflow (a task process, `mlwf
+    test`) that was ~1,160 of Airflow's deprecation warnings in the task's log."""
+    import subprocess
+    import sys
+
+    answer = subprocess.run([sys.executable, "-c", AIRFLOW_THEN_TRAINING], capture_output=True, text=True, timeout=120)
+    assert answer.returncode == 0, answer.stderr[-2000:]
+    assert answer.stdout.strip().splitlines()[-1] == "0"
