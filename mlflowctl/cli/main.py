@@ -130,16 +130,24 @@ def _write_crash(command: str, home: str | None) -> str | None:
     return None
 
 
-def register(module) -> None:
+def register(module, into: typer.Typer = app) -> None:
+    """The module's COMMANDS on `into`, each wrapped like every other command of mlwf."""
     for name, function in module.COMMANDS.items():
-        app.command(name)(with_error_handling(function))
+        into.command(name)(with_error_handling(function))
+
+
+def register_group(module) -> None:
+    """The module's COMMANDS as the sub-app `mlwf <name>` its GROUP (name, help) names."""
+    name, help_text = module.GROUP
+    sub = typer.Typer(name=name, help=help_text, no_args_is_help=True, rich_markup_mode=None)
+    register(module, sub)
+    app.add_typer(sub)
 
 
 for _module in (stack, runs, dagcheck, health, web, scale, doctor):
     register(_module)
-app.add_typer(models.group())
-app.add_typer(objects.group())
-app.add_typer(worker.group())
+for _module in (models, objects, worker):
+    register_group(_module)
 
 
 def main() -> None:

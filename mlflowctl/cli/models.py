@@ -138,12 +138,5 @@ COMMANDS = {
 }
 
 
-def group() -> typer.Typer:
-    """The `mlwf models` sub-app, each command wrapped like every other command of mlwf."""
-    from mlflowctl.cli.main import with_error_handling
-
-    app = typer.Typer(name="models", help="The model registry: list, show, diff, promote, rollback, events.",
-                      no_args_is_help=True, rich_markup_mode=None)
-    for name, function in COMMANDS.items():
-        app.command(name)(with_error_handling(function))
-    return app
+#: `mlwf models ...`: the sub-app main.py makes of COMMANDS (name, help).
+GROUP = ("models", "The model registry: list, show, diff, promote, rollback, events.")

@@ -48,10 +48,10 @@ def export(
 ) -> None:
     """Write the server's connections, variables and pools as an airflow_settings.yaml (secrets masked)."""
     from mlflowctl import objects
+    from mlflowctl.cli.runs import connect
 
     app: App = ctx.obj
-    config = app.config(airflow_url=url, airflow_user=user, home=home)
-    with app.client(config) as client:
+    with connect(app, url, user, home) as client:
         found = objects.export(client, include_secrets=include_secrets)
     summary = {"file": str(file) if file else None, "counts": found.counts, "masked": found.masked}
     if file is None:
@@ -80,12 +80,12 @@ def import_(
 ) -> None:
     """Create or update the file's connections, variables and pools on a running server (idempotent)."""
     from mlflowctl import objects
+    from mlflowctl.cli.runs import connect
     from mlflowctl.render.objects import applied_json, applied_table, summary
 
     app: App = ctx.obj
-    config = app.config(airflow_url=url, airflow_user=user, home=home)
     items = objects.read_astro_file(file)
-    with app.client(config) as client:
+    with connect(app, url, user, home) as client:
         applied = objects.apply(client, items)
     if as_json:
         app.echo(json.dumps(applied_json(applied), indent=2))
@@ -97,12 +97,5 @@ def import_(
 COMMANDS = {"export": export, "import": import_}
 
 
-def group() -> typer.Typer:
-    """The `mlwf objects` sub-app, each command wrapped like every other command of mlwf."""
-    from mlflowctl.cli.main import with_error_handling
-
-    sub = typer.Typer(name="objects", help="Connections, variables and pools: export and import (astro's format).",
-                      no_args_is_help=True, rich_markup_mode=None)
-    for name, function in COMMANDS.items():
-        sub.command(name)(with_error_handling(function))
-    return sub
+#: `mlwf objects ...`: the sub-app main.py makes of COMMANDS (name, help).
+GROUP = ("objects", "Connections, variables and pools: export and import (astro's format).")

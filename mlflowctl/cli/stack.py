@@ -93,6 +93,21 @@ def showing_log_tail(app: App):
         raise
 
 
+def starting(app: App, config, backend: str, command: str, start, declarations, *, as_json: bool, create: bool = True):
+    """What `up` and `restart` share: `start(report)` under the state lock with the live view,
+    a failed service's log tail, then the project's objects applied to a healthy stack and the
+    result shown. The backend's status, for the caller's verdict."""
+    from mlflowctl.cli.objects import apply_declared
+
+    watch, report = watch_start(app, backend)
+    with showing_log_tail(app):
+        with holding_state(app, config, command, create=create), watch:
+            status = start(report)
+        applied = apply_declared(app, config, declarations) if status.healthy else []
+    stack_result(app, status, as_json=as_json, applied=applied)
+    return status
+
+
 def ui_lines(config) -> list[str]:
     """Where the Airflow UI is and how to log in; each line short, the URL and commands whole."""
     return [f"Airflow UI: {config.api_url}  (user {config.airflow_user}; the password: `mlwf password`)"]
@@ -129,7 +144,6 @@ def up(
 ) -> None:
     """Start the stack (idempotent: only what is not running) and wait until it is healthy."""
     from mlflowctl.backends.choose import record_backend
-    from mlflowctl.cli.objects import apply_declared
     from mlflowctl.objects import declared
     from mlflowctl.render.layout import whole
 
@@ -138,13 +152,13 @@ def up(
                         listen=listen)
     declarations = declared(config)  # a malformed file stops `up` before anything starts
     chosen = app.backend(config)
-    watch, report = watch_start(app, chosen.name)
-    with showing_log_tail(app):
-        with holding_state(app, config, "mlwf up"), watch:
-            status = chosen.up(exclude=frozenset(exclude or ()), progress=report, timeout=timeout)
-            record_backend(config, chosen.name)
-        applied = apply_declared(app, config, declarations) if status.healthy else []
-    stack_result(app, status, as_json=as_json, applied=applied)
+
+    def start(report):
+        status = chosen.up(exclude=frozenset(exclude or ()), progress=report, timeout=timeout)
+        record_backend(config, chosen.name)
+        return status
+
+    status = starting(app, config, chosen.name, "mlwf up", start, declarations, as_json=as_json)
     if not as_json:
         for line in ui_lines(config):
             app.show(whole(line))
@@ -169,7 +183,6 @@ def restart(
 ) -> None:
     """Restart one service, or the whole stack, and wait until every service is healthy (as `up`)."""
     from mlflowctl.backends.base import Restarting
-    from mlflowctl.cli.objects import apply_declared
     from mlflowctl.objects import declared
 
     app: App = ctx.obj
@@ -179,12 +192,11 @@ def restart(
     chosen = app.backend(config)
     if not isinstance(chosen, Restarting):
         raise NotAvailableError(f"the {chosen.name} backend cannot restart services")
-    watch, report = watch_start(app, chosen.name)
-    with showing_log_tail(app):
-        with holding_state(app, config, f"mlwf restart {service or ''}".rstrip(), create=False), watch:
-            status = chosen.restart(service, progress=report, timeout=timeout)
-        applied = apply_declared(app, config, declarations) if status.healthy else []
-    stack_result(app, status, as_json=as_json, applied=applied)
+    status = starting(
+        app, config, chosen.name, f"mlwf restart {service or ''}".rstrip(),
+        lambda report: chosen.restart(service, progress=report, timeout=timeout), declarations,
+        as_json=as_json, create=False,
+    )
     if not status.healthy:
         raise UnhealthyError("restarted, but not every service is healthy")
 
@@ -242,8 +254,6 @@ def status(
     from mlflowctl.render.runs import dags_table
     from mlflowctl.render.stack import services_table, status_json
 
-    # As in `mlwf health`: httpcore's optional trio import costs ~80 ms CPU and is never used here.
-    sys.modules.setdefault("trio", None)  # type: ignore[arg-type]
     config = app.config(backend=backend, home=home, airflow_url=url, airflow_user=user)
 
     def fetch_dags():

@@ -81,13 +81,5 @@ def leave(
 COMMANDS = {"token": token, "join": join, "leave": leave}
 
 
-def group() -> typer.Typer:
-    """The `mlwf worker` sub-app, each command wrapped like every other command of mlwf."""
-    from mlflowctl.cli.main import with_error_handling
-
-    sub = typer.Typer(name="worker", help="Celery workers on other hosts: token on the head, join and leave there.",
-                      no_args_is_help=True, rich_markup_mode=None)
-    for name, function in COMMANDS.items():
-        sub.command(name)(with_error_handling(function))
-    return sub
-
+#: `mlwf worker ...`: the sub-app main.py makes of COMMANDS (name, help).
+GROUP = ("worker", "Celery workers on other hosts: token on the head, join and leave there.")
