@@ -5,7 +5,8 @@
   the same client (`mlwf trigger`, pointed at standalone with --url and MLWF_AIRFLOW_PASSWORD from
   its generated passwords file) and the same counts (--triggers from --clients at once). For each:
   triggers that failed, runs that succeeded, p50/p95 of a trigger call, the time until every
-  run ended, the components unhealthy afterwards.
+  run ended, the components unhealthy afterwards; for mlwf, `mlwf status` sampled during the
+  triggers (p50, worst, how many took over 2 s) beside `mlwf --help` at the same moments.
 - The soak, on mlwf's stack: one trigger a second for --soak-minutes (bounded in count and
   time, loopback only, through the REST API so that the client's own start-up does not load
   the machine); every run must end; the stack's PSS, sampled every 10 s, may grow at most
@@ -110,8 +111,40 @@ def unpause(env: dict, project: Path, name: str = "mlwf") -> None:
         raise RuntimeError(f"{name}: unpause failed: {unpaused.stderr}")
 
 
-def burst(name: str, project: Path, env: dict, url: str, password: str, triggers: int, clients: int) -> dict:
-    """`triggers` calls of `mlwf trigger` from `clients` threads, then the wait for every run."""
+def sample_status(project: Path, env: dict, stop: threading.Event) -> list[tuple[float, float, int, float]]:
+    """`mlwf status` and, just before it, `mlwf --help` (the bare start), one pair a second
+    until `stop`, each in a session of its own as from an operator's terminal (autogroup
+    scheduling shares the CPU between sessions first): (status seconds, --help seconds, status
+    exit code, seconds into the burst) each."""
+    samples = []
+    started = time.monotonic()
+    while not stop.is_set():
+        bare, _ = timed([MLWF, "--help"], cwd=project, env=env, timeout=120, start_new_session=True)
+        at = time.monotonic() - started
+        elapsed, result = timed([MLWF, "status"], cwd=project, env=env, timeout=120, start_new_session=True)
+        samples.append((elapsed, bare, result.returncode, at))
+        stop.wait(1)
+    return samples
+
+
+def status_figures(samples: list[tuple[float, float, int, float]]) -> dict:
+    walls = sorted(s[0] for s in samples)
+    return {
+        "status_samples": len(samples),
+        "status_p50_s": round(statistics.median(walls), 2),
+        "status_max_s": round(walls[-1], 2),
+        "status_over_2s": sum(1 for w in walls if w > 2.0),
+        "status_nonzero_exits": sum(1 for s in samples if s[2] != 0),
+        "help_p50_s": round(statistics.median(s[1] for s in samples), 2),
+        "status_over_2s_at": [f"{s[0]:.2f} s at +{s[3]:.0f} s" for s in samples if s[0] > 2.0],
+    }
+
+
+def burst(
+    name: str, project: Path, env: dict, url: str, password: str, triggers: int, clients: int, *, status: bool = False
+) -> dict:
+    """`triggers` calls of `mlwf trigger` from `clients` threads, then the wait for every run;
+    with `status`, `mlwf status` sampled beside the triggers (mlwf's own stack only)."""
     wait_registered(url, password)
     unpause(env, project, name)
 
@@ -121,8 +154,12 @@ def burst(name: str, project: Path, env: dict, url: str, password: str, triggers
         return elapsed, result.returncode, run_id, result.stderr.strip()[-200:]
 
     started = time.monotonic()
-    with ThreadPoolExecutor(clients) as pool:
+    stop = threading.Event()
+    with ThreadPoolExecutor(clients + 1) as pool:
+        sampled = pool.submit(sample_status, project, env, stop) if status else None
         calls = list(pool.map(trigger, range(triggers)))
+        stop.set()
+        samples = sampled.result() if sampled else []
     run_ids = {c[2] for c in calls if c[2]}
     states, ended = wait_ended(url, password, run_ids, RUNS_END_WITHIN_S)
     all_ended_s = time.monotonic() - started
@@ -141,7 +178,7 @@ def burst(name: str, project: Path, env: dict, url: str, password: str, triggers
         "trigger_p95_s": round(times[min(len(times) - 1, int(len(times) * 0.95))], 2),
         "every_run_ended_s": round(all_ended_s, 1) if ended else None,
         "load_after": round(os.getloadavg()[0], 1),
-    }
+    } | (status_figures(samples) if samples else {})
 
 
 def mlwf_unhealthy(project: Path, env: dict) -> list[str]:
@@ -166,7 +203,7 @@ def mlwf_password(env: dict) -> str:
 
 def mlwf_burst(project: Path, env: dict, ports: dict, args) -> dict:
     url = f"http://127.0.0.1:{ports['airflow_port']}"
-    result = burst("mlwf", project, env, url, mlwf_password(env), args.triggers, args.clients)
+    result = burst("mlwf", project, env, url, mlwf_password(env), args.triggers, args.clients, status=True)
     result["unhealthy_after"] = mlwf_unhealthy(project, env)
     logs = Path(env["MLWF_HOME"]) / "logs"
     result["locked_or_deadlock_lines"] = sum(

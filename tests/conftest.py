@@ -255,8 +255,17 @@ class Stack:
         )
         return cls(project=project, home=home, ports=ports, env=env)
 
-    def mlwf(self, *args: str, check: bool = False, timeout: float = 300, env: dict | None = None, input: str | None = None):
-        """Run the installed `mlwf` in the project, as a user would."""
+    def mlwf(
+        self,
+        *args: str,
+        check: bool = False,
+        timeout: float = 300,
+        env: dict | None = None,
+        input: str | None = None,
+        own_session: bool = False,
+    ):
+        """Run the installed `mlwf` in the project, as a user would; `own_session`: as from
+        another terminal (the kernel shares CPU between sessions first, see sched(7) autogroup)."""
         result = subprocess.run(
             [MLWF, *args],
             cwd=self.project,
@@ -265,6 +274,7 @@ class Stack:
             text=True,
             timeout=timeout,
             input=input,
+            start_new_session=own_session,
         )
         if check and result.returncode != 0:
             raise AssertionError(

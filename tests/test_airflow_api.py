@@ -64,18 +64,24 @@ def test_unreachable_server_is_an_api_error():
 
 
 @pytest.mark.stack
-def test_reads_from_a_real_api_server(stack):
-    since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=1)
+def test_reads_from_a_real_api_server(stack, smoke):
+    since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=5)
+    # A run of our own whose `check` task fails: what the monitoring DAG must find.
+    failed = stack.mlwf("trigger", smoke, "--unpause", "--conf", '{"fail": true}', "--wait", "--json", timeout=240)
+    run_id = json.loads(failed.stdout)["run_id"]
+    assert failed.returncode != 0, failed.stdout
     with AirflowApi(ApiCredentials(stack.url, stack.user, stack.password)) as api:
         health = api.health()
         assert health["scheduler"]["status"] == "healthy"
         assert health["scheduler"]["latest_scheduler_heartbeat"]
         assert api.import_error_count() == 0
-        runs = api.dag_runs(since=since)
-        assert isinstance(runs, list)
-        assert isinstance(api.dag_runs(state="running"), list)
+        ours = {r["dag_run_id"]: r for r in api.dag_runs(since=since)}
+        assert ours[run_id]["state"] == "failed" and ours[run_id]["dag_id"] == smoke
+        assert run_id in {r["dag_run_id"] for r in api.dag_runs(state="failed")}
+        assert run_id not in {r["dag_run_id"] for r in api.dag_runs(state="running")}
         total, recent = api.failed_task_instances(since=since)
-        assert total >= len(recent) >= 0
+        assert total >= 1 and len(recent) <= total
+        assert ("check", run_id) in {(t["task_id"], t["dag_run_id"]) for t in recent}
 
 
 @pytest.mark.stack

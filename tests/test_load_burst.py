@@ -6,12 +6,14 @@ exits 0, every run succeeds, none is duplicated, status keeps answering within 2
 component restarts or turns unhealthy, and no log mentions a locked database or a deadlock.
 On SQLite the same burst killed the scheduler ("database is locked", issue 22).
 
-Status time is counted beyond what starting any mlwf command costs at that moment (`mlwf
---help`, timed just before each sample): on a loaded 2-core machine the burst's own clients
-and tasks make a bare interpreter start take seconds, which no stack can help. The issue's
-2 s is NOT met on the shared development machine (load 10-15 on 2 cores: 5-11 s beyond the
-bare start, the API's DAG list queued behind the tasks' Execution API calls on the one
-api-server worker); the bound here is what holds there, every sample healthy and exit 0.
+`mlwf status` is sampled as an operator at another terminal runs it: in a session of its
+own. With autogroup scheduling (sched(7); on here and on most desktop distributions) the
+kernel shares the CPU between sessions first, so a status started beside the 8 clients, in
+their session, gets an eighth of their share and is slow for that reason alone. Its time is
+counted beyond what starting any mlwf command costs at that moment (`mlwf --help`, timed
+just before each sample). The issue's 2 s is a benchmark figure (bench/load_bench.py,
+BENCHMARKS.md: 200 triggers from 20 clients); the bound here is looser, for a CI machine
+that may be loaded by other jobs, and every sample must be healthy and exit 0.
 
 The kill -9 test runs on a stack of its own (`make_stack`): it kills the database.
 """
@@ -37,7 +39,7 @@ from mlflowctl.config import Config
 DAG = "mlwf_burst"
 TRIGGERS = 40
 CLIENTS = 8
-STATUS_WITHIN_S = 15.0  # see the module docstring: the issue's 2 s is not met on a loaded 2-core machine
+STATUS_WITHIN_S = 8.0  # see the module docstring: the issue's 2 s is measured by the benchmark
 RUNS_END_WITHIN_S = 600
 BAD_LOG_LINES = ("database is locked", "deadlock")
 DEFAULT_TASK_NICE = Config().task_nice
@@ -111,10 +113,10 @@ def test_a_burst_of_triggers_hurts_nothing(stack):
     def sample_status() -> None:
         while not done.is_set():
             started = time.monotonic()
-            stack.mlwf("--help", check=True)
+            stack.mlwf("--help", check=True, own_session=True)
             bare = time.monotonic() - started
             started = time.monotonic()
-            result = stack.mlwf("status", "--json", timeout=60)
+            result = stack.mlwf("status", "--json", timeout=60, own_session=True)
             answer = json.loads(result.stdout) if result.stdout.startswith("{") else {}
             healthy = result.returncode == 0 and answer.get("healthy") is True
             sick = [f"{s['name']}: {s['state']} {s['detail']}" for s in answer.get("services", []) if s["state"] != "healthy"]
