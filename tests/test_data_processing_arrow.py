@@ -3,16 +3,25 @@ computations and scikit-learn's estimators they replace."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from mlpipeline.download import download_data
+from mlpipeline.parallel import ahead, cores, each
+from mlpipeline.validation import _count_duplicates
 from mlpipeline.features import feature_engineering
 from mlpipeline.preprocessing import _mean_and_scale, preprocess_data
 from mlpipeline.storage import LABEL, float_column
@@ -25,7 +34,7 @@ def test_mean_and_scale_are_standard_scalers() -> None:
     x[:, 3] = 7.25  # constant: scale 1
     x[:, 4] = 1e9 + rng.integers(0, 2, size=5000) * 1e-7  # constant within rounding, by scikit-learn's rule
     expected = StandardScaler().fit(x)
-    mean, scale = _mean_and_scale(x)
+    mean, scale = np.array([_mean_and_scale(x[:, j]) for j in range(x.shape[1])]).T
     np.testing.assert_allclose(mean, expected.mean_, rtol=1e-13)
     np.testing.assert_allclose(scale, expected.scale_, rtol=1e-10)
     assert scale[3] == expected.scale_[3] == 1.0 and scale[4] == expected.scale_[4] == 1.0
@@ -97,3 +106,72 @@ def test_synthetic_bytes_do_not_depend_on_the_blas_thread_count(tmp_path: Path) 
     with threadpool_limits(limits=1, user_api="blas"):
         one = download_data(spec, tmp_path / "one")
     assert two["fingerprint"] == one["fingerprint"]
+
+
+STAGES_SCRIPT = """
+import hashlib, json, os, sys
+from pathlib import Path
+if sys.argv[2] == "one":
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+from mlpipeline.download import download_data
+from mlpipeline.features import feature_engineering
+from mlpipeline.preprocessing import preprocess_data
+from mlpipeline.validation import validate_data
+out = Path(sys.argv[1])
+raw = download_data(sys.argv[3], out)["path"]
+validate_data(raw, out)
+split = preprocess_data(raw, out)
+feature_engineering(split["train_path"], split["holdout_path"], out)
+print(json.dumps({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.iterdir()) if p.is_file()}))
+"""
+
+
+@pytest.mark.skipif(cores() < 2, reason="needs two cores to compare against one")
+def test_the_data_stages_write_the_same_bytes_on_one_core_and_on_every_core(tmp_path: Path) -> None:
+    """Chunks, columns and splits are worked on every core at once (mlpipeline.parallel); what
+    is written must not depend on how many there are."""
+    spec = f"synthetic:rows={2 * SYNTHETIC_CHUNK_ROWS + 777},features=8,seed=4"
+
+    def outputs(cores: str) -> dict[str, str]:
+        (tmp_path / cores).mkdir()  # "out" in each: the reports name their input's path
+        done = subprocess.run([sys.executable, "-c", STAGES_SCRIPT, "out", cores, spec], cwd=tmp_path / cores,
+                              capture_output=True, text=True, timeout=300, check=True)
+        return json.loads(done.stdout.splitlines()[-1])
+
+    one, every = outputs("one"), outputs("every")
+    assert {"raw.parquet", "train.parquet", "holdout.parquet", "train_features.parquet",
+            "holdout_features.parquet", "preprocessing.json", "validation.json"} <= set(one)
+    assert one == every
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(st.tuples(st.sampled_from([0.0, -0.0, 1.5, np.nan]), st.sampled_from([None, 1, 2]),
+                            st.sampled_from(["a", "b"])), min_size=0, max_size=40),
+)
+def test_duplicates_are_counted_as_pandas_counts_them(rows) -> None:
+    """Floats with NaN and signed zeros, nullable integers, strings: the hashed count is
+    DataFrame.duplicated's, whatever the hashes collide on."""
+    df = pd.DataFrame(rows, columns=["f", "i", LABEL]).astype({"f": "float64", "i": "Int64"})
+    assert _count_duplicates(df) == int(df.duplicated().sum())
+
+
+def test_work_ahead_keeps_order_and_stays_within_one_item_per_core() -> None:
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def work(item: int) -> int:
+        with lock:
+            started.append(item)
+        time.sleep(0.01 * (item % 3))  # later items often finish first
+        return item * item
+
+    seen = []
+    for index, result in enumerate(ahead(work, range(12))):
+        with lock:
+            assert len(started) <= index + 1 + cores()  # never more than one item per core ahead
+        seen.append(result)
+    assert seen == [i * i for i in range(12)]
+    assert each(lambda i: -i, range(5)) == [0, -1, -2, -3, -4]
+    with pytest.raises(ZeroDivisionError):
+        each(lambda i: 1 / i, [1, 0, 2])

@@ -7,44 +7,46 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pyarrow
 
 from mlpipeline.files import atomic_write_json
+from mlpipeline.parallel import each
 from mlpipeline.sources import DataError
 from mlpipeline.storage import LABEL, dtypes_frame, ensure_out_dir, feature_columns, float_column, read_table, write_table
 
 
-def _fill_medians(x: np.ndarray, medians: np.ndarray | None = None) -> np.ndarray:
-    """Median imputation in place; the medians are computed from `x` unless given.
+class _Column(NamedTuple):
+    """One feature column, prepared: its statistics from the training rows, and both splits
+    imputed and scaled with them, stored as the output dtype."""
 
-    Same result as SimpleImputer(strategy="median", keep_empty_features=True), but linear:
-    np.nanmedian selects (np.partition) where SimpleImputer sorts a masked array, which took
-    most of this stage's time on a million rows. An all-null column gets 0.
-    """
-    if medians is None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # "All-NaN slice encountered"
-            medians = np.nan_to_num(np.nanmedian(x, axis=0), nan=0.0)
+    median: float
+    mean: float
+    scale: float
+    train: np.ndarray
+    holdout: np.ndarray
+
+
+def _median(x: np.ndarray) -> float:
+    """The median of the non-null values, 0 for an all-null column: SimpleImputer(strategy=
+    "median", keep_empty_features=True)'s, but linear (np.nanmedian selects with np.partition
+    where SimpleImputer sorts a masked array, which took most of this stage on a million rows)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "All-NaN slice encountered"
+        return float(np.nan_to_num(np.nanmedian(x), nan=0.0))
+
+
+def _fill(x: np.ndarray, value: float) -> None:
+    """Nulls of `x` set to `value`, in place."""
     missing = np.isnan(x)
     if missing.any():
-        rows, cols = np.nonzero(missing)
-        x[rows, cols] = medians[cols]
-    return medians
+        x[missing] = value
 
 
-def _standardise(x: np.ndarray, out: np.ndarray, mean: np.ndarray, scale: np.ndarray) -> None:
-    """`out = (x - mean) / scale` column by column, computed in float64 and stored as `out`'s dtype."""
-    tmp = np.empty(len(x))
-    for j in range(x.shape[1]):
-        np.subtract(x[:, j], mean[j], out=tmp)
-        np.divide(tmp, scale[j], out=out[:, j], casting="same_kind")
-
-
-def _mean_and_scale(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """StandardScaler's fitted `mean_` and `scale_` for `x` (no NaN), per column in one pass each.
+def _mean_and_scale(x: np.ndarray) -> tuple[float, float]:
+    """StandardScaler's fitted `mean_` and `scale_` for column `x` (no NaN), in one pass.
 
     The same statistics as StandardScaler().fit (tested against it): the mean, the population
     variance by the corrected two-pass formula, and a scale of 1 for a constant column, by
@@ -52,19 +54,33 @@ def _mean_and_scale(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     copies of the matrix (NaN-aware sums), which cost more than the rest of this stage.
     """
     n = len(x)
-    mean = np.empty(x.shape[1])
-    var = np.empty(x.shape[1])
-    tmp = np.empty(n)
-    for j in range(x.shape[1]):
-        mean[j] = x[:, j].sum() / n
-        np.subtract(x[:, j], mean[j], out=tmp)
-        correction = tmp.sum()
-        var[j] = (np.dot(tmp, tmp) - correction**2 / n) / n
+    mean = x.sum() / n
+    centred = x - mean
+    correction = centred.sum()
+    # einsum's own loop, not BLAS' dot: a multi-threaded BLAS splits the sum by thread count,
+    # so the stored scale's last bits depended on the machine's cores.
+    var = (np.einsum("i,i->", centred, centred) - correction**2 / n) / n
     eps = np.finfo(np.float64).eps
     constant = var <= n * eps * var + (n * mean * eps) ** 2
-    scale = np.sqrt(var)
-    scale[constant] = 1.0
-    return mean, scale
+    return float(mean), 1.0 if constant else float(np.sqrt(var))
+
+
+def _standardised(x: np.ndarray, mean: float, scale: float, dtype: str) -> np.ndarray:
+    """`(x - mean) / scale`, computed in float64 and stored as `dtype`."""
+    out = np.empty(len(x), dtype=dtype)
+    np.divide(x - mean, scale, out=out, casting="same_kind")
+    return out
+
+
+def _prepare(column: np.ndarray, train_idx: np.ndarray, hold_idx: np.ndarray, dtype: str) -> _Column:
+    train, holdout = column.take(train_idx), column.take(hold_idx)
+    median = _median(train)
+    _fill(train, median)
+    _fill(holdout, median)
+    if not (np.isfinite(train).all() and np.isfinite(holdout).all()):  # as StandardScaler refuses them
+        raise ValueError("Input X contains infinity or a value too large for dtype('float64').")
+    mean, scale = _mean_and_scale(train)
+    return _Column(median, mean, scale, _standardised(train, mean, scale, dtype), _standardised(holdout, mean, scale, dtype))
 
 
 def preprocess_data(
@@ -84,9 +100,9 @@ def preprocess_data(
     Writes `out_dir/train.parquet`, `out_dir/holdout.parquet` and `out_dir/preprocessing.json`
     (the fitted medians, means and scales).
 
-    Columns go from Arrow to column-major arrays and back without a pandas frame: each
-    column's median, mean and variance then run over contiguous memory, and the written
-    columns are the arrays themselves.
+    Columns go from Arrow to arrays and back without a pandas frame, each prepared on its own
+    (split, median, imputation, statistics, scaling over contiguous memory) on every core,
+    and the two splits are written at once: the written columns are the arrays themselves.
     """
     from sklearn.model_selection import train_test_split
 
@@ -105,39 +121,28 @@ def preprocess_data(
         )
     except ValueError as exc:
         raise DataError(f"cannot split {path} into train and holdout (stratified): {exc}") from exc
-    x_train = np.empty((len(train_idx), len(features)), order="F")
-    x_hold = np.empty((len(hold_idx), len(features)), order="F")
-    for j, name in enumerate(features):
-        column = float_column(table, name)
-        np.take(column, train_idx, out=x_train[:, j])
-        np.take(column, hold_idx, out=x_hold[:, j])
+    prepared = each(lambda name: _prepare(float_column(table, name), train_idx, hold_idx, dtype), features)
     del table
-    medians = _fill_medians(x_train)
-    _fill_medians(x_hold, medians)
-    if not (np.isfinite(x_train).all() and np.isfinite(x_hold).all()):  # as StandardScaler refuses them
-        raise ValueError("Input X contains infinity or a value too large for dtype('float64').")
-    mean, scale = _mean_and_scale(x_train)
-    paths = {"train_path": out / "train.parquet", "holdout_path": out / "holdout.parquet"}
-    for key, xs, idx in (("train_path", x_train, train_idx), ("holdout_path", x_hold, hold_idx)):
-        scaled = np.empty(xs.shape, dtype=dtype, order="F")
-        _standardise(xs, scaled, mean, scale)
-        columns = [pyarrow.array(scaled[:, j], from_pandas=True) for j in range(len(features))]
-        write_table(pyarrow.table([*columns, labels.take(idx)], names=[*features, label]), paths[key])
-        del scaled, columns
+
+    def write(split: str, rows: np.ndarray) -> str:
+        columns = [pyarrow.array(getattr(column, split)) for column in prepared]
+        return write_table(pyarrow.table([*columns, labels.take(rows)], names=[*features, label]), out / f"{split}.parquet")
+
+    train_path, holdout_path = each(lambda split: write(*split), [("train", train_idx), ("holdout", hold_idx)])
     params = {
         "features": features,
         "label": label,
         "test_size": test_size,
         "seed": seed,
         "dtype": dtype,
-        "median": [float(v) for v in medians],
-        "mean": [float(v) for v in mean],
-        "scale": [float(v) for v in scale],
+        "median": [c.median for c in prepared],
+        "mean": [c.mean for c in prepared],
+        "scale": [c.scale for c in prepared],
     }
     params_path = atomic_write_json(out / "preprocessing.json", params)
     return {
-        "train_path": str(paths["train_path"]),
-        "holdout_path": str(paths["holdout_path"]),
+        "train_path": train_path,
+        "holdout_path": holdout_path,
         "rows_train": len(train_idx),
         "rows_holdout": len(hold_idx),
         "preprocessing_path": params_path,

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from threadpoolctl import threadpool_limits
 
 from mlpipeline.files import atomic_path
+from mlpipeline.parallel import ahead
 from mlpipeline.sources import synthetic_layout
 from mlpipeline.storage import LABEL
 
@@ -73,13 +74,16 @@ def write_synthetic(target: Path, *, rows: int, features: int, seed: int, classe
     The chunks' small matrix products run on one BLAS thread: a multi-threaded BLAS splits
     them differently by thread count (so the bytes depended on the machine's cores), and on
     matrices this thin its threads cost more CPU than they save (2-4x here under load).
+    Instead, whole chunks are drawn on every core at once, each from its own stream, and
+    written in order while the next ones are drawn (`parallel.ahead`): the same bytes on
+    any number of cores.
     """
     model = _SyntheticModel(features, classes, seed)
     names = [f"feature_{i:02d}" for i in range(features)]
     schema = pyarrow.schema([(n, pyarrow.float64()) for n in names] + [(LABEL, pyarrow.int64())])
     with atomic_path(target) as tmp, threadpool_limits(limits=1, user_api="blas"):
         with pq.ParquetWriter(tmp, schema, use_dictionary=[LABEL]) as writer:
-            for index, start in enumerate(range(0, rows, SYNTHETIC_CHUNK_ROWS)):
-                x, y = model.chunk(index, min(SYNTHETIC_CHUNK_ROWS, rows - start))
+            sizes = [min(SYNTHETIC_CHUNK_ROWS, rows - start) for start in range(0, rows, SYNTHETIC_CHUNK_ROWS)]
+            for x, y in ahead(lambda chunk: model.chunk(*chunk), enumerate(sizes)):
                 arrays = [pyarrow.array(x[:, j]) for j in range(features)] + [pyarrow.array(y)]
                 writer.write_table(pyarrow.Table.from_arrays(arrays, schema=schema))
