@@ -79,16 +79,28 @@ def test_multiclass_uses_macro_averages_and_ovr_auc(tmp_path: Path, multiclass: 
     assert metrics["roc_auc"] > 0.95 and metrics["f1"] > 0.9
 
 
-def test_metrics_match_scikit_learn_directly(tmp_path: Path, binary: dict) -> None:
-    from sklearn.metrics import f1_score, roc_auc_score
+@pytest.mark.parametrize("model_type", mt.MODEL_TYPES)
+@pytest.mark.parametrize("data", ["binary", "multiclass"])
+def test_metrics_match_scikit_learn_directly(tmp_path: Path, model_type: str, data: str, request) -> None:
+    """One pass over the holdout (the most probable class) gives the metrics of the model's own
+    predict and predict_proba."""
+    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
-    trained = mt.train_model(binary["train_path"], tmp_path)
-    metrics = mt.evaluate_model(trained["model_path"], binary["holdout_path"], tmp_path)
-    holdout = pd.read_parquet(binary["holdout_path"])
+    split = request.getfixturevalue(data)
+    params = {"random_forest": {"n_estimators": 20}, "gradient_boosting": {"max_iter": 20}}.get(model_type)
+    trained = mt.train_model(split["train_path"], tmp_path, model_type=model_type, params=params)
+    metrics = mt.evaluate_model(trained["model_path"], split["holdout_path"], tmp_path)
+    holdout = pd.read_parquet(split["holdout_path"])
     model = mt.load_model(trained["model_path"])
     x, y = holdout.drop(columns=LABEL), holdout[LABEL]
-    assert metrics["f1"] == pytest.approx(f1_score(y, model.predict(x)))
-    assert metrics["roc_auc"] == pytest.approx(roc_auc_score(y, model.predict_proba(x)[:, 1]))
+    predicted, proba = model.predict(x), model.predict_proba(x)
+    assert metrics["accuracy"] == accuracy_score(y, predicted)
+    if data == "binary":
+        assert metrics["f1"] == pytest.approx(f1_score(y, predicted))
+        assert metrics["roc_auc"] == pytest.approx(roc_auc_score(y, proba[:, 1]))
+    else:
+        assert metrics["f1"] == pytest.approx(f1_score(y, predicted, average="macro"))
+        assert metrics["roc_auc"] == pytest.approx(roc_auc_score(y, proba, multi_class="ovr", average="macro"))
 
 
 @pytest.mark.parametrize("model_type", ["logistic_regression", "random_forest"])

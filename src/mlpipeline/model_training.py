@@ -227,6 +227,11 @@ def evaluate_model(
     Binary problems use the positive (greater) class; multiclass ones macro averages and
     one-vs-rest ROC AUC. `roc_auc` is None when it is undefined (one class in the holdout).
     Writes `out_dir/metrics.json` and returns the metrics plus "metrics_path".
+
+    The model goes over the holdout once: the predicted class is the most probable one, which
+    is what a forest's `predict` computes itself; logistic regression and gradient boosting
+    decide on their raw score and could differ only where a probability rounds to exactly 0.5.
+    A second pass for `predict` cost ~1.3 s of a forest's or gradient boosting's 2.8 s here.
     """
     out = ensure_out_dir(out_dir)
     model = load_model(model_path)
@@ -241,13 +246,14 @@ def evaluate_model(
     classes = model.classes_
     binary = len(classes) == 2
     averaging: dict[str, Any] = {"average": "binary", "pos_label": classes[1]} if binary else {"average": "macro"}
-    predicted = model.predict(x)
+    proba = model.predict_proba(x) if hasattr(model, "predict_proba") else None
+    predicted = model.predict(x) if proba is None else classes.take(np.argmax(proba, axis=1))
     metrics: dict[str, Any] = {
         "accuracy": float(accuracy_score(y, predicted)),
         "precision": float(precision_score(y, predicted, zero_division=0, **averaging)),
         "recall": float(recall_score(y, predicted, zero_division=0, **averaging)),
         "f1": float(f1_score(y, predicted, zero_division=0, **averaging)),
-        "roc_auc": _roc_auc(model, x, y, classes),
+        "roc_auc": _roc_auc(proba, y, classes),
         "rows": len(y),
         "average": averaging["average"],
     }
@@ -256,10 +262,9 @@ def evaluate_model(
     return {**metrics, "metrics_path": str(metrics_path)}
 
 
-def _roc_auc(model: BaseEstimator, x: Any, y: np.ndarray, classes: np.ndarray) -> float | None:
-    if not hasattr(model, "predict_proba"):
+def _roc_auc(proba: np.ndarray | None, y: np.ndarray, classes: np.ndarray) -> float | None:
+    if proba is None:
         return None
-    proba = model.predict_proba(x)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
