@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import os
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pyarrow
 
-from mlpipeline.parallel import each
 from mlpipeline.sources import DataError
 from mlpipeline.storage import LABEL, dtypes_frame, ensure_out_dir, feature_columns, float_column, read_table, write_table
 
@@ -85,19 +83,18 @@ def feature_engineering(
     top = _top_features(x_train, train.column(label).to_pandas().to_numpy(), features, max(0, top_k))
     pairs = [(a, b) for i, a in enumerate(top) for b in top[i + 1 :]]
     outputs = {"train_path": out / "train_features.parquet", "holdout_path": out / "holdout_features.parquet"}
-
-    def write(table: pyarrow.Table, x: np.ndarray | None, path: Path) -> list[str]:
+    derived_names: list[str] = []
+    for key, table, x in (("train_path", train, x_train), ("holdout_path", holdout, None)):
         derived = _derive(table, _matrix(table, features, dtype) if x is None else x, pairs)
         clash = [name for name in derived if name in features or name == label]
         if clash:
             raise DataError(f"derived feature names clash with existing columns: {', '.join(clash)}")
         columns = [table.column(c) for c in features] + [pyarrow.array(v) for v in derived.values()]
-        write_table(pyarrow.table([*columns, table.column(label)], names=[*features, *derived, label]), path)
-        return list(derived)
-
-    # Both splits at once, on every core (parallel.each).
-    derived_names, _ = each(lambda split: write(*split), [(train, x_train, outputs["train_path"]),
-                                                          (holdout, None, outputs["holdout_path"])])
+        names = [*features, *derived, label]
+        write_table(pyarrow.table([*columns, table.column(label)], names=names), outputs[key])
+        derived_names = list(derived)
+        del derived, columns, x
+    del x_train
     return {
         "train_path": str(outputs["train_path"]),
         "holdout_path": str(outputs["holdout_path"]),
