@@ -47,13 +47,23 @@ def write_parquet(df: pd.DataFrame, path: str | os.PathLike[str]) -> str:
     return write_table(pyarrow.Table.from_pandas(df, preserve_index=False), path)
 
 
+#: How every stage file is written. Its float columns are measurements and standardised
+#: values, which Snappy cannot shrink (the same bytes within 0.1 %) and no reader filters on,
+#: so neither compression nor column statistics are written: 26 % less time writing at a
+#: million rows (issue 17). Dictionary encoding only helps low-cardinality columns: on float
+#: features it costs time and makes the file larger than the raw values.
+PARQUET_OPTIONS = {"compression": "none", "write_statistics": False}
+
+
+def dictionary_columns(schema: pyarrow.Schema) -> list[str]:
+    """The columns worth dictionary encoding: all but the floating-point ones."""
+    return [f.name for f in schema if not pyarrow.types.is_floating(f.type)]
+
+
 def write_table(table: pyarrow.Table, path: str | os.PathLike[str]) -> str:
     """Write an Arrow table to `path` atomically, as it is: no pandas conversion, no copy."""
-    # Dictionary encoding only helps low-cardinality columns; on float features it costs time
-    # and makes the file larger than the raw values.
-    dictionary = [f.name for f in table.schema if not pyarrow.types.is_floating(f.type)]
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, use_dictionary=dictionary)
+        pq.write_table(table, tmp, use_dictionary=dictionary_columns(table.schema), **PARQUET_OPTIONS)
     return str(path)
 
 

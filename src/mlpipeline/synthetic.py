@@ -17,7 +17,7 @@ from threadpoolctl import threadpool_limits
 from mlpipeline.files import atomic_path
 from mlpipeline.parallel import ahead
 from mlpipeline.sources import synthetic_layout
-from mlpipeline.storage import LABEL
+from mlpipeline.storage import LABEL, PARQUET_OPTIONS, dictionary_columns
 
 SYNTHETIC_CHUNK_ROWS = 100_000  # fixed, so a (rows, seed) pair always yields the same data
 
@@ -82,7 +82,7 @@ def write_synthetic(target: Path, *, rows: int, features: int, seed: int, classe
     names = [f"feature_{i:02d}" for i in range(features)]
     schema = pyarrow.schema([(n, pyarrow.float64()) for n in names] + [(LABEL, pyarrow.int64())])
     with atomic_path(target) as tmp, threadpool_limits(limits=1, user_api="blas"):
-        with pq.ParquetWriter(tmp, schema, use_dictionary=[LABEL]) as writer:
+        with pq.ParquetWriter(tmp, schema, use_dictionary=dictionary_columns(schema), **PARQUET_OPTIONS) as writer:
             sizes = [min(SYNTHETIC_CHUNK_ROWS, rows - start) for start in range(0, rows, SYNTHETIC_CHUNK_ROWS)]
             for x, y in ahead(lambda chunk: model.chunk(*chunk), enumerate(sizes)):
                 arrays = [pyarrow.array(x[:, j]) for j in range(features)] + [pyarrow.array(y)]
