@@ -84,7 +84,7 @@ def test_multiclass_uses_macro_averages_and_ovr_auc(tmp_path: Path, multiclass: 
 def test_metrics_match_scikit_learn_directly(tmp_path: Path, model_type: str, data: str, request) -> None:
     """One pass over the holdout (the most probable class) gives the metrics of the model's own
     predict and predict_proba."""
-    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+    from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
     split = request.getfixturevalue(data)
     params = {"random_forest": {"n_estimators": 20}, "gradient_boosting": {"max_iter": 20}}.get(model_type)
@@ -95,11 +95,12 @@ def test_metrics_match_scikit_learn_directly(tmp_path: Path, model_type: str, da
     x, y = holdout.drop(columns=LABEL), holdout[LABEL]
     predicted, proba = model.predict(x), model.predict_proba(x)
     assert metrics["accuracy"] == accuracy_score(y, predicted)
+    average = "binary" if data == "binary" else "macro"
+    for name, score in (("precision", precision_score), ("recall", recall_score), ("f1", f1_score)):
+        assert metrics[name] == pytest.approx(score(y, predicted, average=average, zero_division=0)), name
     if data == "binary":
-        assert metrics["f1"] == pytest.approx(f1_score(y, predicted))
         assert metrics["roc_auc"] == pytest.approx(roc_auc_score(y, proba[:, 1]))
     else:
-        assert metrics["f1"] == pytest.approx(f1_score(y, predicted, average="macro"))
         assert metrics["roc_auc"] == pytest.approx(roc_auc_score(y, proba, multi_class="ovr", average="macro"))
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from sklearn.base import BaseEstimator
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
+from sklearn.metrics import accuracy_score, precision_recall_fscore_support, roc_auc_score
 from sklearn.utils._param_validation import InvalidParameterError
 
 from mlpipeline.files import atomic_write_bytes, atomic_write_json
@@ -249,11 +249,13 @@ def evaluate_model(
     averaging: dict[str, Any] = {"average": "binary", "pos_label": classes[1]} if binary else {"average": "macro"}
     proba = model.predict_proba(x) if hasattr(model, "predict_proba") else None
     predicted = model.predict(x) if proba is None else classes.take(np.argmax(proba, axis=1))
+    # The three from one confusion count (each of precision_score, recall_score and f1_score makes its own).
+    precision, recall, f1, _ = precision_recall_fscore_support(y, predicted, zero_division=0, **averaging)
     metrics: dict[str, Any] = {
         "accuracy": float(accuracy_score(y, predicted)),
-        "precision": float(precision_score(y, predicted, zero_division=0, **averaging)),
-        "recall": float(recall_score(y, predicted, zero_division=0, **averaging)),
-        "f1": float(f1_score(y, predicted, zero_division=0, **averaging)),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
         "roc_auc": _roc_auc(proba, y, classes),
         "rows": len(y),
         "average": averaging["average"],
