@@ -48,7 +48,7 @@ def write_parquet(df: pd.DataFrame, path: str | os.PathLike[str]) -> str:
 
 
 #: How every stage file is written. Its float columns are measurements and standardised
-#: values, which Snappy cannot shrink (the same bytes within 0.1 %) and no reader filters on,
+#: values, which Snappy cannot shrink (files within 0.1 % of the size) and no reader filters on,
 #: so neither compression nor column statistics are written: 26 % less time writing at a
 #: million rows (issue 17). Dictionary encoding only helps low-cardinality columns: on float
 #: features it costs time and makes the file larger than the raw values.
