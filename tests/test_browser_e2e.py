@@ -106,11 +106,15 @@ def client(stack):
 
 def wait_for(driver, condition, what: str, timeout: float = UI_WAIT_S, poll: float = 0.5):
     """WebDriverWait on an explicit condition; on timeout, say what was awaited and what the page shows."""
-    from selenium.common.exceptions import TimeoutException
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=poll).until(condition)
+        # An element the page re-rendered between finding and reading it (a tooltip, a grid
+        # cell) is read again at the next poll, within the same bound.
+        return WebDriverWait(
+            driver, timeout, poll_frequency=poll, ignored_exceptions=(StaleElementReferenceException,)
+        ).until(condition)
     except TimeoutException:
         shot = Path(os.environ.get("TMPDIR", "/tmp")) / "mlwf-browser-failure.png"
         driver.save_screenshot(str(shot))
