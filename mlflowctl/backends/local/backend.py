@@ -91,14 +91,12 @@ class LocalBackend:
         return status
 
     def remote_workers(self, status: StackStatus) -> list:
-        """The workers other hosts joined, as Celery's broadcast finds them (workers.remote);
-        none unless the stack takes them and its broker is healthy."""
+        """The workers other hosts joined, as Celery's broadcast finds them (workers.remote, which
+        finds none on a stack they cannot join); none asked for while the broker is unhealthy."""
         from mlflowctl.backends.base import ServiceStatus
         from mlflowctl.backends.local import broker, workers
 
-        if not workers.joinable(self.config) or not any(
-            s.name == broker.SERVICE and s.state == "healthy" for s in status.services
-        ):
+        if not any(s.name == broker.SERVICE and s.state == "healthy" for s in status.services):
             return []
         return [
             ServiceStatus(f"remote {name}", "healthy",
