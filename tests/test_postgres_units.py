@@ -134,6 +134,36 @@ def test_own_postgres_initialises_serves_the_password_and_stops_fast(tmp_path):
     assert not Path(base).exists() or base.is_relative_to(config.home_dir)
 
 
+def test_a_cluster_left_by_a_deleted_state_directory_is_refused_and_kept(tmp_path):
+    """Root case: the cluster lives under the temp directory, so a state directory deleted by hand
+    leaves it behind; a new one at the same path (another password) must not adopt it."""
+    config = _config(tmp_path)
+    first = load_or_create(config.home_dir)
+    os.chmod(config.home_dir, 0o700)
+    binaries = postgres.find_postgres_bin(config)
+    postgres.init_postgres(config, first, binaries)
+    base = postgres.postgres_dir(config)
+    if base.is_relative_to(config.home_dir):
+        pytest.skip("not root: the cluster is inside the state directory and goes with it")
+    assert base.name.startswith("mlwf-postgres-")  # made by this test for its own state directory
+    kept = tmp_path / "earlier-secrets.json"
+    try:
+        shutil.copy(config.home_dir / "secrets.json", kept)
+        shutil.rmtree(config.home_dir)  # the test's own state directory, deleted by hand
+        second = load_or_create(config.home_dir)
+        os.chmod(config.home_dir, 0o700)
+        identity = postgres.cluster_identity(config)
+        with pytest.raises(DamagedStateError, match="earlier state directory") as refused:
+            postgres.init_postgres(config, second, binaries)
+        assert f"rm -rf {base}" in refused.value.hint
+        assert postgres.cluster_identity(config) == identity  # the old data is untouched
+        shutil.copy(kept, config.home_dir / "secrets.json")  # the earlier secrets restored: adopted
+        postgres.init_postgres(config, load_or_create(config.home_dir), binaries)
+        assert postgres.cluster_identity(config) == identity
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def test_lock_files_of_a_killed_server_are_forgotten(tmp_path):
     """After kill -9 PostgreSQL refuses to start while postmaster.pid or its socket's .lock names
     a pid that exists, even a zombie not yet reaped or a reused pid; they are removed first."""

@@ -52,7 +52,7 @@ from urllib.parse import quote
 from mlflowctl.backends.local.record import read_record, write_record
 from mlflowctl.backends.ports import answers
 from mlflowctl.config import Config, local_url
-from mlflowctl.errors import MissingDependencyError, MlwfError
+from mlflowctl.errors import DamagedStateError, MissingDependencyError, MlwfError
 from mlflowctl.state import is_ours, mark, remove_tree
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -313,11 +313,13 @@ def init_postgres(config: Config, secrets: "Secrets", binaries: Path) -> None:
     if account is not None:
         os.chown(sockets, *account)
     if (data / "PG_VERSION").is_file():
+        _check_password_matches(base, secrets)
         _forget_dead_postmaster(data, sockets)
         write_record(config.home_dir, postgres_dir=str(base))
         return
     if data.exists():
         shutil.rmtree(data)  # a half-made cluster from an interrupted init
+    (base / PASSWORD_DIGEST).write_text(_digest(secrets.postgres_password))
     password_file = base / ".pwfile"
     password_file.unlink(missing_ok=True)
     descriptor = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -367,6 +369,32 @@ def _forget_dead_postmaster(data: Path, sockets: Path) -> None:
         except psutil.Error:
             continue
         lock.unlink(missing_ok=True)
+
+
+#: Beside the cluster: the SHA-256 of the password it was made with (never the password).
+PASSWORD_DIGEST = ".mlwf-password-sha256"
+
+
+def _digest(password: str) -> str:
+    return hashlib.sha256(password.encode()).hexdigest()
+
+
+def _check_password_matches(base: Path, secrets: "Secrets") -> None:
+    """Refuse a cluster made with another password: under the temp directory (root case) a
+    state directory deleted by hand, not by `down --volumes`, leaves its cluster behind, and a
+    new state directory at the same path would adopt it and fail to log in ("password
+    authentication failed" in `airflow db migrate`). Its data is kept for the user to decide.
+    A cluster made before this check (no digest) is accepted as before."""
+    try:
+        made_with = (base / PASSWORD_DIGEST).read_text().strip()
+    except FileNotFoundError:
+        return
+    if made_with != _digest(secrets.postgres_password):
+        raise DamagedStateError(
+            f"{base} holds the PostgreSQL data of an earlier state directory at this path "
+            "(removed without `mlwf down --volumes`), made with a password this one does not have",
+            hint=f"restore that state directory's secrets.json, or delete the old data: rm -rf {base}",
+        )
 
 
 def _private_folder(path: Path, account: tuple[int, int] | None, *, inside: Path) -> None:
