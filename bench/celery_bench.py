@@ -39,7 +39,7 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from conftest import Stack  # noqa: E402  (the tests' temporary project with free ports)
+from conftest import Stack, remove_postgres_left_outside  # noqa: E402  (the tests' temporary project with free ports)
 
 from mlflowctl.backends.processes import session_members  # noqa: E402
 
@@ -213,6 +213,7 @@ def main() -> None:
     except BaseException:
         print(f"celery bench stopped; the local stack's state and logs are kept in {root}", file=sys.stderr)
         raise
+    remove_postgres_left_outside(root)
     shutil.rmtree(root, ignore_errors=True)
 
     one_worker = dict(results)["celery, 1 worker x 2"]

@@ -35,7 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from conftest import Stack  # noqa: E402  (the test suite's stack handle: free ports, own state)
+from conftest import Stack, remove_postgres_left_outside  # noqa: E402  (the test suite's stack handle: free ports, own state)
 
 MLWF = str(Path(sys.executable).parent / "mlwf")
 
@@ -115,6 +115,7 @@ def main() -> None:
     finally:
         if tmp is not None:
             stack.mlwf("down", timeout=120)
+            remove_postgres_left_outside(tmp)
             shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(results, indent=2))
     if args.json:

@@ -278,11 +278,20 @@ def main() -> None:
     finish(results, args.json, root)
 
 
+def remove_temporary(root: Path) -> None:
+    """The bench's temporary folder and the PostgreSQL data its stacks kept outside it (root case)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from conftest import remove_postgres_left_outside
+
+    remove_postgres_left_outside(root)
+    shutil.rmtree(root, ignore_errors=True)
+
+
 def finish(results: dict, json_path: Path | None, root: Path) -> None:
     """Keep the figures (--json) and remove the bench's temporary project and bytecode cache."""
     if json_path:
         json_path.write_text(json.dumps(results, indent=2))
-    shutil.rmtree(root, ignore_errors=True)
+    remove_temporary(root)
     shutil.rmtree(PYCACHE, ignore_errors=True)
 
 

@@ -117,8 +117,10 @@ class TemporaryStack:
         return self
 
     def __exit__(self, *exc_info) -> None:
+        from stack_bench import remove_temporary
+
         subprocess.run([MLWF, "down"], env=self.env, cwd=self.project, capture_output=True, text=True)
-        shutil.rmtree(self.root, ignore_errors=True)
+        remove_temporary(self.root)
         shutil.rmtree(self.bytecode, ignore_errors=True)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -439,3 +440,36 @@ def _session_leader_of(pid: int) -> psutil.Process:
                 return process
         time.sleep(0.05)
     raise AssertionError("the sleep did not start its own session")
+
+
+def test_the_suite_removes_only_postgres_data_its_own_stacks_left_outside(tmp_path):
+    """The session's clean-up (conftest.remove_postgres_left_outside) deletes folders under the
+    temp directory: only one a state directory under its root records, named and marked as mlwf
+    makes it, with no process working in it."""
+    import tempfile
+
+    from conftest import remove_postgres_left_outside
+    from mlflowctl.state import mark
+
+    root = tmp_path / "root"
+    made = {name: Path(tempfile.mkdtemp(prefix=f"mlwf-postgres-test-{name}-")) for name in ("left", "unmarked", "busy")}
+    outside = tmp_path / "elsewhere" / "mlwf-postgres-x"
+    outside.mkdir(parents=True)
+    for folder in (made["left"], made["busy"], outside):
+        mark(folder)
+    for index, folder in enumerate([*made.values(), outside]):
+        home = root / f"home{index}"
+        home.mkdir(parents=True)
+        (home / "executor.json").write_text(json.dumps({"postgres_dir": str(folder)}))
+    unrecorded = Path(tempfile.mkdtemp(prefix="mlwf-postgres-test-unrecorded-"))
+    mark(unrecorded)
+    working = subprocess.Popen(["sleep", "30"], cwd=made["busy"])
+    try:
+        assert remove_postgres_left_outside(root) == [made["left"]]
+        assert not made["left"].exists()
+        assert made["unmarked"].is_dir() and made["busy"].is_dir() and outside.is_dir() and unrecorded.is_dir()
+    finally:
+        working.kill()
+        working.wait()
+        for folder in (*made.values(), unrecorded):
+            shutil.rmtree(folder, ignore_errors=True)
