@@ -167,9 +167,18 @@ NAMES = {name for module in COMMAND_MODULES for name in module.COMMANDS} | {m.GR
 
 def main() -> None:
     """Run the command named first on the command line, built alone; the whole app for help,
-    an unknown name (click suggests the near ones) and shell completion (it lists them all)."""
+    an unknown name (click suggests the near ones) and shell completion (it lists them all).
+
+    At the end the garbage collector is told to leave every object alone: the interpreter's
+    last collections walk all of them as the process exits (~40 ms of a 0.3 s `status`), and
+    mlwf leaves nothing that needs finalizing in a reference cycle (files and clients are
+    closed by `with`)."""
+    import gc
     import sys
 
     named = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
     alone = named in NAMES and "_MLWF_COMPLETE" not in os.environ
-    (build(named) if alone else app)()
+    try:
+        (build(named) if alone else app)()
+    finally:
+        gc.freeze()
