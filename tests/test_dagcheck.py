@@ -59,8 +59,9 @@ from airflow.sdk import dag  # noqa: F401  (the safe-mode scan looks for "airflo
 time.sleep({seconds})
 '''
 # Asks, as its import begins, whether the Airflow module it imports was imported before it
-# (mlwf, as the dag-processor, pre-imports them) and whether its code runs with the garbage
-# collector on; its task asks again when the run is under way.
+# (mlwf, as the dag-processor, pre-imports them), whether its code runs with the garbage
+# collector on and may import trio (declined for Airflow's own imports); its task asks again
+# when the run is under way.
 COLLECTED = '''
 import gc, sys
 PRE_IMPORTED = "airflow.providers.standard.operators.bash" in sys.modules
@@ -71,6 +72,7 @@ from airflow.sdk import dag, task
 
 assert PRE_IMPORTED, "the file's Airflow imports were not imported before it"
 assert COLLECTING, "the DAG file's code ran without the garbage collector"
+assert sys.modules.get("trio", "") is not None, "trio, declined for Airflow's imports, was not given back"
 
 @dag(dag_id="collected", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=timezone.utc))
 def collected():
@@ -78,6 +80,7 @@ def collected():
     def probe():
         assert gc.isenabled(), "the task's code ran without the garbage collector"
         assert gc.get_freeze_count() > 10_000, "Airflow's objects were not kept out of the collections"
+        assert sys.modules.get("trio", "") is not None, "trio was declined for the task's code"
     probe()
 
 collected()

@@ -324,6 +324,8 @@ def settle() -> None:
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
     gc.enable()
+    if "trio" in sys.modules and sys.modules["trio"] is None:
+        del sys.modules["trio"]  # declined in main() for Airflow's imports only: DAG files may use it
 
 
 def main() -> int:
@@ -333,6 +335,10 @@ def main() -> int:
     # garbage; each full collection among them cost 0.2-0.3 s (1.6 s of a test run's CPU).
     # The collector is off until settle(); at exit (finally) its last collection skips them too.
     gc.disable()
+    # httpcore, which Airflow imports, tries `import trio` (~50-90 ms of a parse here); Airflow
+    # never runs under trio. A None entry makes that import fail fast, as mlwf's CLI does
+    # (mlflowctl/cli/__init__.py), until settle() lets the DAG files have it.
+    sys.modules.setdefault("trio", None)
     _events = os.fdopen(os.dup(1), "w")
     log = os.open(plan["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(log, 1)
