@@ -6,7 +6,8 @@ Task code in Airflow 3 may not touch the metadata database, so the checks read t
 ``MLWF_AIRFLOW_URL``/``MLWF_AIRFLOW_USER``/``MLWF_AIRFLOW_PASSWORD``). The rules are the pure
 functions of ``mlpipeline.monitoring`` that ``mlwf health`` uses too, with the limits of
 ``mlpipeline.thresholds``. An API the checks cannot read is itself a critical finding.
-``send_alerts`` runs only when a finding is warning or worse.
+``send_alerts`` runs only when a finding is warning or worse. Each task's dict goes to XCom
+whole (``multiple_outputs=False``; Airflow would infer a push per key from ``-> dict``).
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ def _should_alert(context: Any) -> bool:
     doc_md=__doc__,
 )
 def monitoring_dag() -> None:
-    @task
+    @task(multiple_outputs=False)
     def check_dag_runs(params: dict | None = None, run_id: str | None = None) -> dict:
         from collections import Counter
 
@@ -110,7 +111,7 @@ def monitoring_dag() -> None:
 
         return {"findings": _checked("check_dag_runs", rules)}
 
-    @task
+    @task(multiple_outputs=False)
     def check_task_failures(state: dict, params: dict | None = None) -> dict:
         from mlpipeline import monitoring as m
 
@@ -125,7 +126,7 @@ def monitoring_dag() -> None:
 
         return {"findings": state["findings"] + _checked("check_task_failures", rules)}
 
-    @task
+    @task(multiple_outputs=False)
     def check_scheduler_health(state: dict) -> dict:
         from mlpipeline import monitoring as m
 
@@ -138,7 +139,7 @@ def monitoring_dag() -> None:
 
         return {"findings": state["findings"] + _checked("check_scheduler_health", rules)}
 
-    @task
+    @task(multiple_outputs=False)
     def generate_health_report(state: dict, run_id: str | None = None) -> dict:
         from mlpipeline.files import atomic_write_json
         from mlpipeline.monitoring import summarize
@@ -156,7 +157,7 @@ def monitoring_dag() -> None:
         return {"worst": report["worst"], "counts": report["counts"], "report_path": str(path)}
 
     @task.run_if(_should_alert, skip_message="all findings ok: no alert")
-    @task
+    @task(multiple_outputs=False)
     def send_alerts(report: dict) -> dict:
         import json
 

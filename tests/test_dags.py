@@ -103,7 +103,7 @@ DRIVER = textwrap.dedent(
             print("RESULT " + json.dumps({"error": type(exc).__name__, "message": str(exc)}))
             sys.exit(0)
         tis = {ti.task_id: str(getattr(ti.state, "value", ti.state)) for ti in dr.get_task_instances()}
-        xcom = {}
+        xcom, keys = {}, {}
         for ti in dr.get_task_instances():
             if str(getattr(ti.state, "value", ti.state)) == "success":
                 from airflow.models.xcom import XComModel
@@ -112,7 +112,9 @@ DRIVER = textwrap.dedent(
                     query = XComModel.get_many(run_id=dr.run_id, dag_ids=dr.dag_id, task_ids=ti.task_id, key="return_value")
                     row = s.scalars(query).first()
                     xcom[ti.task_id] = XComModel.deserialize_value(row) if row is not None else None
-        print("RESULT " + json.dumps({"state": str(getattr(dr.state, "value", dr.state)), "run_id": dr.run_id, "tis": tis, "xcom": xcom}, default=str))
+                    every = XComModel.get_many(run_id=dr.run_id, dag_ids=dr.dag_id, task_ids=ti.task_id)
+                    keys[ti.task_id] = sorted({r.key for r in s.scalars(every)})
+        print("RESULT " + json.dumps({"state": str(getattr(dr.state, "value", dr.state)), "run_id": dr.run_id, "tis": tis, "xcom": xcom, "xcom_keys": keys}, default=str))
     '''
 )
 
@@ -278,8 +280,9 @@ def test_pipeline_run_leaves_a_production_model(airflow_env):
     assert meta["library_versions"]["apache-airflow"] == "3.3.2"
     model, _ = registry.load(version)
     assert hasattr(model, "predict")
-    # XCom stays small: paths, counts, metrics
+    # XCom stays small: paths, counts, metrics, one value a task (not one a dict key: 108 API calls a run)
     assert all(len(json.dumps(v)) < 8000 for v in result["xcom"].values())
+    assert result["xcom_keys"] == {task: ["return_value"] for task in result["tis"]}
     events = [r["event"] for r in read_log(airflow_env.data / "notifications.jsonl")]
     assert "model_promoted" in events
 
@@ -390,6 +393,7 @@ def test_monitoring_alerts_when_the_api_is_unreachable(airflow_env):
     result = airflow_env.run_dag("monitoring_dag", env=env)
     assert result["state"] == "success", result
     assert result["tis"]["send_alerts"] == "success"
+    assert result["xcom_keys"] == {task: ["return_value"] for task in result["tis"]}
     report = result["xcom"]["generate_health_report"]
     assert report["worst"] == "critical"
     findings = json.loads(Path(report["report_path"]).read_text())["findings"]
