@@ -124,10 +124,11 @@ def _write_crash(command: str, home: str | None) -> str | None:
     return None
 
 
-def register(module, into: typer.Typer) -> None:
-    """The module's COMMANDS on `into`, each wrapped like every other command of mlwf."""
+def register(module, into: typer.Typer, only: str | None = None) -> None:
+    """The module's COMMANDS (or just `only`) on `into`, each wrapped like every other command."""
     for name, function in module.COMMANDS.items():
-        into.command(name)(with_error_handling(function))
+        if only in (None, name):
+            into.command(name)(with_error_handling(function))
 
 
 def group(module) -> typer.Typer:
@@ -151,10 +152,7 @@ def build(only: str | None = None) -> typer.Typer:
     )
     built.callback()(root)
     for module in COMMAND_MODULES:
-        if only is None:
-            register(module, built)
-        elif only in module.COMMANDS:
-            built.command(only)(with_error_handling(module.COMMANDS[only]))
+        register(module, built, only)
     for module in GROUP_MODULES:
         if only in (None, module.GROUP[0]):
             built.add_typer(group(module))
