@@ -12,6 +12,7 @@ import time
 
 import httpx
 import pytest
+from conftest import sigint_as_from_a_terminal
 from exporter_support import send_udp, start_exporter
 from rich.console import Console
 from test_exporter_prometheus import Prometheus
@@ -271,7 +272,7 @@ def test_watch_refreshes_until_ctrl_c_then_exits_by_the_last_report(fed_promethe
     env = {**os.environ, "MLWF_HOME": str(tmp_path), "MLWF_AIRFLOW_PASSWORD": "x", "COLUMNS": "200",
            "TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1"}
     proc = subprocess.Popen(args + (["--json"] if as_json else []), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, cwd=tmp_path)
+                            text=True, env=env, cwd=tmp_path, preexec_fn=sigint_as_from_a_terminal)
     chunks: list[str] = []
     said: list[str] = []
     readers = [threading.Thread(target=lambda: chunks.extend(iter(lambda: proc.stdout.read(1), "")), daemon=True),
@@ -331,3 +332,54 @@ def test_celery_workers_are_counted_from_the_stacks_pid_files(fed_prometheus, tm
             assert "other hosts" not in row.detail  # a stack that does not listen has none
         report = health.collect(None, client)
         assert not [r for r in report.section("executor") if r.name == "celery workers"]
+
+
+def test_ctrl_c_during_a_refresh_drops_the_queries_not_yet_sent(tmp_path):
+    """A slow Prometheus (each answer 4 s: a fake, as a real one cannot be made that slow on
+    demand): Ctrl-C in the middle of the first refresh ends `health --watch` at once, instead
+    of after every queued query had its turn (~16 s before)."""
+    import http.server
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            time.sleep(4)
+            body = b'{"status":"success","data":{"resultType":"vector","result":[]}}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            try:
+                self.wfile.write(body)
+            except OSError:
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {**os.environ, "MLWF_HOME": str(tmp_path), "MLWF_AIRFLOW_PASSWORD": "x"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflowctl", "health", "--watch", "--json", "--url", f"http://127.0.0.1:{closed_port()}",
+         "--prometheus-url", f"http://127.0.0.1:{server.server_port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+        preexec_fn=sigint_as_from_a_terminal,
+    )
+    try:
+        time.sleep(3)  # the first refresh's queries are in flight or queued
+        proc.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        proc.wait(timeout=30)
+        assert time.monotonic() - started < 6, "Ctrl-C waited for the queued queries"
+        assert proc.returncode == 130  # stopped before the first report
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        server.shutdown()
+        server.server_close()

@@ -66,53 +66,61 @@ def gather(
 ) -> Gathered:
     """Every query at once: Prometheus and the worker count on the pool; Airflow's health first
     (it logs in at most once), then its other calls on the pool too."""
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mlwf-health") as pool:
+        try:
+            return _ask(pool, airflow, prometheus, window_s, now, count_workers)
+        except KeyboardInterrupt:  # Ctrl-C (`health --watch`): the queries not yet sent are dropped, not waited for
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+
+
+def _ask(pool: ThreadPoolExecutor, airflow, prometheus, window_s: float, now: dt.datetime, count_workers) -> Gathered:
     got = Gathered()
     since = now - dt.timedelta(seconds=window_s)
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mlwf-health") as pool:
-        counted = pool.submit(count_workers) if count_workers is not None else None
-        prom: dict[str, Future] = {}
-        ranges: dict[str, Future] = {}
-        ready: Future | None = None
-        if prometheus is not None:
-            ready = pool.submit(prometheus.ready)
-            prom = {name: pool.submit(prometheus.query, expr, at=now) for name, expr in instant_queries(window_s).items()}
-            step = trend_step(window_s)
-            ranges = {
-                name: pool.submit(prometheus.query_range, expr, since, now, step)
-                for name, expr in range_queries(window_s).items()
+    counted = pool.submit(count_workers) if count_workers is not None else None
+    prom: dict[str, Future] = {}
+    ranges: dict[str, Future] = {}
+    ready: Future | None = None
+    if prometheus is not None:
+        ready = pool.submit(prometheus.ready)
+        prom = {name: pool.submit(prometheus.query, expr, at=now) for name, expr in instant_queries(window_s).items()}
+        step = trend_step(window_s)
+        ranges = {
+            name: pool.submit(prometheus.query_range, expr, since, now, step)
+            for name, expr in range_queries(window_s).items()
+        }
+    else:
+        got.prometheus = "not configured"
+    calls: dict[str, Future] = {}
+    if airflow is not None:
+        try:
+            got.health = airflow.health()
+        except AuthError:
+            raise
+        except MlwfError as exc:
+            got.health = exc
+            got.api = _why(exc)
+            got.answered_wrongly |= isinstance(exc, ApiError)
+        if got.api == "ok":
+            calls = {
+                "runs": pool.submit(airflow.runs_since, since),
+                "running": pool.submit(airflow.runs_since, state="running"),
+                "failed": pool.submit(airflow.failed_tasks_since, since),
+                "import_errors": pool.submit(airflow.import_errors),
             }
-        else:
-            got.prometheus = "not configured"
-        calls: dict[str, Future] = {}
-        if airflow is not None:
-            try:
-                got.health = airflow.health()
-            except AuthError:
-                raise
-            except MlwfError as exc:
-                got.health = exc
-                got.api = _why(exc)
-                got.answered_wrongly |= isinstance(exc, ApiError)
-            if got.api == "ok":
-                calls = {
-                    "runs": pool.submit(airflow.runs_since, since),
-                    "running": pool.submit(airflow.runs_since, state="running"),
-                    "failed": pool.submit(airflow.failed_tasks_since, since),
-                    "import_errors": pool.submit(airflow.import_errors),
-                }
-        else:
-            got.api = "not configured"
-        for name, future in calls.items():
-            setattr(got, name, _outcome(future))
-        if ready is not None:
-            state = _outcome(ready)
-            if isinstance(state, MlwfError):
-                got.prometheus = _why(state)
-                got.answered_wrongly |= isinstance(state, ApiError)
-            elif state is False:
-                got.prometheus = "not ready"
-        got.instant = {name: _outcome(f) for name, f in prom.items()}
-        got.ranges = {name: _outcome(f) for name, f in ranges.items()}
-        got.workers = counted.result() if counted is not None else None
+    else:
+        got.api = "not configured"
+    for name, future in calls.items():
+        setattr(got, name, _outcome(future))
+    if ready is not None:
+        state = _outcome(ready)
+        if isinstance(state, MlwfError):
+            got.prometheus = _why(state)
+            got.answered_wrongly |= isinstance(state, ApiError)
+        elif state is False:
+            got.prometheus = "not ready"
+    got.instant = {name: _outcome(f) for name, f in prom.items()}
+    got.ranges = {name: _outcome(f) for name, f in ranges.items()}
+    got.workers = counted.result() if counted is not None else None
     return got
 
