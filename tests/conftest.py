@@ -173,6 +173,15 @@ def exposed_sockets(home: Path, project: Path | None = None) -> list[str]:
     return exposed
 
 
+def sigint_as_from_a_terminal() -> None:
+    """preexec_fn of a command a test stops with Ctrl-C: SIGINT back to its default. A suite
+    started as a background job of a non-interactive shell inherits SIGINT ignored, and so
+    would the command, which then never sees the Ctrl-C."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def port_open(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import pyte
 
-from conftest import MLWF, Stack, read_until
+from conftest import MLWF, Stack, read_until, sigint_as_from_a_terminal
 
 
 @dataclass
@@ -36,7 +36,7 @@ def in_terminal(stack: Stack, *args: str, cols: int = 80, rows: int = 24, env: d
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
     full_env = {**stack.env, "COLUMNS": str(cols), "LINES": str(rows), "TERM": "xterm-256color", **(env or {})}
     process = subprocess.Popen([MLWF, *args], stdin=slave, stdout=slave, stderr=slave, cwd=stack.project,
-                               env=full_env, start_new_session=True)
+                               env=full_env, start_new_session=True, preexec_fn=sigint_as_from_a_terminal)
     os.close(slave)
     deadline = time.monotonic() + timeout
     try:
