@@ -85,14 +85,15 @@ def remove_postgres_left_outside(root: Path) -> list[Path]:
 
     import psutil
 
+    from mlflowctl.state import is_ours, remove_tree
+
     candidates = []
     for record in root.rglob("executor.json"):
         try:
             base = Path(json.loads(record.read_text()).get("postgres_dir") or "")
         except (OSError, ValueError, TypeError, AttributeError):  # the damaged records of some tests
             continue
-        if (base.parent == Path(tempfile.gettempdir()) and base.name.startswith("mlwf-postgres-")
-                and (base / ".mlwf-state").is_file()):
+        if base.parent == Path(tempfile.gettempdir()) and base.name.startswith("mlwf-postgres-") and is_ours(base):
             candidates.append(base)
     busy = set()
     for process in psutil.process_iter():
@@ -103,7 +104,7 @@ def remove_postgres_left_outside(root: Path) -> list[Path]:
     removed = []
     for base in candidates:
         if not any(folder.is_relative_to(base) for folder in busy):
-            shutil.rmtree(base, ignore_errors=True)
+            remove_tree(base, REPO)  # mlwf's own guarded deletion: never /, a home or the checkout
             removed.append(base)
     return removed
 
