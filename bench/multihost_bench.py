@@ -14,9 +14,15 @@ throughput of the slots). Wall time is Airflow's first start_date to last end_da
 
 Targets: 2 head + 2 remote workers >= 1.7x the queued throughput of 2 head workers (ceiling
 2x: 8 slots against 4); TLS at most 10 % on the fan-out wall time against loopback.
-The remote workers share this machine's cores: the speed-up is the slots', not more CPU.
 
-    .venv/bin/python bench/multihost_bench.py [--markdown]
+Two hosts on one machine: by default each "host" has a core of its own (`--cores split`: the
+head's processes, and this bench's client, on the first core, the joined host's on the
+second, by CPU affinity, which every process they start inherits), as two machines would:
+the remote workers bring CPU as well as slots. `--cores shared` lets both hosts use every
+core: the remote workers then add slots only, and the tasks' start-up CPU of 8 slots
+competes on the same cores (a ceiling of ~1.7x on two cores, BENCHMARKS.md).
+
+    .venv/bin/python bench/multihost_bench.py [--cores split|shared] [--markdown]
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import shutil
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,6 +77,18 @@ def _measure(ns: str, stack: Stack, workers: list[Stack], label: str) -> dict:
     return {"one_s": one, "burst_s": burst, "load": loads}
 
 
+@contextmanager
+def _on_cores(cores: set[int] | None):
+    """Processes started meanwhile from this thread run on `cores` (None: no change)."""
+    before = os.sched_getaffinity(0)
+    if cores is not None:
+        os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 def _start(ns: str, stack: Stack, *args: str) -> None:
     up = _mlwf(ns, stack, "up", "--executor", "celery", "--workers", "2", "--exclude", "monitoring",
                "--timeout", "300", *args, timeout=360)
@@ -86,9 +105,15 @@ def _start(ns: str, stack: Stack, *args: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    parser.add_argument("--cores", choices=("split", "shared"), default="split",
+                        help="a core for each host (split) or every core for both (shared)")
     options = parser.parse_args()
     if os.geteuid() != 0 or shutil.which("ip") is None:
         raise SystemExit("network namespaces need root and iproute2")
+    cores = sorted(os.sched_getaffinity(0))
+    if options.cores == "split" and len(cores) < 2:
+        raise SystemExit("--cores split needs two cores")
+    head_cores, remote_cores = ({cores[0]}, set(cores[1:])) if options.cores == "split" else (None, None)
     root = Path(tempfile.mkdtemp(prefix="mlwf-multihost-bench-"))
     postgres = _system_postgres()
     head = Stack.create(root / "head", postgres_bin=postgres, parallelism=16)
@@ -96,7 +121,7 @@ def main() -> None:
     for stack in (head, remote):
         shutil.copy(REPO / "tests" / "dags" / f"{DAG}_dag.py", stack.project / "dags")
     results: dict[str, dict] = {}
-    with linked_namespaces() as link:
+    with linked_namespaces() as link, _on_cores(head_cores):
         try:
             _start(link.head, head)
             results["loopback, 2 head workers, no TLS"] = _measure(link.head, head, [head], "plain")
@@ -105,7 +130,9 @@ def main() -> None:
             results["--listen (TLS), 2 head workers"] = _measure(link.head, head, [head], "tls")
             token = root / "join.json"
             _checked(_mlwf(link.head, head, "worker", "token", "--out", str(token)), "worker token")
-            _checked(_mlwf(link.worker, remote, "worker", "join", str(token), "--workers", "2", timeout=240), "join")
+            with _on_cores(remote_cores):
+                _checked(_mlwf(link.worker, remote, "worker", "join", str(token), "--workers", "2", timeout=240),
+                         "join")
             results["--listen (TLS), 2 head + 2 remote workers"] = _measure(link.head, head, [head, remote], "remote")
         finally:
             _mlwf(link.worker, remote, "down", timeout=180)
@@ -124,8 +151,10 @@ def main() -> None:
         "target_remote_speedup": TARGET_SPEEDUP,
         "target_tls_overhead": TARGET_TLS_OVERHEAD,
         "cpus": os.cpu_count(),
+        "cores": options.cores,
     }
     if options.markdown:
+        print(f"Cores: {options.cores}; load (1 min) {os.getloadavg()[0]:.1f} at the end.")
         print(f"| configuration | one run: wall (s) | {BURST} runs at once: wall (s) | tasks/min | load (1 min) |")
         print("|---|---:|---:|---:|---|")
         for label, r in results.items():
