@@ -42,6 +42,12 @@ PRELOAD = {
     "celery": (
         "airflow.providers.celery.executors.celery_executor_utils",
         "airflow.providers.celery.cli.celery_command",
+        # What each task process imports after the worker forks it: the supervisor, the DagBag
+        # that parses the task's DAG file, and what `@task` brings in. Imported in every task
+        # process otherwise: ~0.15 s of CPU per task, for which queued tasks waited.
+        "airflow.sdk.execution_time.supervisor",
+        "airflow.dag_processing.dagbag",
+        "airflow.providers.standard.decorators.python",
     ),
 }
 
