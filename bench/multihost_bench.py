@@ -12,15 +12,15 @@ Each: a warm-up (two runs of 0 s tasks at once, so every worker imports the task
 run of `mlwf_fanout` (12 tasks of 2 s) alone, then BURST runs at once (work queued: the
 throughput of the slots). Wall time is Airflow's first start_date to last end_date (celery_bench.py).
 
-Targets: 2 head + 2 remote workers >= 1.7x the queued throughput of 2 head workers (ceiling
-2x: 8 slots against 4); TLS at most 10 % on the fan-out wall time against loopback.
+Targets: 2 head + 2 remote workers >= 1.7x the queued throughput of 2 head workers (8 slots
+against 4); TLS at most 10 % on the fan-out wall time against loopback.
 
 Two hosts on one machine: by default each "host" has a core of its own (`--cores split`: the
 head's processes, and this bench's client, on the first core, the joined host's on the
 second, by CPU affinity, which every process they start inherits), as two machines would:
 the remote workers bring CPU as well as slots. `--cores shared` lets both hosts use every
 core: the remote workers then add slots only, and the tasks' start-up CPU of 8 slots
-competes on the same cores (a ceiling of ~1.7x on two cores, BENCHMARKS.md).
+competes on the same cores (the figure BENCHMARKS.md compares from run to run).
 
     .venv/bin/python bench/multihost_bench.py [--cores split|shared] [--markdown]
 """
