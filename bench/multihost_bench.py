@@ -15,9 +15,9 @@ throughput of the slots). Wall time is Airflow's first start_date to last end_da
 Targets: 2 head + 2 remote workers >= 1.7x the queued throughput of 2 head workers (8 slots
 against 4); TLS at most 10 % on the fan-out wall time against loopback.
 
-Two hosts on one machine: by default each "host" has a core of its own (`--cores split`: the
-head's processes, and this bench's client, on the first core, the joined host's on the
-second, by CPU affinity, which every process they start inherits), as two machines would:
+Two hosts on one machine: by default each "host" has cores of its own (`--cores split`: the
+head's processes, and this bench's client, on the first half of the cores, the joined host's
+on the second, by CPU affinity, which every process they start inherits), as two machines would:
 the remote workers bring CPU as well as slots. `--cores shared` lets both hosts use every
 core: the remote workers then add slots only, and the tasks' start-up CPU of 8 slots
 competes on the same cores (the figure BENCHMARKS.md compares from run to run).
@@ -113,7 +113,8 @@ def main() -> None:
     cores = sorted(os.sched_getaffinity(0))
     if options.cores == "split" and len(cores) < 2:
         raise SystemExit("--cores split needs two cores")
-    head_cores, remote_cores = ({cores[0]}, set(cores[1:])) if options.cores == "split" else (None, None)
+    half = len(cores) // 2
+    head_cores, remote_cores = (set(cores[:half]), set(cores[half:2 * half])) if options.cores == "split" else (None, None)
     root = Path(tempfile.mkdtemp(prefix="mlwf-multihost-bench-"))
     postgres = _system_postgres()
     head = Stack.create(root / "head", postgres_bin=postgres, parallelism=16)
