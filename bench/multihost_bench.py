@@ -106,7 +106,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     parser.add_argument("--cores", choices=("split", "shared"), default="split",
-                        help="a core for each host (split) or every core for both (shared)")
+                        help="half the cores for each host (split) or every core for both (shared)")
     options = parser.parse_args()
     if os.geteuid() != 0 or shutil.which("ip") is None:
         raise SystemExit("network namespaces need root and iproute2")
