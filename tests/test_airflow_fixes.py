@@ -1,12 +1,16 @@
 """mlwf's fixes to Airflow (mlflowctl/backends/airflow_fixes.py): the task supervisor on Airflow's
-own ActivitySubprocess watching a real child process; now() on a real SQLite database."""
+own ActivitySubprocess watching a real child process, and its requests over real HTTP; now()
+on a real SQLite database."""
 
 from __future__ import annotations
 
+import http.server
+import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from datetime import datetime, timezone
@@ -78,6 +82,68 @@ def test_while_a_socket_is_open_the_supervisor_still_waits_on_its_sockets():
         child.wait()
         for sock in (ours, reader, writer):
             sock.close()
+
+
+class _RecordingExecutionApi(http.server.BaseHTTPRequestHandler):
+    """Answers a task's start with a run context, anything else with `{}`; records each request."""
+
+    seen: list[tuple[str, str]] = []
+    RUN_CONTEXT = json.dumps({
+        "dag_run": {"dag_id": "d", "run_id": "r", "logical_date": None, "data_interval_start": None,
+                    "data_interval_end": None, "run_after": "2026-01-01T00:00:00Z", "start_date": None,
+                    "end_date": None, "run_type": "manual", "state": "running", "consumed_asset_events": [],
+                    "partition_key": None},
+        "max_tries": 0,
+    }).encode()
+
+    def _answer(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.seen.append((self.command, self.path))
+        body = self.RUN_CONTEXT if self.path.endswith("/run") else b"{}"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_PATCH = do_PUT = _answer
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.mark.parametrize("fix", [True, False], ids=["fixed", "airflow as it is"])
+def test_a_task_start_counts_as_its_supervisors_first_heartbeat(fix, monkeypatch):
+    """Airflow's supervisor heartbeats at its first look at the task, just after the start call
+    recorded one; fixed, the next heartbeat comes a heartbeat interval after the start. Real
+    HTTP between Airflow's own supervisor and client and a server that records the requests."""
+    monkeypatch.setattr(supervisor.ActivitySubprocess, "_on_child_started", supervisor.ActivitySubprocess._on_child_started)
+    if fix:
+        assert airflow_fixes.skip_start_heartbeat(), "the supervisor no longer has the shape the fix was written for"
+        assert airflow_fixes.skip_start_heartbeat(), "applying twice must be harmless"
+    from airflow.sdk.api.client import Client
+    from airflow.sdk.api.datamodels._generated import BundleInfo, TaskInstance
+
+    _RecordingExecutionApi.seen = []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RecordingExecutionApi)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    watched, child, ours = _watch("import time; time.sleep(30)")
+    watched.client = Client(base_url=f"http://127.0.0.1:{server.server_port}/", token="test")
+    ti = TaskInstance(id=watched.id, task_id="t", dag_id="d", run_id="r", try_number=1, dag_version_id=uuid.uuid4())
+    try:
+        watched._on_child_started(ti=ti, dag_rel_path="d.py", bundle_info=BundleInfo(name="b"), sentry_integration="")
+        watched._send_heartbeat_if_needed()
+        heartbeat = ("PUT", f"/task-instances/{watched.id}/heartbeat")
+        start = ("PATCH", f"/task-instances/{watched.id}/run")
+        assert _RecordingExecutionApi.seen == ([start] if fix else [start, heartbeat])
+        watched._last_heartbeat_attempt -= supervisor.MIN_HEARTBEAT_INTERVAL  # the interval has passed
+        watched._send_heartbeat_if_needed()
+        assert _RecordingExecutionApi.seen[-1] == heartbeat
+    finally:
+        server.shutdown()
+        child.kill()
+        child.wait()
+        ours.close()
 
 
 def test_sqlite_now_has_the_fractions_airflow_stores():

@@ -1,10 +1,11 @@
-"""Fixes to Airflow 3.3 and two adjustments: three fixes and an adjustment the launcher applies
+"""Fixes to Airflow 3.3 and two adjustments: four fixes and an adjustment the launcher applies
 to the processes it forks, one fix every Airflow process of the environment gets through
 mlwf's Airflow plugin (airflow_plugin.py), and one adjustment `mlwf test`'s child makes to
 `dag.test()`.
 
-The first three fixes cost whole seconds on a laptop stack, none can be reached by a setting,
-and each is applied only to the code it was written for: a refused fix leaves Airflow as it is.
+The launcher's fixes cost whole seconds on a laptop stack (the heartbeat's, a request per
+task), none can be reached by a setting, and each is applied only to the code it was written
+for: a refused fix leaves Airflow as it is.
 
 The task supervisor (`fix_task_supervisor`): a task's supervisor (`ActivitySubprocess`, in a
 LocalExecutor or Celery worker) waits in select() on its task process's sockets for at most
@@ -16,6 +17,15 @@ no sockets at all for the whole interval while the executor slot stays taken. Tr
 process had exited. The interval is an integer setting (0 would make every supervisor
 heartbeat the API server a hundred times a second). Fixed: once no socket is left to read,
 the supervisor waits on the process itself (psutil's wait: a pidfd on Linux).
+
+The task's first heartbeat (`skip_start_heartbeat`): the supervisor tells the API server its
+task started (`PATCH .../run`, which records a heartbeat in the same update), then heartbeats
+again on its first look at the process, milliseconds later: its last heartbeat *attempt* starts
+at 0, not at the start. One API request and one database commit per task, at the moment a wave
+of tasks starts together and the api-server and database are busiest (a py-spy profile of a
+remote worker over a burst: the supervisor's heartbeat calls took more of its time than its
+start calls). Fixed: the successful start counts as the first attempt, so the next heartbeat
+comes `[workers] min_heartbeat_interval` after it, as every later one does.
 
 SQLite's `now()` (`fix_sqlite_now`): the scheduler starts a queued run, or creates a
 scheduled one, only when `run_after <= now()`; SQLAlchemy renders now() on SQLite as
@@ -106,6 +116,30 @@ def fix_task_supervisor() -> bool:
     setattr(_service_subprocess, FIXED, True)
     _service_subprocess.__doc__ = upstream.__doc__
     ActivitySubprocess._service_subprocess = _service_subprocess
+    return True
+
+
+def skip_start_heartbeat() -> bool:
+    """Count a task's start as its supervisor's first heartbeat attempt; False when the
+    supervisor no longer keeps `_last_heartbeat_attempt` and `_last_successful_heartbeat`."""
+    try:
+        import attrs
+        from airflow.sdk.execution_time.supervisor import ActivitySubprocess
+    except ImportError:
+        return False
+    upstream = ActivitySubprocess._on_child_started
+    if getattr(upstream, FIXED, False):
+        return True
+    if not {"_last_heartbeat_attempt", "_last_successful_heartbeat"} <= attrs.fields_dict(ActivitySubprocess).keys():
+        return False
+
+    def _on_child_started(self, *args, **kwargs):
+        upstream(self, *args, **kwargs)
+        self._last_heartbeat_attempt = self._last_successful_heartbeat  # set by the start call's answer
+
+    setattr(_on_child_started, FIXED, True)
+    _on_child_started.__doc__ = upstream.__doc__
+    ActivitySubprocess._on_child_started = _on_child_started
     return True
 
 
@@ -287,5 +321,5 @@ def api_server_newest_execution_api() -> bool:
 
 def apply_all() -> list[str]:
     """Apply every fix; the names of those refused."""
-    fixes = (fix_task_supervisor, fix_sqlite_now, fix_statsd_loopback, lower_task_priority)
+    fixes = (fix_task_supervisor, skip_start_heartbeat, fix_sqlite_now, fix_statsd_loopback, lower_task_priority)
     return [fix.__name__ for fix in fixes if not fix()]
