@@ -7,7 +7,10 @@ Measured in the head's namespace, one after the other:
   1. loopback: `up --executor celery --workers 2`, no --listen, no TLS anywhere;
   2. TLS: the same project after `down`, `up ... --workers 2 --listen 10.231.0.1` (the head's
      workers now speak TLS to Redis, as --listen makes it);
-  3. TLS + remote: the worker namespace joins 2 more workers (`mlwf worker join`).
+  3. TLS + remote: the worker namespace joins 2 more workers (`mlwf worker join`);
+then 2 and 3 again, alternated, ROUNDS times in all (`mlwf worker leave` between them): a
+single burst moves by 10 % from one to the next on this machine, more than the margin the
+targets leave, so the figures are the medians of the rounds.
 Each: a warm-up (two runs of 0 s tasks at once, so every worker imports the task code), one
 run of `mlwf_fanout` (12 tasks of 2 s) alone, then BURST runs at once (work queued: the
 throughput of the slots). Wall time is Airflow's first start_date to last end_date (celery_bench.py).
@@ -22,7 +25,7 @@ the remote workers bring CPU as well as slots. `--cores shared` lets both hosts 
 core: the remote workers then add slots only, and the tasks' start-up CPU of 8 slots
 competes on the same cores (the figure BENCHMARKS.md compares from run to run).
 
-    .venv/bin/python bench/multihost_bench.py [--cores split|shared] [--markdown]
+    .venv/bin/python bench/multihost_bench.py [--cores split|shared] [--rounds N] [--markdown]
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -105,9 +109,13 @@ def _start(ns: str, stack: Stack, *args: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="TLS bursts without and with the remote workers, alternated this many times (>= 1)")
     parser.add_argument("--cores", choices=("split", "shared"), default="split",
                         help="half the cores for each host (split) or every core for both (shared)")
     options = parser.parse_args()
+    if options.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if os.geteuid() != 0 or shutil.which("ip") is None:
         raise SystemExit("network namespaces need root and iproute2")
     cores = sorted(os.sched_getaffinity(0))
@@ -121,49 +129,64 @@ def main() -> None:
     remote = Stack.create(root / "worker", postgres_bin=postgres, parallelism=16)
     for stack in (head, remote):
         shutil.copy(REPO / "tests" / "dags" / f"{DAG}_dag.py", stack.project / "dags")
-    results: dict[str, dict] = {}
+    plain: dict = {}
+    tls: list[dict] = []
+    both: list[dict] = []
     with linked_namespaces() as link, _on_cores(head_cores):
         try:
             _start(link.head, head)
-            results["loopback, 2 head workers, no TLS"] = _measure(link.head, head, [head], "plain")
+            plain = _measure(link.head, head, [head], "plain")
             _checked(_mlwf(link.head, head, "down", timeout=180), "down")
             _start(link.head, head, "--listen", HEAD_IP)
-            results["--listen (TLS), 2 head workers"] = _measure(link.head, head, [head], "tls")
             token = root / "join.json"
             _checked(_mlwf(link.head, head, "worker", "token", "--out", str(token)), "worker token")
-            with _on_cores(remote_cores):
-                _checked(_mlwf(link.worker, remote, "worker", "join", str(token), "--workers", "2", timeout=240),
-                         "join")
-            results["--listen (TLS), 2 head + 2 remote workers"] = _measure(link.head, head, [head, remote], "remote")
+            for round_ in range(options.rounds):
+                tls.append(_measure(link.head, head, [head], f"tls{round_}"))
+                with _on_cores(remote_cores):
+                    _checked(_mlwf(link.worker, remote, "worker", "join", str(token), "--workers", "2", timeout=240),
+                             "join")
+                both.append(_measure(link.head, head, [head, remote], f"remote{round_}"))
+                _checked(_mlwf(link.worker, remote, "worker", "leave", timeout=180), "leave")
         finally:
             _mlwf(link.worker, remote, "down", timeout=180)
             _mlwf(link.head, head, "down", "--volumes", "--yes", timeout=180)
     shutil.rmtree(root, ignore_errors=True)
 
-    plain, tls, both = results.values()
+    def median(runs: list[dict], key: str) -> float:
+        return statistics.median(run[key] for run in runs)
+
+    labels = {"loopback, 2 head workers, no TLS": [plain], "--listen (TLS), 2 head workers": tls,
+              "--listen (TLS), 2 head + 2 remote workers": both}
     summary = {
-        "runs": {label: {"one_run_wall_s": round(r["one_s"], 1), "burst_wall_s": round(r["burst_s"], 1),
-                         "burst_tasks_per_min": round(TASKS * BURST / r["burst_s"] * 60, 1),
-                         "load_before_after": [round(x, 2) for x in r["load"]]} for label, r in results.items()},
+        "runs": {label: {"one_run_wall_s": round(median(runs, "one_s"), 1),
+                         "burst_wall_s": round(median(runs, "burst_s"), 1),
+                         "burst_wall_s_each_round": [round(run["burst_s"], 1) for run in runs],
+                         "burst_tasks_per_min": round(TASKS * BURST / median(runs, "burst_s") * 60, 1),
+                         "load_before_after": [[round(x, 2) for x in run["load"]] for run in runs]}
+                 for label, runs in labels.items()},
         "burst_runs": BURST,
-        "remote_speedup": round(tls["burst_s"] / both["burst_s"], 2),
-        "tls_overhead_one_run": round(tls["one_s"] / plain["one_s"] - 1, 3),
-        "tls_overhead_burst": round(tls["burst_s"] / plain["burst_s"] - 1, 3),
+        "rounds": options.rounds,
+        "remote_speedup": round(median(tls, "burst_s") / median(both, "burst_s"), 2),
+        "remote_speedup_each_round": [round(a["burst_s"] / b["burst_s"], 2) for a, b in zip(tls, both)],
+        "tls_overhead_one_run": round(median(tls, "one_s") / plain["one_s"] - 1, 3),
+        "tls_overhead_burst": round(median(tls, "burst_s") / plain["burst_s"] - 1, 3),
         "target_remote_speedup": TARGET_SPEEDUP,
         "target_tls_overhead": TARGET_TLS_OVERHEAD,
         "cpus": os.cpu_count(),
         "cores": options.cores,
     }
     if options.markdown:
-        print(f"Cores: {options.cores}; load (1 min) {os.getloadavg()[0]:.1f} at the end.")
-        print(f"| configuration | one run: wall (s) | {BURST} runs at once: wall (s) | tasks/min | load (1 min) |")
-        print("|---|---:|---:|---:|---|")
-        for label, r in results.items():
-            print(f"| {label} | {r['one_s']:.1f} | {r['burst_s']:.1f} | {TASKS * BURST / r['burst_s'] * 60:.1f} "
-                  f"| {r['load'][0]:.1f} -> {r['load'][1]:.1f} |")
+        print(f"Cores: {options.cores}; {options.rounds} rounds (medians); load (1 min) {os.getloadavg()[0]:.1f} at the end.")
+        print(f"| configuration | one run: wall (s) | {BURST} runs at once: wall (s), each round | median | tasks/min |")
+        print("|---|---:|---|---:|---:|")
+        for label, runs in labels.items():
+            each = ", ".join(f"{run['burst_s']:.1f}" for run in runs)
+            print(f"| {label} | {median(runs, 'one_s'):.1f} | {each} | {median(runs, 'burst_s'):.1f} "
+                  f"| {TASKS * BURST / median(runs, 'burst_s') * 60:.1f} |")
         print()
         print(f"Remote workers: {summary['remote_speedup']:.2f}x the queued throughput of the head's 2 "
-              f"(target >= {TARGET_SPEEDUP}); TLS: {summary['tls_overhead_one_run']:+.1%} on one run, "
+              f"(each round: {', '.join(f'{x:.2f}x' for x in summary['remote_speedup_each_round'])}; "
+              f"target >= {TARGET_SPEEDUP}); TLS: {summary['tls_overhead_one_run']:+.1%} on one run, "
               f"{summary['tls_overhead_burst']:+.1%} on {BURST} runs (target <= {TARGET_TLS_OVERHEAD:.0%}).")
     else:
         print(json.dumps(summary, indent=2))
