@@ -90,6 +90,39 @@ def test_celery_needs_a_broker_and_defaults_the_result_backend(secrets):
     assert env["AIRFLOW__CELERY__RESULT_BACKEND"] == "db+postgresql+psycopg2://a:b@h/airflow"
 
 
+TRACK_STARTED_PROBE = """
+from airflow.providers.celery.executors.default_celery import DEFAULT_CELERY_CONFIG
+print(DEFAULT_CELERY_CONFIG["task_track_started"])
+"""
+
+
+def test_celery_workers_store_no_started_state_which_the_executor_never_reads(secrets, tmp_path):
+    """Airflow's Celery config built from the env tracks no STARTED state, and the provider's
+    executor does the same for STARTED as for PENDING (nothing), so nothing depends on it."""
+    import os
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    from airflow.providers.celery.executors.celery_executor import CeleryExecutor
+    from celery import states
+
+    env = airflow_env(Config(executor="celery"), secrets, database_url=f"sqlite:///{tmp_path / 'a.db'}",
+                      passwords_file="/p", dags_folder=str(tmp_path), broker_url="redis://r:6379/0")
+    answer = subprocess.run([sys.executable, "-c", TRACK_STARTED_PROBE], env={**os.environ, **env,
+                            "AIRFLOW_HOME": str(tmp_path)}, capture_output=True, text=True, timeout=120)
+    assert answer.returncode == 0, answer.stderr[-2000:]
+    assert answer.stdout.split()[-1] == "False"  # after any warning Airflow logs to stdout
+    calls = []
+    executor = SimpleNamespace(success=lambda *a: calls.append("success"), fail=lambda *a: calls.append("fail"),
+                               log=SimpleNamespace(info=calls.append, exception=calls.append))
+    for state in (states.STARTED, states.PENDING):
+        CeleryExecutor.update_task_state(executor, ("key",), state, None)
+    assert calls == []
+    CeleryExecutor.update_task_state(executor, ("key",), states.SUCCESS, None)
+    assert calls == ["success"]
+
+
 def test_api_secret_key_is_stable_and_not_the_jwt_secret(secrets, tmp_path):
     other = load_or_create(tmp_path / "other")
     assert api_secret_key(secrets) == api_secret_key(secrets)
