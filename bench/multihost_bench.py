@@ -2,15 +2,16 @@
 """Celery workers on another host (issue 18): what remote workers add, and what TLS costs.
 
 One run, root only: two network namespaces joined by a veth pair (the e2e test's,
-tests/test_multihost_e2e.py), one project with the system's PostgreSQL (SSL), parallelism 16.
+tests/test_multihost_e2e.py), two head projects with the system's PostgreSQL, parallelism 16.
 Measured in the head's namespace, one after the other:
-  1. loopback: `up --executor celery --workers 2`, no --listen, no TLS anywhere;
-  2. TLS: the same project after `down`, `up ... --workers 2 --listen 10.231.0.1` (the head's
-     workers now speak TLS to Redis, as --listen makes it);
-  3. TLS + remote: the worker namespace joins 2 more workers (`mlwf worker join`);
-then 2 and 3 again, alternated, ROUNDS times in all (`mlwf worker leave` between them): a
-single burst moves by 10 % from one to the next on this machine, more than the margin the
-targets leave, so the figures are the medians of the rounds.
+  1. loopback: `up --executor celery --workers 2` of the first project, no --listen, no TLS
+     anywhere; then `down`;
+  2. TLS: `up ... --workers 2 --listen 10.231.0.1` of the second (the head's workers now speak
+     TLS to Redis and PostgreSQL, as --listen makes it);
+  3. TLS + remote: the worker namespace joins 2 more workers (`mlwf worker join`); then
+     `worker leave` and `down`;
+ROUNDS times (default 3): a single burst moves by up to 10 % from one to the next on this
+machine, more than the margin the targets leave, so the figures are the medians of the rounds.
 Each: a warm-up (two runs of 0 s tasks at once, so every worker imports the task code), one
 run of `mlwf_fanout` (12 tasks of 2 s) alone, then BURST runs at once (work queued: the
 throughput of the slots). Wall time is Airflow's first start_date to last end_date (celery_bench.py).
@@ -110,7 +111,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     parser.add_argument("--rounds", type=int, default=3,
-                        help="TLS bursts without and with the remote workers, alternated this many times (>= 1)")
+                        help="how many times the three configurations are measured, one after the other (>= 1)")
     parser.add_argument("--cores", choices=("split", "shared"), default="split",
                         help="half the cores for each host (split) or every core for both (shared)")
     options = parser.parse_args()
@@ -125,37 +126,40 @@ def main() -> None:
     head_cores, remote_cores = (set(cores[:half]), set(cores[half:2 * half])) if options.cores == "split" else (None, None)
     root = Path(tempfile.mkdtemp(prefix="mlwf-multihost-bench-"))
     postgres = _system_postgres()
+    plain_head = Stack.create(root / "plain", postgres_bin=postgres, parallelism=16)
     head = Stack.create(root / "head", postgres_bin=postgres, parallelism=16)
     remote = Stack.create(root / "worker", postgres_bin=postgres, parallelism=16)
-    for stack in (head, remote):
+    for stack in (plain_head, head, remote):
         shutil.copy(REPO / "tests" / "dags" / f"{DAG}_dag.py", stack.project / "dags")
-    plain: dict = {}
+    plain: list[dict] = []
     tls: list[dict] = []
     both: list[dict] = []
+    token = root / "join.json"
     with linked_namespaces() as link, _on_cores(head_cores):
         try:
-            _start(link.head, head)
-            plain = _measure(link.head, head, [head], "plain")
-            _checked(_mlwf(link.head, head, "down", timeout=180), "down")
-            _start(link.head, head, "--listen", HEAD_IP)
-            token = root / "join.json"
-            _checked(_mlwf(link.head, head, "worker", "token", "--out", str(token)), "worker token")
             for round_ in range(options.rounds):
+                _start(link.head, plain_head)
+                plain.append(_measure(link.head, plain_head, [plain_head], f"plain{round_}"))
+                _checked(_mlwf(link.head, plain_head, "down", timeout=180), "down")
+                _start(link.head, head, "--listen", HEAD_IP)
+                _checked(_mlwf(link.head, head, "worker", "token", "--out", str(token)), "worker token")
                 tls.append(_measure(link.head, head, [head], f"tls{round_}"))
                 with _on_cores(remote_cores):
                     _checked(_mlwf(link.worker, remote, "worker", "join", str(token), "--workers", "2", timeout=240),
                              "join")
                 both.append(_measure(link.head, head, [head, remote], f"remote{round_}"))
                 _checked(_mlwf(link.worker, remote, "worker", "leave", timeout=180), "leave")
+                _checked(_mlwf(link.head, head, "down", timeout=180), "down")
         finally:
             _mlwf(link.worker, remote, "down", timeout=180)
-            _mlwf(link.head, head, "down", "--volumes", "--yes", timeout=180)
+            for stack in (plain_head, head):
+                _mlwf(link.head, stack, "down", "--volumes", "--yes", timeout=180)
     shutil.rmtree(root, ignore_errors=True)
 
     def median(runs: list[dict], key: str) -> float:
         return statistics.median(run[key] for run in runs)
 
-    labels = {"loopback, 2 head workers, no TLS": [plain], "--listen (TLS), 2 head workers": tls,
+    labels = {"loopback, 2 head workers, no TLS": plain, "--listen (TLS), 2 head workers": tls,
               "--listen (TLS), 2 head + 2 remote workers": both}
     summary = {
         "runs": {label: {"one_run_wall_s": round(median(runs, "one_s"), 1),
@@ -168,8 +172,8 @@ def main() -> None:
         "rounds": options.rounds,
         "remote_speedup": round(median(tls, "burst_s") / median(both, "burst_s"), 2),
         "remote_speedup_each_round": [round(a["burst_s"] / b["burst_s"], 2) for a, b in zip(tls, both)],
-        "tls_overhead_one_run": round(median(tls, "one_s") / plain["one_s"] - 1, 3),
-        "tls_overhead_burst": round(median(tls, "burst_s") / plain["burst_s"] - 1, 3),
+        "tls_overhead_one_run": round(median(tls, "one_s") / median(plain, "one_s") - 1, 3),
+        "tls_overhead_burst": round(median(tls, "burst_s") / median(plain, "burst_s") - 1, 3),
         "target_remote_speedup": TARGET_SPEEDUP,
         "target_tls_overhead": TARGET_TLS_OVERHEAD,
         "cpus": os.cpu_count(),
