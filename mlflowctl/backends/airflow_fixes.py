@@ -83,18 +83,33 @@ FIXED = "_mlwf_fixed"  # marks what a fix replaced, so applying twice is harmles
 SQLITE_NOW = "STRFTIME('%Y-%m-%d %H:%M:%f000', 'now')"  # 2026-01-02 03:04:05.678000, UTC
 
 
-def fix_task_supervisor() -> bool:
-    """Replace ActivitySubprocess._service_subprocess; False when Airflow's differs from the
-    one this fix was written for (then nothing is changed)."""
+def _supervisor_fields():
+    """Airflow's ActivitySubprocess and its attrs fields by name, or None without the Task SDK."""
     try:
         import attrs
         from airflow.sdk.execution_time.supervisor import ActivitySubprocess
     except ImportError:
+        return None
+    return ActivitySubprocess, attrs.fields_dict(ActivitySubprocess)
+
+
+def _install(owner, name: str, replacement, upstream) -> None:
+    """Put `replacement` where `upstream` was (`owner.name`), marked so a second apply sees it."""
+    setattr(replacement, FIXED, True)
+    replacement.__doc__ = upstream.__doc__
+    setattr(owner, name, replacement)
+
+
+def fix_task_supervisor() -> bool:
+    """Replace ActivitySubprocess._service_subprocess; False when Airflow's differs from the
+    one this fix was written for (then nothing is changed)."""
+    found = _supervisor_fields()
+    if found is None:
         return False
+    ActivitySubprocess, fields = found
     upstream = ActivitySubprocess._service_subprocess
     if getattr(upstream, FIXED, False):
         return True
-    fields = attrs.fields_dict(ActivitySubprocess)
     if list(inspect.signature(upstream).parameters) != [
         "self",
         "max_wait_time",
@@ -113,33 +128,28 @@ def fix_task_supervisor() -> bool:
             max_wait_time = 0  # Airflow's own select then sleeps its minimum (10 ms), not the interval
         return upstream(self, max_wait_time, raise_on_timeout=raise_on_timeout, expect_signal=expect_signal)
 
-    setattr(_service_subprocess, FIXED, True)
-    _service_subprocess.__doc__ = upstream.__doc__
-    ActivitySubprocess._service_subprocess = _service_subprocess
+    _install(ActivitySubprocess, "_service_subprocess", _service_subprocess, upstream)
     return True
 
 
 def skip_start_heartbeat() -> bool:
     """Count a task's start as its supervisor's first heartbeat attempt; False when the
     supervisor no longer keeps `_last_heartbeat_attempt` and `_last_successful_heartbeat`."""
-    try:
-        import attrs
-        from airflow.sdk.execution_time.supervisor import ActivitySubprocess
-    except ImportError:
+    found = _supervisor_fields()
+    if found is None:
         return False
+    ActivitySubprocess, fields = found
     upstream = ActivitySubprocess._on_child_started
     if getattr(upstream, FIXED, False):
         return True
-    if not {"_last_heartbeat_attempt", "_last_successful_heartbeat"} <= attrs.fields_dict(ActivitySubprocess).keys():
+    if not {"_last_heartbeat_attempt", "_last_successful_heartbeat"} <= fields.keys():
         return False
 
     def _on_child_started(self, *args, **kwargs):
         upstream(self, *args, **kwargs)
         self._last_heartbeat_attempt = self._last_successful_heartbeat  # set by the start call's answer
 
-    setattr(_on_child_started, FIXED, True)
-    _on_child_started.__doc__ = upstream.__doc__
-    ActivitySubprocess._on_child_started = _on_child_started
+    _install(ActivitySubprocess, "_on_child_started", _on_child_started, upstream)
     return True
 
 
@@ -189,8 +199,7 @@ def fix_statsd_loopback() -> bool:
         if ipaddress.ip_address(self._addr[0]).is_loopback:
             self._sock.bind((self._addr[0], 0))
 
-    setattr(__init__, FIXED, True)
-    StatsClient.__init__ = __init__
+    _install(StatsClient, "__init__", __init__, upstream)
     return True
 
 
@@ -217,8 +226,7 @@ def lower_task_priority() -> bool:
             os.nice(niceness)
         upstream(requests, child_stdout, child_stderr, log_fd, target)
 
-    setattr(_fork_main, FIXED, True)
-    supervisor._fork_main = _fork_main
+    _install(supervisor, "_fork_main", _fork_main, upstream)
     return True
 
 
@@ -313,9 +321,7 @@ def api_server_newest_execution_api() -> bool:
         with _newest_version_only():
             return upstream(*args, **kwargs)
 
-    setattr(create_task_execution_api_app, FIXED, True)
-    create_task_execution_api_app.__doc__ = upstream.__doc__
-    api_app.create_task_execution_api_app = create_task_execution_api_app
+    _install(api_app, "create_task_execution_api_app", create_task_execution_api_app, upstream)
     return True
 
 
