@@ -141,6 +141,7 @@ def test_a_task_start_counts_as_its_supervisors_first_heartbeat(fix, monkeypatch
         assert _RecordingExecutionApi.seen[-1] == heartbeat
     finally:
         server.shutdown()
+        server.server_close()
         child.kill()
         child.wait()
         ours.close()

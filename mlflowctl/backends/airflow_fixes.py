@@ -3,9 +3,8 @@ to the processes it forks, one fix every Airflow process of the environment gets
 mlwf's Airflow plugin (airflow_plugin.py), and one adjustment `mlwf test`'s child makes to
 `dag.test()`.
 
-The launcher's fixes cost whole seconds on a laptop stack (the heartbeat's, a request per
-task), none can be reached by a setting, and each is applied only to the code it was written
-for: a refused fix leaves Airflow as it is.
+No setting reaches what these fixes change, and each is applied only to the code it was
+written for: a refused fix leaves Airflow as it is.
 
 The task supervisor (`fix_task_supervisor`): a task's supervisor (`ActivitySubprocess`, in a
 LocalExecutor or Celery worker) waits in select() on its task process's sockets for at most
