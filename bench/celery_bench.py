@@ -82,7 +82,8 @@ def _ended(stack: Stack, headers: dict[str, str], run_ids: list[str]) -> list[di
         if len(runs) == len(wanted) and all(run["state"] in ("success", "failed") for run in runs.values()):
             break
         if time.monotonic() > deadline:
-            raise SystemExit(f"runs not ended in 900 s: {({r: run['state'] for r, run in runs.items()})}")
+            states = {run_id: run["state"] for run_id, run in runs.items()}
+            raise SystemExit(f"runs not ended in 900 s: {states}")
         time.sleep(1)
     failed = sorted(run_id for run_id, run in runs.items() if run["state"] != "success")
     if failed:

@@ -183,10 +183,10 @@ def main() -> None:
         print(f"Cores: {options.cores}; {options.rounds} rounds (medians); load (1 min) {os.getloadavg()[0]:.1f} at the end.")
         print(f"| configuration | one run: wall (s) | {BURST} runs at once: wall (s), each round | median | tasks/min |")
         print("|---|---:|---|---:|---:|")
-        for label, runs in labels.items():
-            each = ", ".join(f"{run['burst_s']:.1f}" for run in runs)
-            print(f"| {label} | {median(runs, 'one_s'):.1f} | {each} | {median(runs, 'burst_s'):.1f} "
-                  f"| {TASKS * BURST / median(runs, 'burst_s') * 60:.1f} |")
+        for label, row in summary["runs"].items():
+            each = ", ".join(f"{wall:.1f}" for wall in row["burst_wall_s_each_round"])
+            print(f"| {label} | {row['one_run_wall_s']:.1f} | {each} | {row['burst_wall_s']:.1f} "
+                  f"| {row['burst_tasks_per_min']:.1f} |")
         print()
         print(f"Remote workers: {summary['remote_speedup']:.2f}x the queued throughput of the head's 2 "
               f"(each round: {', '.join(f'{x:.2f}x' for x in summary['remote_speedup_each_round'])}; "
