@@ -236,6 +236,57 @@ def test_test_runs_tasks_with_the_collector_on_and_airflows_objects_kept_out_of_
     assert [(t["task_id"], t["state"]) for t in json.loads(result.stdout)["tasks"]] == [("probe", "success")]
 
 
+# A task_preload module of the project's own (a library in a real project), which records
+# whether Airflow was loaded when it was imported; the task asks for it and for the metrics
+# setting the child runs with.
+PRELOAD_PROBE = '''
+import sys
+AIRFLOW_WAS_LOADED = "airflow" in sys.modules
+'''
+PRELOADED = '''
+import sys
+from datetime import datetime, timezone
+from airflow.sdk import dag, task
+
+@dag(dag_id="preloaded", schedule=None, start_date=datetime(2026, 1, 1, tzinfo=timezone.utc))
+def preloaded():
+    @task
+    def probe():
+        from airflow.configuration import conf
+        assert "preload_probe" in sys.modules, "the task started without the project's task_preload"
+        assert sys.modules["preload_probe"].AIRFLOW_WAS_LOADED is False, "task_preload was imported after Airflow"
+        assert conf.getboolean("metrics", "legacy_names_on") is False, "legacy metric names are on with no StatsD"
+    probe()
+
+preloaded()
+'''
+
+
+def test_test_starts_tasks_with_the_projects_task_preload_imported_before_airflow(tmp_path):
+    """As on the project's stack, a task starts with task_preload imported; here before Airflow,
+    which keeps skops' scan of the loaded modules short (BENCHMARKS.md)."""
+    project, env = make_project(tmp_path, {"preloaded.py": PRELOADED}, src={"preload_probe.py": PRELOAD_PROBE})
+    result = mlwf(project, env | {"MLWF_TASK_PRELOAD": "preload_probe"}, "test", "preloaded", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [(t["task_id"], t["state"]) for t in json.loads(result.stdout)["tasks"]] == [("probe", "success")]
+    without = mlwf(project, env, "test", "preloaded", "--json")
+    assert without.returncode == 7, "the probe passed without task_preload: it cannot tell"
+
+
+def test_a_task_preload_that_does_not_import_stops_test_with_exit_11_and_leaves_nothing(tmp_path):
+    project, env = make_project(tmp_path, {"smoke.py": SMOKE.read_text()})
+    env |= {"MLWF_TASK_PRELOAD": "json,no_such_library_xyz"}
+    result = mlwf(project, env, "test", "mlwf_smoke")
+    assert result.returncode == 11, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: task_preload: cannot import 'no_such_library_xyz': ModuleNotFoundError: No module named 'no_such_library_xyz'",
+        "hint: install it in the Airflow runtime, or take it out of task_preload (mlwf.toml or MLWF_TASK_PRELOAD)",
+    ]
+    assert not (project / ".mlwf" / "data").exists()
+    assert not [p.name for p in (project / ".mlwf" / "dagcheck").iterdir() if p.name.startswith("test-")]
+    assert mlwf(project, env, "parse").returncode == 0  # parsing runs no task: task_preload plays no part
+
+
 UNSYNCED_PROBE = """
 import runpy, sys
 from sqlalchemy import text

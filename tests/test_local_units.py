@@ -385,7 +385,7 @@ def test_task_modules_are_imported_where_tasks_are_forked():
     celery = {"executor": "celery", "task_preload": modules}
     assert launcher._task_modules(local) == ((), tuple(modules))  # by the scheduler, for its LocalExecutor
     assert launcher._task_modules(celery) == (tuple(modules), ())  # once, shared by every worker
-    assert launcher._import_all(("json", "no_such_library_xyz")).startswith(
+    assert launcher.import_task_modules(("json", "no_such_library_xyz")).startswith(
         "mlwf: task_preload: cannot import 'no_such_library_xyz': ModuleNotFoundError"
     )
 

@@ -93,7 +93,7 @@ def _child(
         _detach(log, new_session=new_session, inherited=inherited)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        failed = _import_all(preload)
+        failed = import_task_modules(preload)
         if failed:
             print(failed, file=sys.stderr, flush=True)
             return
@@ -133,10 +133,11 @@ def _task_modules(plan: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return (modules, ()) if plan.get("executor") == "celery" else ((), modules)
 
 
-def _import_all(names: tuple[str, ...]) -> str | None:
+def import_task_modules(names: tuple[str, ...]) -> str | None:
     """Import each module; the first failure as a one-line message (a task_preload typo must
     not silently cost every task its imports). Import-time warnings are not the component's
-    business (skops alone warns ~1000 times while it scans Airflow's deprecated modules)."""
+    business (skops alone warns ~1000 times while it scans Airflow's deprecated modules).
+    Also what `mlwf test`'s child (dagcheck/child.py) starts its tasks with."""
     import warnings
 
     with warnings.catch_warnings():
@@ -198,7 +199,7 @@ def main() -> int:
         except Exception:  # a preload is an optimisation only: the child imports it again
             pass
     here, for_scheduler = _task_modules(plan)
-    failed = _import_all(here)
+    failed = import_task_modules(here)
     if failed:
         print(failed, file=sys.stderr, flush=True)
         return 4

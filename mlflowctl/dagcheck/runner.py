@@ -21,7 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from mlflowctl.errors import DagFileError, NotFoundError, RunFailedError, TimeoutExpired, UsageError
+from mlflowctl.errors import (
+    DagFileError,
+    MissingDependencyError,
+    NotFoundError,
+    RunFailedError,
+    TimeoutExpired,
+    UsageError,
+)
 
 if TYPE_CHECKING:
     from mlflowctl.backends.runtime import Runtime
@@ -125,6 +132,10 @@ def child_env(config: Config, scratch: Path, database: Path) -> dict[str, str]:
             "MLWF_DATA_ROOT": str(scratch / "data"),
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(scratch / "logs"),
             "AIRFLOW__METRICS__STATSD_ON": "False",
+            # With no StatsD, a metric's legacy name goes nowhere; looking it up reads Airflow's
+            # metrics registry, a YAML file parsed in pure Python, once per copy of its metrics
+            # module: ~0.06 s of every parse and ~0.15 s of every test run.
+            "AIRFLOW__METRICS__LEGACY_NAMES_ON": "False",
         }
     )
     return env
@@ -240,6 +251,7 @@ class InProcessRun:
             "log": str(log),
             "database": str(scratch / "airflow.db"),
             "template": str(base / f"template-{self.runtime.version}.db"),
+            "task_preload": list(self.config.task_preload),
         }
         started = time.monotonic()
         process = start_child(self.runtime, "test", plan, child_env(self.config, scratch, scratch / "airflow.db"),
@@ -301,4 +313,9 @@ def _refusal(dag_id: str, folder: Path, event: dict) -> Exception:
         return NotFoundError(f"DAG '{dag_id}' not found in {folder} (its DAGs: {known})")
     if kind == "refused":
         return UsageError(f"--conf does not fit DAG '{dag_id}': {event['message']}")
+    if kind == "preload_failed":
+        return MissingDependencyError(
+            event["message"].removeprefix("mlwf: "),
+            hint="install it in the Airflow runtime, or take it out of task_preload (mlwf.toml or MLWF_TASK_PRELOAD)",
+        )
     return RunFailedError(f"unexpected report from the test run: {kind}")
