@@ -16,9 +16,8 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 from mlflowctl.errors import MissingDependencyError
 
@@ -46,10 +45,7 @@ class Runtime:
 
 def current_runtime() -> Runtime | None:
     """This interpreter, when it has Airflow 3.3 and its `airflow` script beside it."""
-    try:
-        version = metadata.version("apache-airflow")
-    except metadata.PackageNotFoundError:
-        return None
+    version = _airflow_version(Path(entry) for entry in sys.path if entry)
     bin_dir = Path(sys.executable).parent
     if not version.startswith(SUPPORTED) or not (bin_dir / "airflow").exists():
         return None
@@ -151,8 +147,15 @@ def installed_runtime(project_root: Path) -> Runtime | None:
 
 
 def _installed_version(bin_dir: Path) -> str:
-    """apache-airflow's version in another environment, read from its dist-info (no import)."""
-    for site in bin_dir.parent.glob("lib/python*/site-packages"):
-        for info in site.glob("apache_airflow-*.dist-info"):
+    """apache-airflow's version in another environment (no import)."""
+    return _airflow_version(bin_dir.parent.glob("lib/python*/site-packages"))
+
+
+def _airflow_version(folders: Iterable[Path]) -> str:
+    """apache-airflow's version from its dist-info in the first of `folders` that has one, as
+    importlib.metadata finds it, without importing that (~20-30 ms of every command that
+    starts an Airflow process); "" when none has it."""
+    for folder in folders:
+        for info in folder.glob("apache_airflow-*.dist-info"):
             return info.name[len("apache_airflow-") : -len(".dist-info")]
     return ""
