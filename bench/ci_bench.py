@@ -114,6 +114,18 @@ def main(argv: list[str] | None = None) -> int:
         "test_vs_dags_test": wall["mlwf test"] / wall["airflow dags test"],
         "test_vs_floor": wall["mlwf test"] / floor_s,
         "rounds": args.rounds,
+        # The same three ratios within each round: how far the medians' ratios can be trusted.
+        "each_round": [
+            {
+                "parse_vs_list_import_errors": parse[0] / listed[0],
+                "test_vs_dags_test": test[0] / dags_test[0],
+                "test_vs_floor": test[0] / floor_round,
+            }
+            for parse, listed, test, dags_test, floor_round in zip(
+                samples["mlwf parse"], samples["airflow dags list-import-errors"], samples["mlwf test"],
+                samples["airflow dags test"], floors,
+            )
+        ],
         "load_average_before": [round(v, 1) for v in load_before],
         "load_average_after": [round(v, 1) for v in os.getloadavg()],
         "cpus": os.cpu_count(),
@@ -128,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
               f"(--local: {result['parse_vs_list_import_errors_local']:.2f}x; target <= 0.5x)")
         print(f"test / dags test: {result['test_vs_dags_test']:.2f}x (target <= 0.5x); "
               f"test / floor: {result['test_vs_floor']:.2f}x (target <= 1.5x)")
+        for name in ("parse_vs_list_import_errors", "test_vs_dags_test", "test_vs_floor"):
+            print(f"  {name} each round: " + ", ".join(f"{r[name]:.2f}x" for r in result["each_round"]))
         print(f"load average before {result['load_average_before']}, after {result['load_average_after']}")
     return 0
 
