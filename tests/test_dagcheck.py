@@ -237,11 +237,13 @@ def test_test_runs_tasks_with_the_collector_on_and_airflows_objects_kept_out_of_
 
 
 # A task_preload module of the project's own (a library in a real project), which records
-# whether Airflow was loaded when it was imported; the task asks for it and for the metrics
-# setting the child runs with.
+# whether Airflow was loaded when it was imported and imports trio (the child declines trio
+# for Airflow's imports only; the test extra installs it, with selenium); the task asks for
+# it and for the metrics setting the child runs with.
 PRELOAD_PROBE = '''
 import sys
 AIRFLOW_WAS_LOADED = "airflow" in sys.modules
+import trio  # noqa: F401
 '''
 PRELOADED = '''
 import sys

@@ -137,6 +137,7 @@ def parse_folder(folder: str) -> tuple[object, list[dict]]:
 
 
 def parse(plan: dict) -> int:
+    decline_trio()
     from airflow.configuration import conf
 
     _, files = parse_folder(plan["dags_folder"])
@@ -297,6 +298,7 @@ def test(plan: dict) -> int:
     if failed:
         emit(event="preload_failed", message=failed)
         return 0
+    decline_trio()
     _unsynced_database()
     _prepare_database(plan)
     bag, files = parse_folder(plan["dags_folder"])
@@ -331,6 +333,14 @@ def test(plan: dict) -> int:
     return 0
 
 
+def decline_trio() -> None:
+    """httpcore, which Airflow imports, tries `import trio` (~50-90 ms of a parse here); Airflow
+    never runs under trio. A None entry makes that import fail fast, as mlwf's CLI does
+    (mlflowctl/cli/__init__.py), until settle() lets the DAG files have it. Called after
+    task_preload, whose libraries may need it."""
+    sys.modules.setdefault("trio", None)
+
+
 def settle() -> None:
     """Keep what is in memory now out of the garbage collector's sight (gc.freeze) and let it
     run: its full collections then look only at newer objects. A collection every 7,000 new
@@ -340,7 +350,7 @@ def settle() -> None:
     gc.set_threshold(GC_THRESHOLD, *gc.get_threshold()[1:])
     gc.enable()
     if "trio" in sys.modules and sys.modules["trio"] is None:
-        del sys.modules["trio"]  # declined in main() for Airflow's imports only: DAG files may use it
+        del sys.modules["trio"]  # declined for Airflow's imports only: DAG files may use it
 
 
 def main() -> int:
@@ -350,10 +360,6 @@ def main() -> int:
     # garbage; each full collection among them cost 0.2-0.3 s (1.6 s of a test run's CPU).
     # The collector is off until settle(); at exit (finally) its last collection skips them too.
     gc.disable()
-    # httpcore, which Airflow imports, tries `import trio` (~50-90 ms of a parse here); Airflow
-    # never runs under trio. A None entry makes that import fail fast, as mlwf's CLI does
-    # (mlflowctl/cli/__init__.py), until settle() lets the DAG files have it.
-    sys.modules.setdefault("trio", None)
     _events = os.fdopen(os.dup(1), "w")
     log = os.open(plan["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(log, 1)
